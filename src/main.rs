@@ -1,1 +1,45 @@
-fn main() {}
+//! The `fanout` binary: read the configuration, bind, and hand over to the library.
+
+use std::process::ExitCode;
+
+use fanout::config::{self, Command, Config};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+
+    if args.first().map(String::as_str) == Some("simulator") {
+        return match runtime.block_on(fanout::simulator::run(&args[1..])) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("simulator: {e}")),
+        };
+    }
+
+    let config = match Config::from_args_and_env(&args) {
+        Ok(Command::Run(config)) => *config,
+        Ok(Command::Help) => {
+            print!("{}", config::help());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(&format!("{e}\nrun `fanout --help` to see every setting")),
+    };
+
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        fanout::serve(listener, config, fanout::shutdown::signalled()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("fanout: {message}");
+    ExitCode::from(2)
+}

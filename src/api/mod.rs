@@ -1,0 +1,114 @@
+//! The API: routing, the `timeout` parameter, and the four strategies.
+//!
+//! Reading order: [`Api::handle`] (here), then [`query`] (the `timeout` parameter), [`calls`] (starting
+//! upstream requests and collecting their outcomes) and [`strategies`] (one function per endpoint).
+
+pub mod calls;
+pub mod query;
+pub mod strategies;
+
+use std::sync::Arc;
+
+use tokio::time::{Duration, Instant};
+
+use crate::server::request::RequestHead;
+use crate::server::response::Response;
+use crate::upstream::{Upstream, Work};
+use calls::Calls;
+use strategies::{Answer, Failure};
+
+/// The four endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    All,
+    First,
+    WithinTimeout,
+    Smart,
+}
+
+impl Endpoint {
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/api/all" => Some(Endpoint::All),
+            "/api/first" => Some(Endpoint::First),
+            "/api/within-timeout" => Some(Endpoint::WithinTimeout),
+            "/api/smart" => Some(Endpoint::Smart),
+            _ => None,
+        }
+    }
+}
+
+/// What the API needs to answer calls; shared by all connections.
+pub struct Api {
+    pub upstream: Arc<Upstream>,
+    pub max_timeout_ms: u64,
+    pub hedge_delay: Duration,
+}
+
+impl Api {
+    /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
+    ///
+    /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
+    pub async fn handle(&self, head: &RequestHead, started: Instant) -> Response {
+        let Some(target) = head.path_and_query() else {
+            return Response::error(400, "bad_request", "the request target must be a path such as /api/all?timeout=500");
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let Some(endpoint) = Endpoint::from_path(path) else {
+            return Response::error(
+                404,
+                "not_found",
+                "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
+            );
+        };
+        // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
+        // methods the resource supports in Allow.
+        if head.method != "GET" && head.method != "HEAD" {
+            return Response::error(405, "method_not_allowed", &format!("{path} supports GET (and HEAD) only"))
+                .with_header("Allow", "GET, HEAD");
+        }
+        let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(message) => return Response::error(400, "bad_request", &message),
+        };
+        let deadline = started + timeout;
+        let calls = Calls::new(self.upstream.clone(), deadline);
+
+        let outcome = match endpoint {
+            Endpoint::All => strategies::all(calls, deadline).await,
+            Endpoint::First => strategies::first(calls, deadline).await,
+            Endpoint::WithinTimeout => Ok(strategies::within_timeout(calls, deadline).await),
+            Endpoint::Smart => strategies::smart(calls, deadline, self.hedge_delay).await,
+        };
+        match outcome {
+            Ok(answer) => Response::json(200, encode(&answer)),
+            Err(Failure::Timeout) => Response::error(
+                504,
+                "timeout",
+                &format!("the upstream did not answer within the timeout of {} ms", timeout.as_millis()),
+            ),
+            Err(Failure::AllFailed(why)) => {
+                Response::error(502, "upstream_failed", &format!("every upstream request failed: {why}"))
+            }
+        }
+    }
+}
+
+/// The response body: the object itself, or a JSON array of objects. Each object's text is passed on as
+/// the upstream sent it (compacted), so no re-serialisation is needed.
+fn encode(answer: &Answer) -> Vec<u8> {
+    let list: &[Work] = match answer {
+        Answer::One(work) => return work.json.as_bytes().to_vec(),
+        Answer::List(list) => list,
+    };
+    let mut body = Vec::with_capacity(2 + list.iter().map(|w| w.json.len() + 1).sum::<usize>());
+    body.push(b'[');
+    for (i, work) in list.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(work.json.as_bytes());
+    }
+    body.push(b']');
+    body
+}

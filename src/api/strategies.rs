@@ -1,0 +1,86 @@
+//! The four ways of combining upstream answers, one function each. They speak in outcomes only:
+//! sockets, pools and retries are the upstream client's business.
+//!
+//! Every strategy holds its deadline the same way: the waiting is wrapped in `timeout_at(deadline, ..)`,
+//! and when the timer fires the strategy returns at once; dropping its [`Calls`] aborts what is still
+//! running.
+
+use tokio::time::{timeout_at, Duration, Instant};
+
+use super::calls::Calls;
+use crate::upstream::Work;
+
+/// Upstream requests per API call.
+pub const FAN_OUT: usize = 3;
+
+/// A successful API answer.
+#[derive(Debug)]
+pub enum Answer {
+    /// One upstream object (`/api/first`, `/api/smart`).
+    One(Work),
+    /// A list of them, in completion order (`/api/all`, `/api/within-timeout`).
+    List(Vec<Work>),
+}
+
+/// Why an API call has no successful answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The deadline came first: `504`.
+    Timeout,
+    /// Every upstream request failed, with these reasons: `502`.
+    AllFailed(String),
+}
+
+/// `/api/all`: all 3 must finish before the deadline; the successes among them, if any.
+pub async fn all(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+    calls.start(FAN_OUT);
+    let mut successes = Vec::new();
+    while let Some(outcome) = timeout_at(deadline, calls.next()).await.map_err(|_| Failure::Timeout)? {
+        successes.extend(outcome.ok());
+    }
+    if successes.is_empty() {
+        return Err(Failure::AllFailed(calls.failures()));
+    }
+    Ok(Answer::List(successes))
+}
+
+/// `/api/first`: the first success of 3, as soon as it arrives.
+pub async fn first(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+    calls.start(FAN_OUT);
+    first_success(calls, deadline).await
+}
+
+/// `/api/within-timeout`: the successes that arrived before the deadline, possibly none. Never fails.
+pub async fn within_timeout(mut calls: Calls, deadline: Instant) -> Answer {
+    calls.start(FAN_OUT);
+    let mut successes = Vec::new();
+    // Ends when all 3 finished or at the deadline, whichever is first; either way the list is the answer.
+    let _ = timeout_at(deadline, async {
+        while let Some(outcome) = calls.next().await {
+            successes.extend(outcome.ok());
+        }
+    })
+    .await;
+    Answer::List(successes)
+}
+
+/// `/api/smart`: a hedged request. One request; if it has not succeeded within `hedge_delay` (or failed
+/// sooner), 2 more at once; the first success of all 3, the first one included.
+pub async fn smart(mut calls: Calls, deadline: Instant, hedge_delay: Duration) -> Result<Answer, Failure> {
+    calls.start(1);
+    let hedge_at = (Instant::now() + hedge_delay).min(deadline);
+    if let Ok(Some(Ok(work))) = timeout_at(hedge_at, calls.next()).await {
+        return Ok(Answer::One(work));
+    }
+    // The first request failed early, or the hedge delay passed with it still running.
+    calls.start(FAN_OUT - 1);
+    first_success(calls, deadline).await
+}
+
+async fn first_success(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+    match timeout_at(deadline, calls.next_success()).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Some(work)) => Ok(Answer::One(work)),
+        Ok(None) => Err(Failure::AllFailed(calls.failures())),
+    }
+}

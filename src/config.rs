@@ -1,0 +1,301 @@
+//! Configuration: every flag, its environment variable, its default and the reason for it, in one place.
+//!
+//! Each setting can come from a flag (`--max-timeout-ms 5000` or `--max-timeout-ms=5000`) or from its
+//! environment variable (`FANOUT_MAX_TIMEOUT_MS=5000`); a flag wins over the environment. Unknown flags
+//! and bad values stop the program with a message naming the setting, before anything is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::simulator::SimConfig;
+
+/// The real upstream the service was written for. Our machines cannot reach it; see `--upstream simulated`.
+pub const DEFAULT_UPSTREAM: &str = "https://exponea-engineering-assignment.appspot.com/api/work";
+
+/// Where upstream requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamChoice {
+    /// An `http://` or `https://` URL.
+    Url(String),
+    /// Start the built-in simulated upstream in-process, over TLS, and trust its certificate.
+    Simulated,
+}
+
+/// Everything the service needs to run. `Config::default()` is what an empty command line gives.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamChoice,
+    /// Extra trust anchors for the upstream's TLS certificate (from `--upstream-ca`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// The largest `timeout` a caller may ask for.
+    pub max_timeout_ms: u64,
+    /// `/api/smart` fires its two extra requests after this long without a success.
+    pub hedge_delay: Duration,
+    pub limits: Limits,
+    /// How the in-process simulated upstream behaves (with `--upstream simulated`).
+    pub simulated: SimConfig,
+}
+
+/// Bounds on what a client may make the server hold. Each one has a reason next to its default.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request line plus headers, in bytes; more gets `431` (or `414` when the request line alone is longer).
+    pub max_head_bytes: usize,
+    /// Request target, in bytes; longer gets `414`.
+    pub max_uri_bytes: usize,
+    /// Header fields in one request; more gets `431`.
+    pub max_headers: usize,
+    /// A request body (which no endpoint uses) is read and discarded up to this size; a larger one gets `413`.
+    pub max_body_bytes: u64,
+    /// Time to receive a whole request head once its first byte arrived (slowloris guard); then `408`.
+    pub head_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// Time allowed to write one response to a client that does not read; then the connection is dropped.
+    pub write_timeout: Duration,
+    /// On shutdown, connections still busy after this long are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            upstream: UpstreamChoice::Url(DEFAULT_UPSTREAM.to_string()),
+            extra_roots: Vec::new(),
+            max_timeout_ms: 60_000,
+            hedge_delay: Duration::from_millis(300),
+            limits: Limits::default(),
+            // Like the real upstream, which "often fails": 1 request in 10 fails, in any of the ways.
+            simulated: SimConfig { failure_rate: 0.1, ..SimConfig::default() },
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // Browsers send 1-2 KiB of headers; 16 KiB leaves room for large cookies and trace headers.
+            max_head_bytes: 16 * 1024,
+            // RFC 9112 §3 recommends supporting request lines of at least 8000 octets.
+            max_uri_bytes: 8 * 1024,
+            // Bounds the header array httparse fills for each request.
+            max_headers: 64,
+            // GET bodies have no meaning here; reading a small one keeps the connection usable.
+            max_body_bytes: 64 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            // The longest call (max_timeout_ms) plus time to write its answer.
+            drain_timeout: Duration::from_secs(65),
+        }
+    }
+}
+
+/// One setting: its flag, environment variable, value name, default (as shown by `--help`) and help text.
+struct Setting {
+    flag: &'static str,
+    env: &'static str,
+    value: &'static str,
+    default: &'static str,
+    help: &'static str,
+}
+
+#[rustfmt::skip]
+const SETTINGS: &[Setting] = &[
+    Setting { flag: "--listen", env: "FANOUT_LISTEN", value: "ADDR", default: "0.0.0.0:8080", help: "address to serve the API on" },
+    Setting { flag: "--upstream", env: "FANOUT_UPSTREAM", value: "URL", default: DEFAULT_UPSTREAM, help: "upstream work URL (http:// or https://; an empty path means /api/work), or `simulated` for the built-in simulated upstream" },
+    Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },
+    Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
+    Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS", default: "300", help: "/api/smart fires 2 more requests after this long without a success" },
+    Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
+    Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
+    Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },
+    Setting { flag: "--max-uri-bytes", env: "FANOUT_MAX_URI_BYTES", value: "BYTES", default: "8192", help: "longest request target (414 beyond)" },
+    Setting { flag: "--max-headers", env: "FANOUT_MAX_HEADERS", value: "N", default: "64", help: "most header fields in one request (431 beyond)" },
+    Setting { flag: "--max-body-bytes", env: "FANOUT_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "request bodies are discarded up to this size (413 beyond)" },
+    Setting { flag: "--head-timeout-ms", env: "FANOUT_HEAD_TIMEOUT_MS", value: "MS", default: "10000", help: "time to send a whole request head once started (408 after)" },
+    Setting { flag: "--idle-timeout-ms", env: "FANOUT_IDLE_TIMEOUT_MS", value: "MS", default: "60000", help: "idle keep-alive connections are closed after this long" },
+    Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
+    Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
+];
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+}
+
+/// The text `--help` prints: every setting with its environment variable and default.
+pub fn help() -> String {
+    let mut out = String::from(
+        "fanout: answers each API call by fanning out concurrent requests to an upstream, within the caller's deadline\n\n\
+         usage: fanout [FLAGS]            run the service\n       \
+         fanout simulator [FLAGS]  run the simulated upstream alone (see `fanout simulator --help`)\n\nflags (each also read from its environment variable; a flag wins):\n",
+    );
+    for s in SETTINGS {
+        let default = if s.default.is_empty() { String::new() } else { format!(" [default: {}]", s.default) };
+        out.push_str(&format!("  {} {:<7} {}\n      {}{}\n", s.flag, s.value, s.env, s.help, default));
+    }
+    out.push_str("  --help           this text\n");
+    out
+}
+
+impl Config {
+    /// Reads the settings from `args` (without the program name) and from the environment.
+    pub fn from_args_and_env(args: &[String]) -> Result<Command, String> {
+        Self::parse(args, |name| std::env::var(name).ok())
+    }
+
+    /// As `from_args_and_env`, with the environment given as a function (for tests).
+    pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
+        // Collect raw values: environment first, then flags over them.
+        let mut raw: Vec<Option<String>> = SETTINGS.iter().map(|s| env(s.env)).collect();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if arg == "--help" || arg == "-h" {
+                return Ok(Command::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            let Some(i) = SETTINGS.iter().position(|s| s.flag == name) else {
+                return Err(format!("unknown argument `{arg}`"));
+            };
+            let value = match inline {
+                Some(v) => v,
+                None => it.next().cloned().ok_or_else(|| format!("{name} needs a value ({})", SETTINGS[i].value))?,
+            };
+            raw[i] = Some(value);
+        }
+
+        let mut config = Config::default();
+        for (setting, value) in SETTINGS.iter().zip(raw) {
+            if let Some(value) = value {
+                config.set(setting.flag, value.trim()).map_err(|why| format!("{} ({}): {why}", setting.flag, setting.env))?;
+            }
+        }
+        Ok(Command::Run(Box::new(config)))
+    }
+
+    fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
+        let l = &mut self.limits;
+        match flag {
+            "--listen" => self.listen = v.parse().map_err(|_| format!("`{v}` is not an address like 0.0.0.0:8080 or [::1]:8080"))?,
+            "--upstream" if v == "simulated" => self.upstream = UpstreamChoice::Simulated,
+            "--upstream" => {
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    return Err(format!("`{v}` is neither an http:// or https:// URL nor `simulated`"));
+                }
+                self.upstream = UpstreamChoice::Url(v.to_string());
+            }
+            "--upstream-ca" => self.extra_roots = read_roots(v)?,
+            "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
+            "--hedge-delay-ms" => self.hedge_delay = millis(v)?,
+            "--sim-latency-ms" => {
+                let (min, max) = v.split_once('-').unwrap_or((v, v));
+                let (min, max) = (number(min, 0, 3_600_000)?, number(max, 0, 3_600_000)?);
+                if min > max {
+                    return Err(format!("`{v}`: the minimum is above the maximum"));
+                }
+                self.simulated.latency_ms = (min, max);
+            }
+            "--sim-failure-rate" => match v.parse::<f64>() {
+                Ok(rate) if (0.0..=1.0).contains(&rate) => self.simulated.failure_rate = rate,
+                _ => return Err(format!("`{v}` is not a number from 0 to 1")),
+            },
+            "--max-head-bytes" => l.max_head_bytes = number(v, 1024, 1 << 20)? as usize,
+            "--max-uri-bytes" => l.max_uri_bytes = number(v, 64, 1 << 20)? as usize,
+            "--max-headers" => l.max_headers = number(v, 8, 1024)? as usize,
+            "--max-body-bytes" => l.max_body_bytes = number(v, 0, 1 << 30)?,
+            "--head-timeout-ms" => l.head_timeout = millis(v)?,
+            "--idle-timeout-ms" => l.idle_timeout = millis(v)?,
+            "--write-timeout-ms" => l.write_timeout = millis(v)?,
+            "--drain-timeout-ms" => l.drain_timeout = millis(v)?,
+            _ => unreachable!("every SETTINGS flag is handled"),
+        }
+        Ok(())
+    }
+}
+
+fn number(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("`{v}` is not a whole number from {min} to {max}")),
+    }
+}
+
+fn millis(v: &str) -> Result<Duration, String> {
+    number(v, 0, 24 * 3600 * 1000).map(Duration::from_millis)
+}
+
+fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{path}` is not a valid PEM file: {e:?}"))?;
+    if certs.is_empty() {
+        return Err(format!("`{path}` holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        match Config::parse(&args, |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))? {
+            Command::Run(c) => Ok(*c),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.upstream, UpstreamChoice::Url(DEFAULT_UPSTREAM.into()));
+        assert_eq!(c.max_timeout_ms, 60_000);
+        assert_eq!(c.hedge_delay, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn flags_win_over_environment_and_both_forms_work() {
+        let c = parse(
+            &["--max-timeout-ms=5000", "--upstream", "simulated"],
+            &[("FANOUT_MAX_TIMEOUT_MS", "7"), ("FANOUT_HEDGE_DELAY_MS", "50")],
+        )
+        .unwrap();
+        assert_eq!(c.max_timeout_ms, 5000);
+        assert_eq!(c.hedge_delay, Duration::from_millis(50));
+        assert_eq!(c.upstream, UpstreamChoice::Simulated);
+    }
+
+    #[test]
+    fn bad_input_names_the_setting() {
+        assert!(parse(&["--nope"], &[]).unwrap_err().contains("--nope"));
+        assert!(parse(&["--listen"], &[]).unwrap_err().contains("--listen needs a value"));
+        assert!(parse(&["--max-timeout-ms", "-1"], &[]).unwrap_err().contains("--max-timeout-ms"));
+        assert!(parse(&[], &[("FANOUT_LISTEN", "nowhere")]).unwrap_err().contains("FANOUT_LISTEN"));
+        assert!(parse(&["--upstream", "ftp://x"], &[]).unwrap_err().contains("--upstream"));
+        assert!(parse(&["--upstream-ca", "/no/such/file"], &[]).unwrap_err().contains("cannot read"));
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let text = help();
+        for s in SETTINGS {
+            assert!(text.contains(s.flag) && text.contains(s.env), "{} missing from --help", s.flag);
+        }
+    }
+}

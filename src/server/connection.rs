@@ -1,0 +1,223 @@
+//! One client connection: read a request, answer it, and again, until either side is done.
+//!
+//! The task owns the socket and a buffer of bytes received but not yet used. Requests are handled one at a
+//! time, so pipelined requests (sent before the previous answer arrived) wait in the buffer and are answered
+//! in order, as RFC 9112 §9.3.2 requires. Every wait has a bound:
+//!
+//! | waiting for                    | bound                     | then                          |
+//! | ------------------------------ | ------------------------- | ----------------------------- |
+//! | the first byte of a request    | `idle_timeout`, shutdown  | close quietly                 |
+//! | the rest of the head and body  | `head_timeout`            | `408`, close                  |
+//! | the answer                     | the request's deadline    | the strategy answers in time  |
+//! | the client to take the answer  | `write_timeout`           | drop the connection           |
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Duration, Instant};
+
+use super::request::{self, BodyLength, RequestHead};
+use super::response::{Persistence, Response};
+use crate::api::Api;
+use crate::config::Limits;
+
+/// Lingering close (RFC 9112 §9.6): after our last response, keep reading (and discarding) for a moment so
+/// that data the client already sent does not make our kernel answer with a reset that destroys the
+/// response before the client read it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// What reading the next request gave.
+enum Next {
+    Request(RequestHead),
+    /// The client closed, went idle too long, or the server is shutting down between requests.
+    Done,
+    /// The request is unacceptable: send this and close.
+    Reject(Response),
+}
+
+pub(crate) struct Connection {
+    stream: TcpStream,
+    /// Bytes received and not yet consumed; bounded by `max_head_bytes` plus one read.
+    buf: Vec<u8>,
+    api: Arc<Api>,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: TcpStream, api: Arc<Api>, limits: Arc<Limits>, shutdown: watch::Receiver<bool>) -> Self {
+        Connection { stream, buf: Vec::with_capacity(4096), api, limits, shutdown }
+    }
+
+    /// Serves requests until the connection ends.
+    ///
+    /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
+    /// closes it, and the API call in progress, which aborts its upstream requests.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let head = match self.next_request().await {
+                Next::Request(head) => head,
+                Next::Done => return,
+                Next::Reject(response) => return self.finish(&response, false).await,
+            };
+            // The deadline counts from here: the head is parsed (the API contract).
+            let started = Instant::now();
+            if let Err(response) = self.discard_body(&head).await {
+                return self.finish(&response, head.is_head()).await;
+            }
+            let response = self.api.handle(&head, started).await;
+
+            let persistence = if !head.keep_alive || *self.shutdown.borrow() {
+                Persistence::Close
+            } else if head.minor_version == 0 {
+                Persistence::KeepAlive10
+            } else {
+                Persistence::KeepAlive
+            };
+            if persistence == Persistence::Close {
+                return self.finish(&response, head.is_head()).await;
+            }
+            let bytes = response.encode(head.is_head(), persistence);
+            if !matches!(timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+
+    /// Reads until a whole request head is in the buffer, then parses and interprets it.
+    async fn next_request(&mut self) -> Next {
+        let mut head_started = (!self.buf.is_empty()).then(Instant::now);
+        loop {
+            if !self.buf.is_empty() {
+                match parse(&self.buf, &self.limits) {
+                    Ok(Some((head, len))) => {
+                        self.buf.drain(..len);
+                        return Next::Request(head);
+                    }
+                    Ok(None) => {}
+                    Err(response) => return Next::Reject(response),
+                }
+            }
+            let read_until = match head_started {
+                // Between requests: wait for the client as long as the idle timeout, or until shutdown.
+                None => Instant::now() + self.limits.idle_timeout,
+                Some(t) => t + self.limits.head_timeout,
+            };
+            self.buf.reserve(4096);
+            let between_requests = head_started.is_none();
+            tokio::select! {
+                read = timeout_at(read_until, self.stream.read_buf(&mut self.buf)) => match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Next::Done,
+                    Ok(Ok(_)) => head_started = head_started.or_else(|| Some(Instant::now())),
+                    Err(_) if between_requests => return Next::Done,
+                    Err(_) => return Next::Reject(Response::error(408, "request_timeout", "the request head was not received in time")),
+                },
+                // Only between requests: a request that has begun to arrive is read and answered.
+                _ = self.shutdown.changed(), if between_requests => return Next::Done,
+            }
+        }
+    }
+
+    /// Reads and throws away a request body; no endpoint uses one, but it must be consumed to find the next
+    /// request. An `Err` is the response to send before closing.
+    async fn discard_body(&mut self, head: &RequestHead) -> Result<(), Response> {
+        let too_large = || Response::error(413, "content_too_large", "request bodies are not used; this one is too large");
+        let mut remaining = match head.body {
+            BodyLength::None => return Ok(()),
+            BodyLength::Length(n) if n > self.limits.max_body_bytes => return Err(too_large()),
+            BodyLength::Length(n) => n,
+            // A chunked body's size is unknown in advance; refusing it is allowed (RFC 9112 §6.1 lets a
+            // server require a Content-Length via 411, and 413 states the real reason here).
+            BodyLength::Chunked => return Err(too_large()),
+        };
+        if head.expect_continue && self.buf.is_empty() {
+            // RFC 9110 §10.1.1: the client waits for this before sending the body.
+            let _ = self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let until = Instant::now() + self.limits.head_timeout;
+        loop {
+            let take = remaining.min(self.buf.len() as u64) as usize;
+            self.buf.drain(..take);
+            remaining -= take as u64;
+            if remaining == 0 {
+                return Ok(());
+            }
+            self.buf.reserve(4096);
+            match timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(Response::error(400, "bad_request", "the request body ended early")),
+                Err(_) => return Err(Response::error(408, "request_timeout", "the request body was not received in time")),
+            }
+        }
+    }
+
+    /// Writes the last response with `Connection: close`, then closes without losing it.
+    async fn finish(mut self, response: &Response, head_only: bool) {
+        let bytes = response.encode(head_only, Persistence::Close);
+        if !matches!(timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await, Ok(Ok(()))) {
+            return;
+        }
+        // Half-close, then read until the client closes too (or the linger bound), so the response is not
+        // destroyed by a reset. See LINGER.
+        let _ = self.stream.shutdown().await;
+        let _ = timeout(LINGER, async {
+            let mut scratch = [0u8; 4096];
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Parses the head at the front of `buf`: `Ok(None)` while it is incomplete, `Ok(Some((head, length)))`
+/// once it is whole, `Err(response)` if it is malformed or breaks a limit.
+fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            if len > limits.max_head_bytes {
+                return Err(head_too_large());
+            }
+            if req.path.is_some_and(|p| p.len() > limits.max_uri_bytes) {
+                return Err(uri_too_long(limits));
+            }
+            request::interpret(&req).map(|head| Some((head, len)))
+        }
+        Ok(httparse::Status::Partial) => {
+            let request_line_done = buf.contains(&b'\n');
+            if !request_line_done && buf.len() > limits.max_uri_bytes + 32 {
+                Err(uri_too_long(limits))
+            } else if buf.len() > limits.max_head_bytes {
+                Err(head_too_large())
+            } else {
+                Ok(None)
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(Response::error(
+            431,
+            "header_fields_too_large",
+            &format!("more than {} header fields", limits.max_headers),
+        )),
+        Err(httparse::Error::Version) => {
+            Err(Response::error(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported"))
+        }
+        Err(e) => Err(Response::error(400, "bad_request", &format!("malformed request: {e}"))),
+    }
+}
+
+fn head_too_large() -> Response {
+    Response::error(431, "header_fields_too_large", "the request head is too large")
+}
+
+fn uri_too_long(limits: &Limits) -> Response {
+    Response::error(414, "uri_too_long", &format!("the request target is longer than {} bytes", limits.max_uri_bytes))
+}

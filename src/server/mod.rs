@@ -1,0 +1,81 @@
+//! The inbound side: the accept loop, one task per connection, and shutdown.
+//!
+//! Reading order: this file (accept, drain), then [`connection`] (one connection's request loop),
+//! [`request`] (what a head means), [`response`] (what we write back).
+
+mod connection;
+mod date;
+pub mod request;
+pub mod response;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout, Duration};
+
+use crate::api::Api;
+use crate::config::Limits;
+use connection::Connection;
+
+/// How long the accept loop pauses after an error that is about the server, not one client (out of file
+/// descriptors: EMFILE, ENFILE). Retrying at once would spin; the pause lets connections close.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
+/// stops accepting, closes idle connections, lets busy ones finish their request (each bounded by its
+/// deadline) and returns when all are done or `limits.drain_timeout` has passed.
+pub async fn serve(listener: TcpListener, api: Arc<Api>, limits: Limits, shutdown: impl Future<Output = ()>) {
+    let limits = Arc::new(limits);
+    // One sender, a receiver per connection: `true` means "finish the current request, then close".
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Owns every connection task: finished ones are reaped in the loop, the rest are awaited or aborted
+    // at shutdown, so none outlives `serve`.
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    // Answers are small and written whole: Nagle's delay would only add latency.
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection::new(stream, api.clone(), limits.clone(), stop_rx.clone());
+                    connections.spawn(conn.run());
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    eprintln!("fanout: accept failed ({e}); pausing {ACCEPT_BACKOFF:?}");
+                    sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        eprintln!("fanout: a connection task panicked: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    drop(listener); // new connections are now refused by the kernel
+    let _ = stop_tx.send(true);
+    let drained = timeout(limits.drain_timeout, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        eprintln!("fanout: drain limit reached; closing {} connections", connections.len());
+        connections.shutdown().await;
+    }
+}
+
+/// Errors that concern only the connection being accepted (it was reset before we took it, say).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}

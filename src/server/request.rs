@@ -1,0 +1,203 @@
+//! Reading the meaning out of a parsed request head: method, target, keep-alive, and how long the body is.
+//!
+//! httparse has already checked the syntax (token characters, no whitespace before a colon, no obsolete line
+//! folding, no bare CR). What is left are the rules of RFC 9112 that decide framing and persistence; a
+//! request that breaks one is answered with an error and, where its framing is in doubt, the connection is
+//! closed, because the next request on it could not be found reliably (the root of request smuggling).
+
+use super::response::Response;
+
+/// The parts of a request head the server acts on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent: origin-form `/path?query` or absolute-form `http://host/path?query`.
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Whether the client lets the connection stay open after the response.
+    pub keep_alive: bool,
+    pub body: BodyLength,
+    /// `Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
+    pub expect_continue: bool,
+}
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum BodyLength {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl RequestHead {
+    /// `HEAD` asks for the headers of the `GET` response without its content (RFC 9110 §9.3.2).
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    /// The path and query of the target, whichever form it was sent in.
+    pub fn path_and_query(&self) -> Option<&str> {
+        if self.target.starts_with('/') {
+            return Some(&self.target);
+        }
+        // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests".
+        let rest = self.target.strip_prefix("http://").or_else(|| self.target.strip_prefix("https://"))?;
+        Some(rest.find('/').map_or("/", |i| &rest[i..]))
+    }
+}
+
+/// Interprets a complete head that httparse accepted. An `Err` is the response to send; it closes the connection.
+pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Response> {
+    let method = req.method.unwrap_or_default().to_string();
+    let target = req.path.unwrap_or_default().to_string();
+    let minor_version = req.version.unwrap_or(1);
+
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut content_length: Option<u64> = None;
+    let mut transfer_codings: Vec<String> = Vec::new();
+    let mut expect_continue = false;
+
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("\u{fffd}").trim();
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if !valid_host(value) {
+                return Err(bad("the Host header is not a valid host[:port]"));
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A repeated
+            // one is rejected too, even with equal values: two framings of one message are a smuggling smell.
+            if content_length.is_some() {
+                return Err(bad("more than one Content-Length"));
+            }
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("Content-Length is not a decimal number"));
+            }
+            content_length = Some(value.parse().map_err(|_| bad("Content-Length is too large"))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()));
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            // RFC 9110 §10.1.1; other expectations are ignored (a MAY-417 we do not use).
+            expect_continue |= value.eq_ignore_ascii_case("100-continue");
+        }
+    }
+
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1 request
+    // message that lacks a Host header field and to any request message that contains more than one Host
+    // header field line or a Host header field with an invalid field value."
+    if hosts > 1 || (hosts == 0 && minor_version == 1) {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
+    }
+
+    let body = if !transfer_codings.is_empty() {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; §6.3 rule 3: with
+        // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
+        // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
+        if minor_version == 0 {
+            return Err(bad("Transfer-Encoding is not allowed in an HTTP/1.0 request"));
+        }
+        if content_length.is_some() {
+            return Err(bad("a request must not carry both Content-Length and Transfer-Encoding"));
+        }
+        if transfer_codings.last().map(String::as_str) != Some("chunked") {
+            return Err(bad("the final transfer coding must be chunked"));
+        }
+        if transfer_codings.len() > 1 {
+            // RFC 9112 §6.1: "A server that receives a request message with a transfer coding it does not
+            // understand SHOULD respond with 501 (Not Implemented)."
+            return Err(Response::error(501, "not_implemented", "only the chunked transfer coding is supported"));
+        }
+        BodyLength::Chunked
+    } else {
+        match content_length {
+            None | Some(0) => BodyLength::None,
+            Some(n) => BodyLength::Length(n),
+        }
+    };
+
+    // RFC 9112 §9.3: HTTP/1.1 persists unless "close" is sent; HTTP/1.0 only with "keep-alive".
+    let keep_alive = !close && (minor_version == 1 || keep_alive_token);
+    Ok(RequestHead { method, target, minor_version, keep_alive, body, expect_continue })
+}
+
+fn bad(message: &str) -> Response {
+    Response::error(400, "bad_request", message)
+}
+
+/// Host = uri-host [ ":" port ] (RFC 9110 §7.2); an empty value is allowed (RFC 9112 §3.2).
+fn valid_host(v: &str) -> bool {
+    v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<RequestHead, u16> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw.as_bytes()).unwrap().is_complete(), "incomplete test input");
+        interpret(&req).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn http11_persists_unless_close() {
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn http10_persists_only_with_keep_alive() {
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn host_is_required_once_in_http11() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(400));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(400));
+        assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn body_framing_and_smuggling_vectors() {
+        let body = |raw: &str| head(raw).map(|h| h.body);
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"), Ok(BodyLength::Length(5)));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"), Ok(BodyLength::None));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(BodyLength::Chunked));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Err(400));
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Err(501));
+        assert_eq!(body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(400));
+    }
+
+    #[test]
+    fn absolute_form_targets_give_their_path() {
+        let h = head("GET http://example.com:8080/api/all?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/api/all?timeout=5"));
+        let h = head("GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/"));
+        let h = head("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), None);
+    }
+
+    #[test]
+    fn expect_100_continue_is_noticed() {
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").unwrap().expect_continue);
+    }
+}

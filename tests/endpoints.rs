@@ -1,0 +1,285 @@
+//! The API contract, one endpoint at a time, against a scripted upstream.
+//!
+//! The simulator hands out scripted replies in the order requests arrive; each reply's delay counts from
+//! its request's arrival, so completion order follows the delays.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{ms, Service};
+use fanout::simulator::{Fault, Reply};
+
+/// `/api/all`, `/api/first` and `/api/smart` all end in `502` when every request fails like this.
+async fn assert_failure_kind(reply: Reply, timeout_ms: u64, expected_status: u16) {
+    let svc = Service::start().await;
+    svc.sim.script([reply.clone(), reply.clone(), reply]);
+    let r = svc.get(&format!("/api/first?timeout={timeout_ms}")).await;
+    assert_eq!(r.status, expected_status, "{}", r.text());
+}
+
+mod all {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_every_success_in_completion_order() {
+        let svc = Service::start().await;
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(200)),
+            Reply::ok_time(2).after(ms(10)),
+            Reply::ok_time(3).after(ms(100)),
+        ]);
+        let r = svc.get("/api/all?timeout=3000").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.times(), vec![2, 3, 1]);
+        assert_eq!(svc.sim.requests(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaves_out_failures() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1), Reply::status(500), Reply::fault(Fault::InvalidJson)]);
+        let r = svc.get("/api/all?timeout=3000").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.times(), vec![1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_502_as_soon_as_all_three_failed() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(500), Reply::fault(Fault::MissingTime), Reply::fault(Fault::Reset)]);
+        let t = Instant::now();
+        let r = svc.get("/api/all?timeout=10000").await;
+        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_504_when_one_request_hangs() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1), Reply::ok_time(2), Reply::fault(Fault::Hang)]);
+        let t = Instant::now();
+        let r = svc.get("/api/all?timeout=300").await;
+        assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
+        assert!(t.elapsed() >= ms(299), "answered before the deadline: {:?}", t.elapsed());
+    }
+}
+
+mod first {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_the_first_success_as_an_object_without_waiting_for_the_rest() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1).after(ms(2000)), Reply::ok_time(2).after(ms(20)), Reply::status(500)]);
+        let t = Instant::now();
+        let r = svc.get("/api/first?timeout=5000").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), serde_json::json!({"time": 2}));
+        assert!(t.elapsed() < ms(1500), "waited for the slow request: {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn skips_failures_that_come_first() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(500), Reply::fault(Fault::Reset), Reply::ok_time(7).after(ms(100))]);
+        let r = svc.get("/api/first?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 7}));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_502_as_soon_as_all_three_failed() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(503), Reply::fault(Fault::InvalidJson), Reply::fault(Fault::Reset)]);
+        let t = Instant::now();
+        let r = svc.get("/api/first?timeout=10000").await;
+        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_504_at_the_deadline() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::fault(Fault::Hang), Reply::fault(Fault::Hang), Reply::status(500)]);
+        let r = svc.get("/api/first?timeout=200").await;
+        assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_object_on_as_it_came_but_compact() {
+        let svc = Service::start().await;
+        let body = r#"{ "time" : 5, "zeta": {"a": [1, 2.5e3]}, "alpha": "x y" }"#;
+        let reply = Reply::body(200, body).after(ms(1));
+        svc.sim.script([reply.clone(), reply.clone(), reply]);
+        let r = svc.get("/api/first?timeout=3000").await;
+        assert_eq!(r.text(), r#"{"time":5,"zeta":{"a":[1,2.5e3]},"alpha":"x y"}"#);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accepts_a_chunked_success() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::chunked().time(9), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        let r = svc.get("/api/first?timeout=3000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 9}));
+    }
+}
+
+mod within_timeout {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_all_three_as_soon_as_they_finished() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1).after(ms(50)), Reply::ok_time(2).after(ms(5)), Reply::ok_time(3).after(ms(20))]);
+        let t = Instant::now();
+        let r = svc.get("/api/within-timeout?timeout=5000").await;
+        assert_eq!(r.times(), vec![2, 3, 1]);
+        assert!(t.elapsed() < ms(2500), "waited for the deadline: {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_what_arrived_before_the_deadline() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1).after(ms(10)), Reply::fault(Fault::Hang), Reply::ok_time(3).after(ms(5000))]);
+        let t = Instant::now();
+        let r = svc.get("/api/within-timeout?timeout=300").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.times(), vec![1]);
+        assert!(t.elapsed() >= ms(299), "answered before the deadline: {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_an_empty_list_when_everything_fails() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(500), Reply::fault(Fault::Reset), Reply::fault(Fault::MissingTime)]);
+        let r = svc.get("/api/within-timeout?timeout=5000").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timeout_zero_answers_an_empty_list_without_asking_the_upstream() {
+        let svc = Service::start().await;
+        let r = svc.get("/api/within-timeout?timeout=0").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+        assert_eq!(svc.sim.requests(), 0);
+    }
+}
+
+mod smart {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fast_first_request_is_the_only_one() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1).after(ms(20))]);
+        let r = svc.get("/api/smart?timeout=3000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 1}));
+        assert_eq!(svc.sim.requests(), 1, "hedged although the first request succeeded in time");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hedges_with_two_more_after_the_delay() {
+        let svc = Service::start_with(common::quiet_upstream(), |c| c.hedge_delay = ms(300)).await;
+        svc.sim.script([Reply::ok_time(1).after(ms(3000)), Reply::ok_time(2).after(ms(50)), Reply::ok_time(3).after(ms(3000))]);
+        let t = Instant::now();
+        let r = svc.get("/api/smart?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 2}));
+        let took = t.elapsed();
+        assert!(took >= ms(340) && took < ms(2000), "took {took:?}: hedge not fired at 300 ms");
+        assert_eq!(svc.sim.requests(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hedges_at_once_when_the_first_request_fails() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(500), Reply::ok_time(2).after(ms(20)), Reply::ok_time(3).after(ms(2000))]);
+        let t = Instant::now();
+        let r = svc.get("/api/smart?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 2}));
+        assert!(t.elapsed() < ms(280), "waited for the hedge delay: {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_request_still_counts_after_hedging() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::ok_time(1).after(ms(450)), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        let r = svc.get("/api/smart?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 1}));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_502_when_all_three_failed() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::status(500), Reply::status(502), Reply::fault(Fault::Reset)]);
+        let t = Instant::now();
+        let r = svc.get("/api/smart?timeout=10000").await;
+        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_504_at_the_deadline() {
+        let svc = Service::start().await;
+        svc.sim.script([Reply::fault(Fault::Hang), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        let r = svc.get("/api/smart?timeout=500").await;
+        assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
+        assert_eq!(svc.sim.requests(), 3);
+    }
+}
+
+mod failure_kinds {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_error_status_is_a_failure() {
+        assert_failure_kind(Reply::status(500), 5000, 502).await;
+        assert_failure_kind(Reply::status(404), 5000, 502).await;
+        assert_failure_kind(Reply::body(201, r#"{"time": 1}"#), 5000, 502).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_is_not_a_valid_work_object_is_a_failure() {
+        assert_failure_kind(Reply::fault(Fault::InvalidJson), 5000, 502).await;
+        assert_failure_kind(Reply::fault(Fault::MissingTime), 5000, 502).await;
+        for body in [r#"{"time": -1}"#, r#"{"time": 1.5}"#, r#"{"time": "5"}"#, r#"[{"time": 5}]"#, "", r#"{"time": 5"#] {
+            assert_failure_kind(Reply::body(200, body), 5000, 502).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_over_the_cap_is_a_failure() {
+        let big = format!(r#"{{"time": 1, "pad": "{}"}}"#, "x".repeat(200 * 1024));
+        assert_failure_kind(Reply::body(200, big), 5000, 502).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_is_a_failure() {
+        assert_failure_kind(Reply::fault(Fault::Reset), 5000, 502).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hang_or_a_body_too_slow_for_the_deadline_is_a_timeout() {
+        assert_failure_kind(Reply::fault(Fault::Hang), 300, 504).await;
+        assert_failure_kind(Reply::fault(Fault::SlowBody), 300, 504).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_upstream_is_a_failure() {
+        // A port nobody listens on: bind one, note it, free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let svc = Service::start_with(common::quiet_upstream(), |c| {
+            c.upstream = fanout::config::UpstreamChoice::Url(format!("https://127.0.0.1:{port}/api/work"));
+        })
+        .await;
+        let r = svc.get("/api/all?timeout=3000").await;
+        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_certificate_is_a_failure() {
+        let svc = Service::start_with(common::quiet_upstream(), |c| c.extra_roots.clear()).await;
+        let r = svc.get("/api/all?timeout=3000").await;
+        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+    }
+}
