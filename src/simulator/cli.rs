@@ -162,17 +162,17 @@ pub async fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let (listen, config, write_ca) = parse_args(args)?;
-    if let Some(path) = &write_ca {
-        // std::fs in async code: one small file, once, before serving; not worth a blocking task.
-        std::fs::write(path, ca_pem())
-            .map_err(|e| format!("--write-ca: cannot write {}: {e}", path.display()))?;
-    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("--listen: cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::start_on(listener, config)
         .await
         .map_err(|e| format!("simulator: {e}"))?;
+    if let Some(path) = &write_ca {
+        // std::fs in async code: one small file, once, before serving; not worth a blocking task.
+        std::fs::write(path, ca_pem())
+            .map_err(|e| format!("--write-ca: cannot write {}: {e}", path.display()))?;
+    }
     println!("fanout simulator: serving {}", simulator.url());
     let stopped = shutdown_signal().await;
     // Dropping the simulator closes the listener and every connection.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 
 use super::reply::{Kind, Reply};
@@ -240,8 +240,11 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Reads whatever is available (at most [`READ_CHUNK`]) onto the buffer; `Ok(0)` at EOF.
+    /// Reads whatever is available (at most [`READ_CHUNK`]) onto the buffer; 0 at EOF.
     /// Errors count as EOF here: the caller's answer to both is to stop.
+    ///
+    /// Cancel safety: bytes land in `self.buf` only when a read completes (tokio's and
+    /// tokio-rustls's `read` keep unread data in the stream), so dropping it loses nothing.
     async fn read_more(&mut self) -> usize {
         let mut chunk = [0u8; READ_CHUNK];
         match self.stream.read(&mut chunk).await {
@@ -279,8 +282,8 @@ impl<S: Transport> Connection<S> {
     async fn answer(&mut self, reply: Reply, last: bool) -> io::Result<Next> {
         let close = last || reply.close;
         let delay = reply.delay.unwrap_or_else(|| self.shared.random_latency());
-        if reply.kind != Kind::Fault(Fault::Hang) {
-            sleep(delay).await;
+        if reply.kind != Kind::Fault(Fault::Hang) && !self.work(delay).await {
+            return Ok(Next::End(End::Drop));
         }
         let time = reply
             .time
@@ -312,6 +315,26 @@ impl<S: Transport> Connection<S> {
         } else {
             Next::KeepAlive
         })
+    }
+
+    /// Spends `delay` "working" before the answer, while watching the socket: a client that gives
+    /// up and closes ends the connection now, not after the delay, so `connections_open` follows
+    /// the client promptly even behind a long scripted delay. False when the client is gone.
+    /// (A client that half-closes while waiting counts as gone; HTTP/1.1 clients do not.)
+    ///
+    /// Bytes that arrive meanwhile (a pipelined request) stay buffered for later, up to
+    /// [`MAX_HEAD_BYTES`]; past that we stop reading and only wait.
+    async fn work(&mut self, delay: Duration) -> bool {
+        let done = Instant::now() + delay;
+        while self.buf.len() < MAX_HEAD_BYTES {
+            match timeout_at(done, self.read_more()).await {
+                None => return true,
+                Some(0) => return false,
+                Some(_) => {}
+            }
+        }
+        sleep_until(done).await;
+        true
     }
 
     /// Writes the whole buffer and flushes it (through TLS, to the socket) within

@@ -95,6 +95,7 @@ pub struct SimConfig {
     pub latency_ms: (u64, u64),
     /// Share of unscripted requests (0.0..=1.0) that fail, with a kind drawn from `failure_kinds`.
     pub failure_rate: f64,
+    /// The kinds a failing request draws from, uniformly (list one twice to weight it).
     pub failure_kinds: Vec<Fault>,
     /// Close a keep-alive connection after this many responses on it: the n-th response carries
     /// `Connection: close`.

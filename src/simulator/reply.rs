@@ -1,13 +1,18 @@
 //! One scripted answer. Tests build them like sentences and queue them with
 //! [`Simulator::script`](super::Simulator::script):
 //!
-//! ```ignore
+//! ```
+//! # use std::time::Duration;
+//! # use fanout::simulator::{Fault, Reply, Simulator};
+//! # fn demo(sim: &Simulator) {
+//! let ms = Duration::from_millis;
 //! sim.script([
-//!     Reply::ok_time(7).after(ms(5)),       // 200 {"time": 7}, 5 ms after the request
-//!     Reply::fault(Fault::Hang),            // never answers
-//!     Reply::status(503).after(ms(1)),      // 503 with a small JSON error body
-//!     Reply::ok().close(),                  // 200 with `Connection: close`, then close
+//!     Reply::ok_time(7).after(ms(5)),  // 200 {"time": 7}, 5 ms after the request
+//!     Reply::fault(Fault::Hang),       // never answers
+//!     Reply::status(503).after(ms(1)), // 503 with a small JSON error body
+//!     Reply::ok().close(),             // 200 with `Connection: close`, then close
 //! ]);
+//! # }
 //! ```
 //!
 //! A reply without [`after`](Reply::after) waits the configured random latency first, like the
@@ -20,6 +25,7 @@ use super::Fault;
 
 /// One answer to one `GET /api/work`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a Reply does nothing until it is given to Simulator::script"]
 pub struct Reply {
     pub(super) kind: Kind,
     /// `None`: draw from the configured latency range when the request arrives.

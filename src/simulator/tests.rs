@@ -430,6 +430,37 @@ async fn failure_rate_one_draws_only_from_the_configured_kinds() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn a_client_that_gives_up_during_the_delay_is_released_at_once() {
+    let sim = start(fast()).await;
+    // Far longer than LIMIT: only an early release can pass the wait below.
+    sim.script([Reply::ok().after(Duration::from_secs(60))]);
+    let mut client = connect(&sim).await;
+    send_get(&mut client, "/api/work", "").await;
+    assert!(sim.wait_requests(1, LIMIT).await);
+
+    drop(client);
+    assert!(sim.wait_connections_open(0, LIMIT).await);
+}
+
+#[tokio::test]
+async fn connections_are_served_concurrently() {
+    const N: u64 = 10;
+    let sim = start(fast()).await;
+    sim.script((0..N).map(|_| Reply::fault(Fault::Hang)));
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut client = connect(&sim).await;
+        send_get(&mut client, "/api/work", "").await;
+        clients.push(client);
+    }
+    // Every request was read while all the earlier ones were still hanging.
+    assert!(sim.wait_requests(N, LIMIT).await);
+    assert_eq!(sim.connections_open(), N);
+    drop(clients);
+    assert!(sim.wait_connections_open(0, LIMIT).await);
+}
+
+#[tokio::test]
 async fn close_after_marks_the_nth_response_and_then_closes() {
     let sim = start(SimConfig {
         close_after: Some(2),
@@ -796,6 +827,15 @@ fn cli_errors_name_the_flag() {
         let error = parse_args(&args(bad)).expect_err("refused");
         assert!(error.contains(flag), "{bad:?} gave {error:?}");
     }
+}
+
+#[tokio::test]
+async fn run_refuses_bad_flags_and_answers_help_without_serving() {
+    let error = run(&args(&["--failure-rate=2"]))
+        .await
+        .expect_err("refused");
+    assert!(error.contains("--failure-rate"), "{error}");
+    assert_eq!(run(&args(&["--help"])).await, Ok(()));
 }
 
 #[test]
