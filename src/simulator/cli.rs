@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::{
-    ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, MAX_CONNECTIONS, MAX_HEADERS,
+    ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
     MAX_HEAD_BYTES, MAX_LATENCY_MS, MAX_REQUEST_BODY_BYTES, SLOW_BODY_PAUSE,
 };
 
@@ -44,7 +44,8 @@ The test CA and its certificate are public: trust them for testing only.
 
 Limits: request head {MAX_HEAD_BYTES} bytes, {MAX_HEADERS} header fields, request body {MAX_REQUEST_BODY_BYTES} bytes,
 {MAX_CONNECTIONS} connections at once; idle connections close after {IDLE_CAP:?} without --idle-close-ms;
-a hang lasts at most {HANG_CAP:?}; a slow body sends one byte per {SLOW_BODY_PAUSE:?}.
+a hang lasts at most {HANG_CAP:?}; a slow body sends one byte per {SLOW_BODY_PAUSE:?};
+after closing, input is drained for at most {LINGER:?}.
 ",
         kinds = kinds.join(",")
     )

@@ -25,8 +25,8 @@ use tokio_rustls::TlsAcceptor;
 use super::reply::{Kind, Reply};
 use super::state::{OpenConnection, Shared};
 use super::{
-    Fault, SeenRequest, HANG_CAP, IDLE_CAP, MAX_HEADERS, MAX_HEAD_BYTES, MAX_REQUEST_BODY_BYTES,
-    REQUEST_TIMEOUT, SLOW_BODY_PAUSE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
+    Fault, SeenRequest, HANG_CAP, IDLE_CAP, LINGER, MAX_HEADERS, MAX_HEAD_BYTES,
+    MAX_REQUEST_BODY_BYTES, REQUEST_TIMEOUT, SLOW_BODY_PAUSE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
 };
 
 /// The body of [`Fault::InvalidJson`]: what a proxy in front of a dead service tends to send.
@@ -143,8 +143,19 @@ impl<S: Transport> Connection<S> {
         let end = self.exchanges().await.unwrap_or(End::Drop);
         match end {
             End::Graceful => {
-                // Bounded: a peer that stopped reading cannot hold us in close_notify forever.
+                // RFC 9112 §9.6: close in stages. Half-close first (TLS close_notify, then FIN);
+                // then read and drop whatever the client still sends until it closes too. Closing
+                // with unread input makes the kernel send an RST, which can destroy the response
+                // we just sent before the client reads it (likely after a 431 or 413).
+                // Bounded: a peer that stopped reading cannot hold us in close_notify forever,
+                // and one that never closes is left after LINGER.
                 let _ = timeout(WRITE_TIMEOUT, self.stream.shutdown()).await;
+                let drain = async {
+                    while self.read_more().await > 0 {
+                        self.buf.clear()
+                    }
+                };
+                let _ = timeout(LINGER, drain).await;
             }
             End::Drop => {}
             End::Reset => {
@@ -210,7 +221,7 @@ impl<S: Transport> Connection<S> {
     /// anyway: bytes land in `self.buf` only when a `read` completes.
     async fn read_head(&mut self) -> io::Result<HeadRead> {
         let idle = self.shared.config.idle_close.unwrap_or(IDLE_CAP);
-        let idle_deadline = Instant::now() + idle;
+        let idle_deadline = deadline_in(idle);
         let mut request_deadline = None;
         loop {
             if !self.buf.is_empty() {
@@ -325,7 +336,7 @@ impl<S: Transport> Connection<S> {
     /// Bytes that arrive meanwhile (a pipelined request) stay buffered for later, up to
     /// [`MAX_HEAD_BYTES`]; past that we stop reading and only wait.
     async fn work(&mut self, delay: Duration) -> bool {
-        let done = Instant::now() + delay;
+        let done = deadline_in(delay);
         while self.buf.len() < MAX_HEAD_BYTES {
             match timeout_at(done, self.read_more()).await {
                 None => return true,
@@ -406,6 +417,14 @@ impl<S: Transport> Connection<S> {
             }
         }
     }
+}
+
+/// `now + duration`, saturating 30 years ahead (as tokio does) instead of panicking when a
+/// caller configured an absurd duration such as `Duration::MAX`.
+fn deadline_in(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// `tokio::time::timeout_at`, as an `Option`: `None` when the deadline came first.

@@ -77,6 +77,9 @@ pub const SLOW_BODY_PAUSE: Duration = Duration::from_millis(100);
 pub const IDLE_CAP: Duration = Duration::from_secs(120);
 /// Once the first byte of a request arrived, the rest of its head (and body) must follow this fast.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a graceful close (our FIN sent), how long we keep reading until the client closes too,
+/// so that unread input does not turn our close into an RST (RFC 9112 §9.6).
+pub const LINGER: Duration = Duration::from_secs(1);
 /// The TLS handshake must finish this fast, or the connection is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each write (and the final TLS close_notify) must finish this fast; a client that stops reading
@@ -298,7 +301,8 @@ impl Simulator {
         self.shared.connections_accepted()
     }
 
-    /// Connections accepted and not yet closed.
+    /// Connections accepted and not yet closed. One the simulator closes gracefully (after
+    /// `Connection: close`) stays counted until the client closes its end too, or [`LINGER`].
     pub fn connections_open(&self) -> u64 {
         self.shared.connections_open()
     }
