@@ -1,0 +1,208 @@
+//! `fanout simulator [FLAGS]`: the simulated upstream as its own process, until SIGINT/SIGTERM.
+//!
+//! Typical use: `fanout simulator --write-ca /tmp/sim-ca.pem` in one terminal, and fanout (or
+//! curl `--cacert /tmp/sim-ca.pem`) pointed at the URL it prints in another.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::{
+    ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
+    MAX_HEAD_BYTES, MAX_LATENCY_MS, MAX_REQUEST_BODY_BYTES, SLOW_BODY_PAUSE,
+};
+
+/// Where `fanout simulator` listens unless told otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// The `--help` text, limits included.
+pub fn usage() -> String {
+    let defaults = SimConfig::default();
+    let (min, max) = defaults.latency_ms;
+    let kinds: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    format!(
+        "\
+Usage: fanout simulator [FLAGS]
+
+Serves a simulated upstream (GET /api/work -> {{\"time\": N}}) until SIGINT or SIGTERM,
+and prints its URL. Flags take `--flag VALUE` or `--flag=VALUE`.
+
+  --listen ADDR          address to listen on (default {DEFAULT_LISTEN})
+  --plain                plain HTTP instead of HTTPS with the built-in test certificate
+  --latency-ms N|MIN-MAX answer latency in ms, fixed or uniform (default {min}-{max}, max {MAX_LATENCY_MS})
+  --failure-rate F       share of requests that fail, 0..=1 (default 0)
+  --failures LIST        comma list of failure kinds to draw from (default all):
+                         {kinds}
+  --close-after N        close each connection after N responses (Connection: close)
+  --idle-close-ms N      silently close a connection idle for N ms between requests
+  --write-ca FILE        write the test CA certificate (PEM) to FILE, for clients to trust
+  --help                 this text
+
+The test CA and its certificate are public: trust them for testing only.
+
+Limits: request head {MAX_HEAD_BYTES} bytes, {MAX_HEADERS} header fields, request body {MAX_REQUEST_BODY_BYTES} bytes,
+{MAX_CONNECTIONS} connections at once; idle connections close after {IDLE_CAP:?} without --idle-close-ms;
+a hang lasts at most {HANG_CAP:?}; a slow body sends one byte per {SLOW_BODY_PAUSE:?};
+after closing, input is drained for at most {LINGER:?}.
+",
+        kinds = kinds.join(",")
+    )
+}
+
+/// Parses the arguments after `simulator`: (listen address, configuration, `--write-ca` file).
+/// `--help` comes back as `Err(usage())`; [`run`] prints it and succeeds instead.
+pub fn parse_args(args: &[String]) -> Result<(SocketAddr, SimConfig, Option<PathBuf>), String> {
+    let mut listen: SocketAddr = DEFAULT_LISTEN
+        .parse()
+        .map_err(|e| format!("default listen address: {e}"))?;
+    let mut config = SimConfig::default();
+    let mut write_ca = None;
+
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        // `--flag=value` or `--flag value`; flags without a value reject an `=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag}: needs a value")),
+            }
+        };
+        match flag {
+            "--help" | "-h" => return Err(usage()),
+            "--plain" if inline.is_none() => config.tls = false,
+            "--listen" => {
+                let v = value()?;
+                listen = v.parse().map_err(|_| {
+                    format!("--listen: {v:?} is not an address like 127.0.0.1:8443")
+                })?;
+            }
+            "--latency-ms" => config.latency_ms = parse_latency(&value()?)?,
+            "--failure-rate" => {
+                let v = value()?;
+                match v.parse::<f64>() {
+                    Ok(rate) if (0.0..=1.0).contains(&rate) => config.failure_rate = rate,
+                    _ => {
+                        return Err(format!(
+                            "--failure-rate: {v:?} is not a number within 0..=1"
+                        ))
+                    }
+                }
+            }
+            "--failures" => config.failure_kinds = parse_failures(&value()?)?,
+            "--close-after" => {
+                let v = value()?;
+                match v.parse::<u64>() {
+                    Ok(n) if n >= 1 => config.close_after = Some(n),
+                    _ => return Err(format!("--close-after: {v:?} is not a whole number >= 1")),
+                }
+            }
+            "--idle-close-ms" => {
+                let v = value()?;
+                match v.parse::<u64>() {
+                    Ok(n) if n >= 1 => config.idle_close = Some(Duration::from_millis(n)),
+                    _ => return Err(format!("--idle-close-ms: {v:?} is not a whole number >= 1")),
+                }
+            }
+            "--write-ca" => write_ca = Some(PathBuf::from(value()?)),
+            "--plain" => return Err("--plain: takes no value".into()),
+            _ => return Err(format!("unknown argument {arg:?} (try --help)")),
+        }
+    }
+    // Catches what single flags cannot: e.g. failures listed but none allowed with a rate.
+    config.validate()?;
+    Ok((listen, config, write_ca))
+}
+
+/// `N` or `MIN-MAX`, in milliseconds, at most [`MAX_LATENCY_MS`].
+fn parse_latency(v: &str) -> Result<(u64, u64), String> {
+    let bad = || {
+        format!("--latency-ms: {v:?} is not N or MIN-MAX (milliseconds, MIN <= MAX <= {MAX_LATENCY_MS})")
+    };
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+    let (min, max) = match v.split_once('-') {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => (number(v)?, number(v)?),
+    };
+    if min > max || max > MAX_LATENCY_MS {
+        return Err(bad());
+    }
+    Ok((min, max))
+}
+
+/// A comma list of [`Fault::name`]s; an empty list allows no failures.
+fn parse_failures(v: &str) -> Result<Vec<Fault>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            Fault::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "--failures: unknown kind {name:?} (known: {})",
+                    known.join(",")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Serves until SIGINT or SIGTERM. Prints one line, `fanout simulator: serving URL`, once the
+/// listener is bound (and the CA file, if asked for, is written), so a script may wait for it.
+pub async fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", usage());
+        return Ok(());
+    }
+    let (listen, config, write_ca) = parse_args(args)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("--listen: cannot listen on {listen}: {e}"))?;
+    let simulator = Simulator::start_on(listener, config)
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+    if let Some(path) = &write_ca {
+        // std::fs in async code: one small file, once, before serving; not worth a blocking task.
+        std::fs::write(path, ca_pem())
+            .map_err(|e| format!("--write-ca: cannot write {}: {e}", path.display()))?;
+    }
+    println!("fanout simulator: serving {}", simulator.url());
+    let stopped = shutdown_signal().await;
+    // Dropping the simulator closes the listener and every connection.
+    drop(simulator);
+    stopped
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what `kill` and service managers send).
+///
+/// Cancel safety: only listens; dropping it unregisters nothing that matters (tokio keeps the
+/// signal handlers installed for the life of the process).
+async fn shutdown_signal() -> Result<(), String> {
+    let interrupted = async {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("cannot listen for SIGINT: {e}"))
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        tokio::select! {
+            result = interrupted => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        interrupted.await
+    }
+}
