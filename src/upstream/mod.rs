@@ -83,6 +83,11 @@ pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 8192;
 /// must arrive before the server's timer fires. The header counts whole seconds, so one second it is.
 pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long a non-200 answer's body is waited for, at most. The status is the outcome as soon as the head
+/// is here; the body is read only so that the connection can be reused, and an error page normally arrives
+/// in the same packets as its head. A failure is never held back longer than this for the sake of a socket.
+pub const ERROR_BODY_GRACE: Duration = Duration::from_millis(50);
+
 /// Sent in every request, so the upstream's operators can tell who is calling.
 const USER_AGENT: &str = "fanout/0.1";
 
@@ -285,6 +290,11 @@ impl Upstream {
     /// connection is never returned to the pool half-read. A queued wait for a slot is simply abandoned.
     pub async fn fetch(&self, deadline: Instant) -> Result<Work, UpstreamError> {
         self.start_reaper();
+        // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
+        // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
+        if Instant::now() >= deadline {
+            return Err(UpstreamError::Timeout);
+        }
         let (conn, reused) = match self.pool.checkout(deadline).await? {
             Checkout::Reused(conn) => (conn, true),
             Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
@@ -337,14 +347,14 @@ impl Upstream {
         };
 
         if head.status != 200 {
-            // Read an error body too when it is framed and within limits, so the connection can be reused;
-            // otherwise (too big, close-delimited, too slow) just drop the connection. The status is the
-            // outcome either way.
+            // The status is the outcome. Read the error body too when it is framed, within limits and here
+            // within ERROR_BODY_GRACE, so the connection can be reused; otherwise just drop the connection.
             if head.keep_alive {
-                if let Ok(_ignored) = conn
-                    .read_body(head.framing, self.max_body_bytes, deadline)
-                    .await
-                {
+                let drain_deadline = deadline.min(Instant::now() + ERROR_BODY_GRACE);
+                let drained = conn
+                    .read_body(head.framing, self.max_body_bytes, drain_deadline)
+                    .await;
+                if drained.is_ok() {
                     self.release(conn, &head);
                 }
             }
