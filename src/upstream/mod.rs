@@ -300,12 +300,13 @@ impl Upstream {
             Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
         };
         match self.exchange(conn, deadline).await {
-            // The stale-connection retry (hyper-util's rule; RFC 9112 §9.3.1 allows retrying an idempotent
-            // request like this GET). A server may close an idle connection at any moment, and the close can
-            // cross our request on the wire. If a *reused* connection failed before a single byte of response
-            // came back, the server never processed the request: try once more on a fresh connection,
-            // reusing the dead one's slot. A fresh connection that fails is the upstream's failure, not
-            // staleness, and a response that started and broke off is never retried.
+            // The stale-connection retry (hyper-util's rule). A server may close an idle connection at any
+            // moment, and the close can cross our request on the wire. If a *reused* connection failed before
+            // a single byte of response came back, that is the likely story: try once more on a fresh
+            // connection, reusing the dead one's slot. We cannot tell it apart from a server that did process
+            // the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
+            // idempotent requests such as this GET. A fresh connection that fails is the upstream's failure,
+            // not staleness, and a response that started and broke off is never retried.
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
                 let conn = self.connect(dead.into_slot(), deadline).await?;
