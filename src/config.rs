@@ -148,12 +148,13 @@ pub fn help() -> String {
         } else {
             format!(" [default: {}]", s.default)
         };
+        let flag = format!("{} {}", s.flag, s.value);
         out.push_str(&format!(
-            "  {} {:<7} {}\n      {}{}\n",
-            s.flag, s.value, s.env, s.help, default
+            "  {flag:<30} {}\n      {}{default}\n",
+            s.env, s.help
         ));
     }
-    out.push_str("  --help           this text\n");
+    out.push_str("  --help                         this text\n");
     out
 }
 

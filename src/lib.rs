@@ -58,7 +58,7 @@ pub async fn serve(
             let sim = Simulator::start(config.simulated.clone())
                 .await
                 .map_err(|e| format!("cannot start the simulated upstream: {e}"))?;
-            upstream_config = UpstreamConfig::new(&sim.url());
+            upstream_config = UpstreamConfig::new(sim.url());
             upstream_config.extra_roots.extend(simulator::ca_certs());
             _simulator = Some(sim);
         }

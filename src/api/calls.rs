@@ -34,7 +34,13 @@ pub struct Calls {
 
 impl Calls {
     pub fn new(upstream: Arc<Upstream>, deadline: Instant) -> Calls {
-        Calls { upstream, deadline, running: JoinSet::new(), skipped: 0, failures: Vec::new() }
+        Calls {
+            upstream,
+            deadline,
+            running: JoinSet::new(),
+            skipped: 0,
+            failures: Vec::new(),
+        }
     }
 
     /// Starts `n` more requests at once, each bounded by the call's deadline.
@@ -46,7 +52,8 @@ impl Calls {
         for _ in 0..n {
             let upstream = self.upstream.clone();
             let deadline = self.deadline;
-            self.running.spawn(async move { upstream.fetch(deadline).await });
+            self.running
+                .spawn(async move { upstream.fetch(deadline).await });
         }
     }
 
@@ -65,7 +72,9 @@ impl Calls {
             }
             Some(Ok(outcome)) => outcome,
             // Only a panic can get here (tasks are aborted only when `Calls` is dropped).
-            Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!("upstream task failed: {e}")))),
+            Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!(
+                "upstream task failed: {e}"
+            )))),
             None if self.skipped > 0 => pending().await,
             None => return None,
         };

@@ -46,9 +46,11 @@ impl Service {
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
-        let mut config = Config::default();
-        config.upstream = UpstreamChoice::Url(sim.url());
-        config.extra_roots = simulator::ca_certs();
+        let mut config = Config {
+            upstream: UpstreamChoice::Url(sim.url()),
+            extra_roots: simulator::ca_certs(),
+            ..Config::default()
+        };
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
