@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::simulator::SimConfig;
+use crate::upstream;
 
 /// The real upstream the service was written for. Our machines cannot reach it; see `--upstream simulated`.
 pub const DEFAULT_UPSTREAM: &str = "https://exponea-engineering-assignment.appspot.com/api/work";
@@ -37,8 +38,34 @@ pub struct Config {
     /// `/api/smart` fires its two extra requests after this long without a success.
     pub hedge_delay: Duration,
     pub limits: Limits,
+    /// Bounds on the upstream client and its connection pool.
+    pub pool: PoolSettings,
     /// How the in-process simulated upstream behaves (with `--upstream simulated`).
     pub simulated: SimConfig,
+}
+
+/// The upstream client's bounds; the reasons for the defaults are in `upstream/mod.rs`.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Open upstream connections at most; beyond, requests wait (FIFO, within their deadline) for one.
+    pub max_connections: usize,
+    /// Idle connections kept for reuse at most.
+    pub max_idle: usize,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// A larger upstream response body is a failure.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: upstream::DEFAULT_POOL_MAX_CONNECTIONS,
+            max_idle: upstream::DEFAULT_POOL_MAX_IDLE,
+            idle_timeout: upstream::DEFAULT_POOL_IDLE_TIMEOUT,
+            max_body_bytes: upstream::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
 }
 
 /// Bounds on what a client may make the server hold. Each one has a reason next to its default.
@@ -71,6 +98,7 @@ impl Default for Config {
             max_timeout_ms: 60_000,
             hedge_delay: Duration::from_millis(300),
             limits: Limits::default(),
+            pool: PoolSettings::default(),
             // Like the real upstream, which "often fails": 1 request in 10 fails, in any of the ways.
             simulated: SimConfig {
                 failure_rate: 0.1,
@@ -116,6 +144,10 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },
     Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
     Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS", default: "300", help: "/api/smart fires 2 more requests after this long without a success" },
+    Setting { flag: "--upstream-max-connections", env: "FANOUT_UPSTREAM_MAX_CONNECTIONS", value: "N", default: "8192", help: "open upstream connections at most; beyond, requests wait for one within their deadline" },
+    Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "1024", help: "idle upstream connections kept for reuse" },
+    Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
+    Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
     Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },
@@ -221,6 +253,14 @@ impl Config {
             "--upstream-ca" => self.extra_roots = read_roots(v)?,
             "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
             "--hedge-delay-ms" => self.hedge_delay = millis(v)?,
+            "--upstream-max-connections" => {
+                self.pool.max_connections = number(v, 1, 1 << 20)? as usize
+            }
+            "--upstream-max-idle" => self.pool.max_idle = number(v, 0, 1 << 20)? as usize,
+            "--upstream-idle-timeout-ms" => self.pool.idle_timeout = millis(v)?,
+            "--upstream-max-body-bytes" => {
+                self.pool.max_body_bytes = number(v, 16, 1 << 30)? as usize
+            }
             "--sim-latency-ms" => {
                 let (min, max) = v.split_once('-').unwrap_or((v, v));
                 let (min, max) = (number(min, 0, 3_600_000)?, number(max, 0, 3_600_000)?);

@@ -50,22 +50,27 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let mut upstream_config;
     let mut _simulator = None;
-    match &config.upstream {
-        UpstreamChoice::Url(url) => upstream_config = UpstreamConfig::new(url),
+    let (url, mut extra_roots) = match &config.upstream {
+        UpstreamChoice::Url(url) => (url.clone(), Vec::new()),
         UpstreamChoice::Simulated => {
             let sim = Simulator::start(config.simulated.clone())
                 .await
                 .map_err(|e| format!("cannot start the simulated upstream: {e}"))?;
-            upstream_config = UpstreamConfig::new(sim.url());
-            upstream_config.extra_roots.extend(simulator::ca_certs());
+            let url = sim.url();
             _simulator = Some(sim);
+            (url, simulator::ca_certs())
         }
-    }
-    upstream_config
-        .extra_roots
-        .extend(config.extra_roots.iter().cloned());
+    };
+    extra_roots.extend(config.extra_roots.iter().cloned());
+    let upstream_config = UpstreamConfig {
+        extra_roots,
+        pool_max_connections: config.pool.max_connections,
+        pool_max_idle: config.pool.max_idle,
+        pool_idle_timeout: config.pool.idle_timeout,
+        max_body_bytes: config.pool.max_body_bytes,
+        ..UpstreamConfig::new(url)
+    };
     let upstream = Arc::new(Upstream::new(upstream_config)?);
 
     let addr = listener
