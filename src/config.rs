@@ -55,6 +55,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// A larger upstream response body is a failure.
     pub max_body_bytes: usize,
+    /// An upstream exchange nobody waits for any more may finish in the background this long, to save its
+    /// connection; zero closes it at once.
+    pub linger: Duration,
 }
 
 impl Default for PoolSettings {
@@ -64,6 +67,7 @@ impl Default for PoolSettings {
             max_idle: upstream::DEFAULT_POOL_MAX_IDLE,
             idle_timeout: upstream::DEFAULT_POOL_IDLE_TIMEOUT,
             max_body_bytes: upstream::DEFAULT_MAX_BODY_BYTES,
+            linger: upstream::DEFAULT_LINGER,
         }
     }
 }
@@ -148,6 +152,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "1024", help: "idle upstream connections kept for reuse" },
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
+    Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused (0: close at once)" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
     Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },
@@ -261,6 +266,7 @@ impl Config {
             "--upstream-max-body-bytes" => {
                 self.pool.max_body_bytes = number(v, 16, 1 << 30)? as usize
             }
+            "--upstream-linger-ms" => self.pool.linger = millis(v)?,
             "--sim-latency-ms" => {
                 let (min, max) = v.split_once('-').unwrap_or((v, v));
                 let (min, max) = (number(min, 0, 3_600_000)?, number(max, 0, 3_600_000)?);

@@ -21,8 +21,10 @@
 //! which starts upstream requests as tasks owned by a `Calls`; each borrows a connection from the pool
 //! (or opens one), writes `GET /api/work`, reads the response and returns it to the pool. The strategy
 //! waits for outcomes until it can decide or the deadline fires, whichever is first, then returns: the
-//! upstream requests still running are aborted with it. The connection task writes the answer and waits
-//! for the next request.
+//! upstream requests still running stop counting for the caller at once. Those already on the wire may
+//! finish in the background for a bounded time (`--upstream-linger-ms`) so that their connections go back
+//! to the pool instead of costing a new TLS handshake. The connection task writes the answer and waits for
+//! the next request.
 
 pub mod api;
 pub mod config;
@@ -69,6 +71,7 @@ pub async fn serve(
         pool_max_idle: config.pool.max_idle,
         pool_idle_timeout: config.pool.idle_timeout,
         max_body_bytes: config.pool.max_body_bytes,
+        linger: config.pool.linger,
         ..UpstreamConfig::new(url)
     };
     let upstream = Arc::new(Upstream::new(upstream_config)?);

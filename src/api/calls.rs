@@ -2,9 +2,11 @@
 //! they complete.
 //!
 //! Each request runs as its own task in a [`JoinSet`] owned by [`Calls`]. The set is the owner that makes
-//! cancellation simple: when a strategy has its answer and returns, `Calls` is dropped, the set aborts
-//! the tasks still running, and each aborted task drops its upstream connection mid-exchange. Nothing
-//! the caller waited for outlives the response.
+//! cancellation simple: when a strategy has its answer and returns, `Calls` is dropped and the set aborts
+//! the tasks still running. What that does to each upstream request is the upstream client's business
+//! (see `Upstream::fetch`): one still waiting for a connection gives up, one already on the wire may
+//! finish in the background, within a bound, to save its connection. Nothing the caller waits for
+//! outlives the response.
 
 use std::future::pending;
 use std::sync::Arc;

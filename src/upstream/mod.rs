@@ -47,15 +47,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 pub use resolve::DNS_CACHE_TTL;
 pub use target::DEFAULT_PATH;
 
 use connection::Connection;
-use pool::{Checkout, Counters, Pool, Reaper};
+use pool::{Checkout, Counters, Gauge, Pool, Reaper};
 use resolve::Resolver;
 use response::Head;
 use target::Target;
@@ -88,6 +88,12 @@ pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 /// in the same packets as its head. A failure is never held back longer than this for the sake of a socket.
 pub const ERROR_BODY_GRACE: Duration = Duration::from_millis(50);
 
+/// How long an abandoned exchange may finish in the background, by default. The upstream answers within
+/// 100-600 ms, so a loser of `/api/first` (or a request cut off by a short deadline) almost always completes
+/// within a second more; its connection then goes back to the pool instead of costing a new TLS handshake.
+/// The figures behind this choice are in DESIGN.md ("Connection pool").
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
+
 /// Sent in every request, so the upstream's operators can tell who is calling.
 const USER_AGENT: &str = "fanout/0.1";
 
@@ -109,6 +115,9 @@ pub struct UpstreamConfig {
     /// Open connections (active or idle) at most. A fetch that finds none free waits for one, in arrival
     /// order, until its deadline.
     pub pool_max_connections: usize,
+    /// How long an exchange whose caller stopped waiting may go on in the background to save its
+    /// connection (see [`Upstream::fetch`]). Zero closes such connections at once.
+    pub linger: Duration,
 }
 
 impl UpstreamConfig {
@@ -122,6 +131,7 @@ impl UpstreamConfig {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+            linger: DEFAULT_LINGER,
         }
     }
 }
@@ -216,6 +226,13 @@ pub struct PoolStats {
     pub open: usize,
     /// Idle connections in the pool now.
     pub idle: usize,
+    /// Exchanges going on in the background now, after their caller stopped waiting.
+    pub lingering: usize,
+    /// Exchanges that ended on their own in the background (a response, or an error) within the linger
+    /// time, since start.
+    pub finished_in_background: u64,
+    /// Exchanges given up for lack of time in the background (their connections closed), since start.
+    pub abandoned: u64,
 }
 
 /// The upstream client: shared by all API calls (`Arc<Upstream>`).
@@ -229,6 +246,7 @@ pub struct Upstream {
     max_head_bytes: usize,
     max_body_bytes: usize,
     idle_timeout: Duration,
+    linger: Duration,
     pool: Arc<Pool>,
     /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
     reaper: OnceLock<Reaper>,
@@ -267,6 +285,7 @@ impl Upstream {
             max_head_bytes: config.max_head_bytes,
             max_body_bytes: config.max_body_bytes,
             idle_timeout: config.pool_idle_timeout,
+            linger: config.linger,
             pool: Arc::new(Pool::new(config.pool_max_connections, config.pool_max_idle)),
             reaper: OnceLock::new(),
         };
@@ -286,9 +305,23 @@ impl Upstream {
 
     /// One `GET` of the work URL, bounded by `deadline`.
     ///
-    /// Cancel safety: dropping the future closes the connection it holds, if any, and releases its slot; a
-    /// connection is never returned to the pool half-read. A queued wait for a slot is simply abandoned.
-    pub async fn fetch(&self, deadline: Instant) -> Result<Work, UpstreamError> {
+    /// Getting a connection (from the pool, or a new one) is done by the caller's future; the exchange on it
+    /// (request, response, back to the pool) runs as its own task, so that it can outlive the caller:
+    ///
+    /// - while the caller waits, the task's result is the caller's answer, and the caller stops waiting at
+    ///   `deadline` with [`UpstreamError::Timeout`];
+    /// - once the caller stops waiting (its API call was decided by another request, or its deadline came),
+    ///   the task goes on for at most `linger` to read the response to its end, so the connection can go back
+    ///   to the pool instead of being closed. A response slower than that is abandoned and its connection
+    ///   closed. The request was already sent, so finishing it costs the upstream nothing more.
+    ///
+    /// The task is detached on purpose: its owner is this bound. It ends by `deadline + linger` at the latest
+    /// (every read and write in it is bounded by that instant), and sooner once its caller has left.
+    ///
+    /// Cancel safety: dropping the future before a connection is in hand abandons the wait for a slot, or
+    /// closes the connection being opened, and sends nothing. Dropping it later leaves the exchange to its
+    /// task, as above. A connection never reaches the pool half-read.
+    pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
         self.start_reaper();
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
@@ -299,18 +332,75 @@ impl Upstream {
             Checkout::Reused(conn) => (conn, true),
             Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
         };
-        match self.exchange(conn, deadline).await {
-            // The stale-connection retry (hyper-util's rule). A server may close an idle connection at any
-            // moment, and the close can cross our request on the wire. If a *reused* connection failed before
-            // a single byte of response came back, that is the likely story: try once more on a fresh
-            // connection, reusing the dead one's slot. We cannot tell it apart from a server that did process
-            // the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
-            // idempotent requests such as this GET. A fresh connection that fails is the upstream's failure,
-            // not staleness, and a response that started and broke off is never retried.
+        let (answer_tx, answer_rx) = oneshot::channel();
+        tokio::spawn(
+            self.clone()
+                .exchange_task(conn, reused, deadline, answer_tx),
+        );
+        match timeout_at(deadline, answer_rx).await {
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+            Ok(Ok(answer)) => answer,
+            // The task always sends unless it panicked, which would be a bug here.
+            Ok(Err(_)) => Err(UpstreamError::Io(io::Error::other(
+                "the exchange task ended without an answer",
+            ))),
+        }
+    }
+
+    /// The exchange's own task: answer the caller if it still waits, then linger (see [`Upstream::fetch`]).
+    async fn exchange_task(
+        self: Arc<Self>,
+        conn: Connection,
+        reused: bool,
+        deadline: Instant,
+        mut answer: oneshot::Sender<Result<Work, UpstreamError>>,
+    ) {
+        let exchange = self.exchange_with_retry(conn, reused, deadline, deadline + self.linger);
+        tokio::pin!(exchange);
+        tokio::select! {
+            // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
+            biased;
+            result = &mut exchange => {
+                let _ = answer.send(result);
+                return;
+            }
+            () = answer.closed() => {}
+        }
+        // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
+        let _lingering = Gauge::up(&self.pool.counters.lingering);
+        match timeout(self.linger, exchange).await {
+            // Out of time, by the linger bound or by the exchange's own hard deadline: closed, not reused.
+            Err(_) | Ok(Err(UpstreamError::Timeout)) => {
+                Counters::count(&self.pool.counters.abandoned)
+            }
+            Ok(_) => Counters::count(&self.pool.counters.finished_in_background),
+        }
+    }
+
+    /// One exchange, and the stale-connection retry.
+    ///
+    /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the
+    /// close can cross our request on the wire. If a *reused* connection failed before a single byte of
+    /// response came back, that is the likely story: try once more on a fresh connection, reusing the dead
+    /// one's slot, if the caller's `deadline` allows. We cannot tell it apart from a server that did process
+    /// the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
+    /// idempotent requests such as this GET. A fresh connection that fails is the upstream's failure, not
+    /// staleness, and a response that started and broke off is never retried. Every wait is bounded by
+    /// `hard_deadline` (the caller's deadline plus the linger time).
+    ///
+    /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
+    async fn exchange_with_retry(
+        &self,
+        conn: Connection,
+        reused: bool,
+        deadline: Instant,
+        hard_deadline: Instant,
+    ) -> Result<Work, UpstreamError> {
+        match self.exchange(conn, hard_deadline).await {
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
                 let conn = self.connect(dead.into_slot(), deadline).await?;
-                self.exchange(conn, deadline)
+                self.exchange(conn, hard_deadline)
                     .await
                     .map_err(Failed::into_error)
             }
@@ -336,8 +426,6 @@ impl Upstream {
     /// One request and its response on `conn`, which goes back to the pool if the response allows reuse.
     ///
     /// Cancel safety: owns `conn`; dropped mid-exchange, the connection is closed and its slot released.
-    /// (Letting an abandoned exchange finish in the background so its connection can be reused would mean
-    /// spawning this future instead of dropping it, with `Upstream` behind an `Arc`.)
     async fn exchange(&self, mut conn: Connection, deadline: Instant) -> Result<Work, Failed> {
         if let Err(error) = conn.send(&self.request, deadline).await {
             return Err(Failed::classify(error, conn));

@@ -57,7 +57,8 @@ enum Next<'a> {
     /// Look at this idle connection.
     Check(Idle),
     /// Queue for a slot.
-    Wait(WaitingGuard<'a>),
+    /// (Counted in `waiting` until the wait ends, however it ends: slot, deadline, or future dropped.)
+    Wait(Gauge<'a>),
 }
 
 pub(crate) struct Pool {
@@ -79,11 +80,31 @@ pub(crate) struct Counters {
     pub reuses: AtomicU64,
     pub stale_retries: AtomicU64,
     pub slot_waits: AtomicU64,
+    pub finished_in_background: AtomicU64,
+    pub abandoned: AtomicU64,
+    /// A gauge, not a counter: exchanges lingering now (see [`Gauge`]).
+    pub lingering: AtomicUsize,
 }
 
 impl Counters {
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives, however its scope ends (drop guard).
+pub(crate) struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    pub(crate) fn up(gauge: &'a AtomicUsize) -> Gauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +135,7 @@ impl Pool {
                         Ok(slot) => return Ok(Checkout::Fresh(slot)),
                         // Registered under the same lock that `put` checks it under, so a connection returned
                         // right after we found the list empty is not parked in it while we wait.
-                        Err(_no_permit) => Next::Wait(WaitingGuard::new(&self.waiting)),
+                        Err(_no_permit) => Next::Wait(Gauge::up(&self.waiting)),
                     },
                 }
             };
@@ -189,6 +210,9 @@ impl Pool {
             slot_waits: c.slot_waits.load(Ordering::Relaxed),
             open: self.max_connections - self.slots.available_permits(),
             idle: self.lock_idle().len(),
+            lingering: c.lingering.load(Ordering::Relaxed),
+            finished_in_background: c.finished_in_background.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
         }
     }
 
@@ -196,23 +220,6 @@ impl Pool {
     /// push, pop or swap of the whole Vec, so a poisoned lock still guards a consistent list.
     fn lock_idle(&self) -> MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Counts a caller as queued for a slot until it stops waiting, however it stops (slot, deadline, or its
-/// future dropped).
-struct WaitingGuard<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingGuard<'a> {
-    fn new(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        WaitingGuard(waiting)
-    }
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

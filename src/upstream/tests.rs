@@ -104,14 +104,14 @@ async fn wait_for_close(stream: &mut TcpStream) {
 
 // ---- the client under test ----
 
-fn client(url: &str) -> Upstream {
+fn client(url: &str) -> Arc<Upstream> {
     client_with(url, |_| {})
 }
 
-fn client_with(url: &str, tweak: impl FnOnce(&mut UpstreamConfig)) -> Upstream {
+fn client_with(url: &str, tweak: impl FnOnce(&mut UpstreamConfig)) -> Arc<Upstream> {
     let mut config = UpstreamConfig::new(url);
     tweak(&mut config);
-    Upstream::new(config).expect("valid config")
+    Arc::new(Upstream::new(config).expect("valid config"))
 }
 
 /// A deadline no passing test gets near: it only stops a failing test from hanging.
@@ -427,7 +427,8 @@ async fn a_short_keep_alive_timeout_hint_is_honoured() {
 }
 
 #[tokio::test]
-async fn dropping_the_fetch_mid_body_closes_the_connection_instead_of_pooling_it() {
+async fn a_dropped_fetch_whose_body_never_completes_is_abandoned_after_the_linger_time_never_pooled(
+) {
     let (sent_tx, sent) = oneshot::channel();
     let (closed_tx, closed) = oneshot::channel();
     let sent_tx = std::sync::Mutex::new(Some(sent_tx));
@@ -450,16 +451,26 @@ async fn dropping_the_fetch_mid_body_closes_the_connection_instead_of_pooling_it
         }
     })
     .await;
-    let up = client(&server.url());
+    let linger = Duration::from_millis(200);
+    let up = client_with(&server.url(), |c| c.linger = linger);
 
-    tokio::select! {
+    let dropped_at = tokio::select! {
         result = up.fetch(generous()) => panic!("the body never completes, yet fetch returned {result:?}"),
-        _ = sent => {} // the caller has its answer elsewhere and drops the fetch mid-body
-    }
+        _ = sent => Instant::now(), // the caller has its answer elsewhere and drops the fetch mid-body
+    };
     closed
         .await
         .expect("the server saw the client close the connection");
-    assert_eq!(up.stats(), stats(1, 0, 0, 0), "nothing open, nothing idle");
+    assert!(
+        dropped_at.elapsed() >= linger,
+        "closed before the linger time"
+    );
+    let after = up.stats();
+    assert_eq!(
+        (after.open, after.idle, after.abandoned),
+        (0, 0, 1),
+        "{after:?}"
+    );
 
     assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
     assert_eq!(
@@ -467,6 +478,46 @@ async fn dropping_the_fetch_mid_body_closes_the_connection_instead_of_pooling_it
         2,
         "the half-read connection was not reused"
     );
+}
+
+#[tokio::test]
+async fn a_dropped_fetch_finishes_in_the_background_and_its_connection_is_reused() {
+    let (sent_tx, sent) = oneshot::channel();
+    let sent_tx = std::sync::Mutex::new(Some(sent_tx));
+    let server = serve(move |_, mut stream| {
+        let sent_tx = sent_tx.lock().expect("lock").take();
+        async move {
+            if read_request(&mut stream).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"time\"")
+                    .await;
+                let _ = sent_tx.map(|tx| tx.send(()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = stream.write_all(b":7}").await;
+            }
+            answer_each(stream, [OK_TIME_7]).await
+        }
+    })
+    .await;
+    let up = client(&server.url());
+    tokio::select! {
+        result = up.fetch(generous()) => panic!("returned before the body was complete: {result:?}"),
+        _ = sent => {} // dropped mid-body
+    }
+    // Synchronise on the pool, not a sleep: the connection comes back when the body is read.
+    let until = Instant::now() + Duration::from_secs(5);
+    while up.stats().idle == 0 && Instant::now() < until {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = up.stats();
+    assert_eq!(
+        (after.idle, after.finished_in_background, after.lingering),
+        (1, 1, 0),
+        "{after:?}"
+    );
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    assert_eq!(server.accepts(), 1, "the finished connection was reused");
 }
 
 // ---- stale connections ----
@@ -610,7 +661,7 @@ async fn the_deadline_holds_when_the_server_never_answers() {
         wait_for_close(&mut stream).await; // and never answer
     })
     .await;
-    let up = client(&server.url());
+    let up = client_with(&server.url(), |c| c.linger = Duration::from_millis(100));
     let start = Instant::now();
     let deadline = start + Duration::from_millis(100);
     let error = up.fetch(deadline).await.expect_err("hangs");
@@ -621,7 +672,12 @@ async fn the_deadline_holds_when_the_server_never_answers() {
         late < Duration::from_millis(25),
         "returned {late:?} after the deadline"
     );
-    assert_eq!(up.stats().open, 0);
+    // The exchange lingers for its connection's sake, then gives up and closes it.
+    let until = Instant::now() + Duration::from_secs(5);
+    while up.stats().open > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((up.stats().open, up.stats().abandoned), (0, 1));
 }
 
 #[tokio::test]
