@@ -1,11 +1,90 @@
 //! The outbound side: a small HTTP/1.1 client (plain TCP or TLS) with its own keep-alive pool.
 //!
-//! SKELETON: the interface below is fixed; the implementation is being written.
+//! [`Upstream::fetch`] is the whole interface: one `GET` of the work URL, bounded by the caller's deadline,
+//! answering a [`Work`] or an [`UpstreamError`] that names the outcome. It is called concurrently from many
+//! tasks through an `Arc<Upstream>`.
+//!
+//! # Reading order
+//!
+//! 1. `target.rs`: the URL taken apart into host, port, path, `Host` header and TLS server name.
+//! 2. `resolve.rs` and `tls.rs`: finding the upstream's addresses (cached), and the TLS configuration.
+//! 3. `connection.rs`: one connection, and every wait on the network bounded by the deadline.
+//! 4. `response.rs` and `chunked.rs`: how a response head decides the body's framing and the connection's
+//!    reuse (RFC 9112 §6.3 and §9.3), and the chunked decoder.
+//! 5. `payload.rs`: what counts as a successful answer.
+//! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections.
+//! 7. This file: `fetch`, which strings them together, and the stale-connection retry.
+//!
+//! # The life of one fetch
+//!
+//! checkout (an idle connection, or a slot to open one, waiting for a slot if at the cap) → connect if needed
+//! (resolve, TCP, TLS) → write the request → read the head → read the body → give the connection back to the
+//! pool if the response allows it → validate the JSON.
+//!
+//! # Cancel safety
+//!
+//! The caller's future owns the connection for the whole exchange. If that future is dropped (the API call
+//! already has its answer and stops waiting), the connection is dropped with it: the socket closes and its
+//! slot is released. It never reaches the pool half-read, because only `exchange` puts connections back,
+//! and only after reading a response to its end.
 
+/// Reusable by the server side for chunked request bodies.
+pub(crate) mod chunked;
+mod connection;
+mod payload;
+mod pool;
+mod resolve;
+mod response;
+mod target;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+pub use resolve::DNS_CACHE_TTL;
+pub use target::DEFAULT_PATH;
+
+use connection::Connection;
+use pool::{Checkout, Counters, Pool, Reaper};
+use resolve::Resolver;
+use response::Head;
+use target::Target;
+
+/// Largest response head accepted by default. The work endpoint's head is a few hundred bytes; 16 KiB leaves
+/// room for proxies' and load balancers' extra fields while bounding what a broken server can make us buffer.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest response body accepted by default. An answer is `{"time": N}`; 64 KiB also lets us read a
+/// verbose error page to its end, so that its connection can be reused.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Idle connections kept by default: enough to serve a burst of fan-outs without reconnecting, few enough
+/// that idle sockets never crowd out the inbound ones.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
+/// How long an idle connection is kept by default. Servers close idle keep-alive connections on their own
+/// timer, the shortest common one being Apache's 5 s; reusing a connection just as the server closes it costs
+/// a failed request (or a retry), so we give up on it first.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Open connections allowed by default. Each is a file descriptor: 8192 stays well under the limit a server
+/// process is usually given (`ulimit -n`, often 65536; raise it from the common default of 1024) and under
+/// the ~28000 ephemeral ports Linux has per destination, leaving room for inbound connections.
+pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 8192;
+
+/// A server's `Keep-Alive: timeout=N` is honoured by expiring the idle connection this much earlier: the
+/// server's timer started when it sent the response, ours when we finished reading it, and our next request
+/// must arrive before the server's timer fires. The header counts whole seconds, so one second it is.
+pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Sent in every request, so the upstream's operators can tell who is calling.
+const USER_AGENT: &str = "fanout/0.1";
 
 /// How to reach the upstream and the bounds on every exchange with it.
 #[derive(Clone, Debug)]
@@ -22,12 +101,30 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// An idle connection older than this is closed, not reused.
     pub pool_idle_timeout: Duration,
+    /// Open connections (active or idle) at most. A fetch that finds none free waits for one, in arrival
+    /// order, until its deadline.
+    pub pool_max_connections: usize,
+}
+
+impl UpstreamConfig {
+    /// The given URL with the default limits (the `DEFAULT_*` constants).
+    pub fn new(url: impl Into<String>) -> UpstreamConfig {
+        UpstreamConfig {
+            url: url.into(),
+            extra_roots: Vec::new(),
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// One successful upstream answer: the JSON object as it came, re-serialised compactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Work {
-    /// The compact JSON text of the object, e.g. `{"time":123}`.
+    /// The compact JSON text of the object, e.g. `{"time":123}`, members in the upstream's order.
     pub json: Box<str>,
     /// Its `time` member.
     pub time: u64,
@@ -39,11 +136,11 @@ pub enum UpstreamError {
     /// The caller's deadline came first.
     Timeout,
     /// Resolving or connecting to the upstream failed.
-    Connect(std::io::Error),
+    Connect(io::Error),
     /// The TLS handshake failed.
-    Tls(std::io::Error),
+    Tls(io::Error),
     /// Reading or writing failed mid-exchange (reset, early EOF).
-    Io(std::io::Error),
+    Io(io::Error),
     /// The response was not valid HTTP/1.1 or broke a limit (head or body too large).
     Protocol(&'static str),
     /// A status other than 200.
@@ -52,21 +149,273 @@ pub enum UpstreamError {
     InvalidPayload(&'static str),
 }
 
+impl UpstreamError {
+    /// The outcome label for logs and metrics.
+    ///
+    /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
+    /// a usable answer (malformed HTTP, or well-formed HTTP around a bad body). `io_error` is kept for
+    /// exchanges that broke off.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Connect(_) => "connect_error",
+            UpstreamError::Tls(_) => "tls_error",
+            UpstreamError::Io(_) => "io_error",
+            UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => "invalid_payload",
+            UpstreamError::Status(_) => "http_status",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Timeout => write!(f, "the upstream did not answer before the deadline"),
+            UpstreamError::Connect(e) => {
+                write!(f, "cannot connect to the upstream ({e}); check the URL's host and port and the network")
+            }
+            UpstreamError::Tls(e) => write!(
+                f,
+                "TLS handshake with the upstream failed ({e}); check that its certificate matches the host and \
+                 is signed by a trusted root"
+            ),
+            UpstreamError::Io(e) => write!(f, "the connection to the upstream broke mid-exchange: {e}"),
+            UpstreamError::Protocol(why) => write!(f, "the upstream's response is not usable HTTP/1.1: {why}"),
+            UpstreamError::Status(code) => write!(f, "the upstream answered with status {code} instead of 200"),
+            UpstreamError::InvalidPayload(why) => write!(f, "the upstream's answer is not the expected JSON: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(e) | UpstreamError::Tls(e) | UpstreamError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot of the pool's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// New connections established (TCP, and TLS if https), since start.
+    pub connects: u64,
+    /// Fetches served on an idle connection from the pool, since start.
+    pub reuses: u64,
+    /// Fetches retried on a fresh connection because a reused one turned out closed, since start.
+    pub stale_retries: u64,
+    /// Fetches that had to queue for a slot because `pool_max_connections` were open, since start.
+    pub slot_waits: u64,
+    /// Connections open now, active or idle (including ones being opened).
+    pub open: usize,
+    /// Idle connections in the pool now.
+    pub idle: usize,
+}
+
 /// The upstream client: shared by all API calls (`Arc<Upstream>`).
-pub struct Upstream {}
+pub struct Upstream {
+    url: String,
+    target: Target,
+    /// The TLS connector and the name the certificate must match; `None` for `http://`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    resolver: Resolver,
+    request: Box<[u8]>,
+    max_head_bytes: usize,
+    max_body_bytes: usize,
+    idle_timeout: Duration,
+    pool: Arc<Pool>,
+    /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
+    reaper: OnceLock<Reaper>,
+}
 
 impl Upstream {
-    pub fn new(_config: UpstreamConfig) -> Result<Upstream, String> {
-        todo!()
-    }
-
-    /// One `GET` of the work URL, bounded by `deadline`.
-    pub async fn fetch(&self, _deadline: Instant) -> Result<Work, UpstreamError> {
-        todo!()
+    /// Checks the configuration and prepares everything that does not need the network. Connections are
+    /// opened on demand, so this succeeds even while the upstream is down.
+    ///
+    /// Called inside a tokio runtime, it starts the idle reaper; otherwise the first `fetch` does.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        if config.max_head_bytes == 0 || config.max_body_bytes == 0 {
+            return Err("max_head_bytes and max_body_bytes must be above 0".into());
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&config.pool_max_connections) {
+            return Err(format!(
+                "pool_max_connections must be from 1 to {}",
+                Semaphore::MAX_PERMITS
+            ));
+        }
+        let target = Target::parse(&config.url)?;
+        let tls = match target.tls {
+            true => Some((tls::connector(&config.extra_roots)?, target.server_name()?)),
+            false => None,
+        };
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\r\n",
+            target.path_and_query, target.host_header
+        );
+        let upstream = Upstream {
+            resolver: Resolver::new(target.host.clone(), target.port),
+            url: config.url,
+            target,
+            tls,
+            request: request.into_bytes().into_boxed_slice(),
+            max_head_bytes: config.max_head_bytes,
+            max_body_bytes: config.max_body_bytes,
+            idle_timeout: config.pool_idle_timeout,
+            pool: Arc::new(Pool::new(config.pool_max_connections, config.pool_max_idle)),
+            reaper: OnceLock::new(),
+        };
+        upstream.start_reaper();
+        Ok(upstream)
     }
 
     /// The URL in use, for the start-up log line.
     pub fn url(&self) -> &str {
-        todo!()
+        &self.url
+    }
+
+    /// The pool's counters, for metrics and tests.
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// One `GET` of the work URL, bounded by `deadline`.
+    ///
+    /// Cancel safety: dropping the future closes the connection it holds, if any, and releases its slot; a
+    /// connection is never returned to the pool half-read. A queued wait for a slot is simply abandoned.
+    pub async fn fetch(&self, deadline: Instant) -> Result<Work, UpstreamError> {
+        self.start_reaper();
+        let (conn, reused) = match self.pool.checkout(deadline).await? {
+            Checkout::Reused(conn) => (conn, true),
+            Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
+        };
+        match self.exchange(conn, deadline).await {
+            // The stale-connection retry (hyper-util's rule; RFC 9112 §9.3.1 allows retrying an idempotent
+            // request like this GET). A server may close an idle connection at any moment, and the close can
+            // cross our request on the wire. If a *reused* connection failed before a single byte of response
+            // came back, the server never processed the request: try once more on a fresh connection,
+            // reusing the dead one's slot. A fresh connection that fails is the upstream's failure, not
+            // staleness, and a response that started and broke off is never retried.
+            Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
+                Counters::count(&self.pool.counters.stale_retries);
+                let conn = self.connect(dead.into_slot(), deadline).await?;
+                self.exchange(conn, deadline)
+                    .await
+                    .map_err(Failed::into_error)
+            }
+            result => result.map_err(Failed::into_error),
+        }
+    }
+
+    /// Resolves the upstream (cached) and opens a new connection in `slot`.
+    ///
+    /// Cancel safety: owns the slot and the socket being opened; dropped, both are released.
+    async fn connect(
+        &self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
+        let addrs = self.resolver.resolve(deadline).await?;
+        let tls = self.tls.as_ref().map(|(connector, name)| (connector, name));
+        let conn = connection::connect(&addrs, tls, slot, deadline).await?;
+        Counters::count(&self.pool.counters.connects);
+        Ok(conn)
+    }
+
+    /// One request and its response on `conn`, which goes back to the pool if the response allows reuse.
+    ///
+    /// Cancel safety: owns `conn`; dropped mid-exchange, the connection is closed and its slot released.
+    /// (Letting an abandoned exchange finish in the background so its connection can be reused would mean
+    /// spawning this future instead of dropping it, with `Upstream` behind an `Arc`.)
+    async fn exchange(&self, mut conn: Connection, deadline: Instant) -> Result<Work, Failed> {
+        if let Err(error) = conn.send(&self.request, deadline).await {
+            return Err(Failed::classify(error, conn));
+        }
+        let head = match conn.read_head(self.max_head_bytes, deadline).await {
+            Ok(head) => head,
+            Err(error) => return Err(Failed::classify(error, conn)),
+        };
+
+        if head.status != 200 {
+            // Read an error body too when it is framed and within limits, so the connection can be reused;
+            // otherwise (too big, close-delimited, too slow) just drop the connection. The status is the
+            // outcome either way.
+            if head.keep_alive {
+                if let Ok(_ignored) = conn
+                    .read_body(head.framing, self.max_body_bytes, deadline)
+                    .await
+                {
+                    self.release(conn, &head);
+                }
+            }
+            return Err(Failed::Other(UpstreamError::Status(head.status)));
+        }
+
+        let body = match conn
+            .read_body(head.framing, self.max_body_bytes, deadline)
+            .await
+        {
+            Ok(body) => body,
+            Err(error) => return Err(Failed::Other(error)),
+        };
+        // The exchange is complete: the connection's fate no longer depends on what the body says.
+        self.release(conn, &head);
+        payload::parse_work(&body).map_err(Failed::Other)
+    }
+
+    /// Returns a connection to the pool if its last response allows it (RFC 9112 §9.3, see `response.rs`)
+    /// and nothing arrived after that response; otherwise drops (closes) it.
+    fn release(&self, conn: Connection, head: &Head) {
+        if !head.keep_alive || conn.has_unread_bytes() {
+            return; // dropping `conn` closes it
+        }
+        let mut keep_for = self.idle_timeout;
+        if let Some(server_timeout) = head.keep_alive_timeout {
+            keep_for = keep_for.min(server_timeout.saturating_sub(KEEP_ALIVE_MARGIN));
+        }
+        self.pool.put(conn, Instant::now() + keep_for);
+    }
+
+    /// Starts the idle reaper if it is not running and we are inside a tokio runtime.
+    fn start_reaper(&self) {
+        if self.reaper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // Two first fetches may race here; the loser's reaper is aborted as its handle is dropped.
+        let _ = self
+            .reaper
+            .set(Reaper::spawn(&self.pool, self.idle_timeout));
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.url)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an exchange failed, as far as the stale retry cares.
+enum Failed {
+    /// An I/O error before any response byte arrived; the connection comes back so its slot can be reused.
+    BeforeResponse(UpstreamError, Connection),
+    /// Anything else: the connection (if any) is already dropped.
+    Other(UpstreamError),
+}
+
+impl Failed {
+    fn classify(error: UpstreamError, conn: Connection) -> Failed {
+        match error {
+            UpstreamError::Io(_) if conn.nothing_received() => Failed::BeforeResponse(error, conn),
+            _ => Failed::Other(error),
+        }
+    }
+
+    fn into_error(self) -> UpstreamError {
+        match self {
+            Failed::BeforeResponse(error, _) | Failed::Other(error) => error,
+        }
     }
 }

@@ -1,0 +1,315 @@
+//! One HTTP/1.1 connection to the upstream, over plain TCP or TLS: opening it, writing a request, reading
+//! a response head and body within limits and a deadline, and telling whether an idle one is still open.
+//!
+//! Every wait on the network in this file is one of four awaits (connect, TLS handshake, write, read), and
+//! each is wrapped in `tokio::time::timeout_at(deadline, ..)`: no step can outlive the caller's deadline.
+//!
+//! A [`Connection`] carries its slot (a semaphore permit counting it against `pool_max_connections`), so the
+//! slot is released exactly when the socket is closed: by dropping the `Connection`, wherever that happens.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::chunked::ChunkedDecoder;
+use super::response::{self, Framing, Head};
+use super::UpstreamError;
+
+/// How much we ask the socket for per read. The whole answer (head and a `{"time": N}` body) is usually a few
+/// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering.
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
+
+/// Most 1xx interim responses skipped before the final one. We never send `Expect: 100-continue`, so a
+/// well-behaved server sends none or one; the cap stops a server that loops.
+pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// The byte stream under HTTP: a TCP socket, or TLS over one.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    // Boxed: a TLS session is a few hundred bytes, the TCP variant a few words.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// One connection and what we know about it.
+pub(crate) struct Connection {
+    stream: Stream,
+    /// Bytes read from the stream but not yet consumed. Empty between exchanges on a connection that is
+    /// reused: anything left over would be the server talking out of turn.
+    buf: Vec<u8>,
+    /// Whether the current exchange has received any byte yet. Cleared when a request is sent; the stale
+    /// retry in `mod.rs` only retries a request that got nothing back.
+    received: bool,
+    /// This connection's place under `pool_max_connections`, released when the connection is dropped.
+    slot: OwnedSemaphorePermit,
+}
+
+/// Opens a connection: TCP to the first address that accepts, then the TLS handshake if `tls` is given.
+///
+/// The addresses are tried one after another, each attempt bounded by the same deadline (no Happy Eyeballs
+/// racing of IPv6 and IPv4: with one upstream and a resolver that orders addresses sensibly, the first one
+/// nearly always answers).
+///
+/// Cancel safety: owns the socket and `slot` until it returns; dropped mid-connect or mid-handshake, the
+/// socket is closed and the slot released.
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    tls: Option<(&TlsConnector, &ServerName<'static>)>,
+    slot: OwnedSemaphorePermit,
+    deadline: Instant,
+) -> Result<Connection, UpstreamError> {
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    let mut tcp = None;
+    for addr in addrs {
+        match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_elapsed) => return Err(UpstreamError::Timeout),
+            Ok(Ok(stream)) => {
+                tcp = Some(stream);
+                break;
+            }
+            Ok(Err(e)) => last_error = io::Error::new(e.kind(), format!("{addr}: {e}")),
+        }
+    }
+    let tcp = tcp.ok_or(UpstreamError::Connect(last_error))?;
+    // A request goes out in one write and we wait for its answer: Nagle's algorithm would only add delay.
+    tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
+
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some((connector, server_name)) => {
+            let handshake = connector.connect(server_name.clone(), tcp);
+            match timeout_at(deadline, handshake).await {
+                Err(_elapsed) => return Err(UpstreamError::Timeout),
+                Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
+                Ok(Ok(tls_stream)) => Stream::Tls(Box::new(tls_stream)),
+            }
+        }
+    };
+    Ok(Connection {
+        stream,
+        buf: Vec::with_capacity(READ_CHUNK),
+        received: false,
+        slot,
+    })
+}
+
+impl Connection {
+    /// Writes a whole request (prepared once by the caller) and flushes it through TLS.
+    ///
+    /// Cancel safety: borrows the connection. Dropped mid-write, part of a request may be on the wire, so the
+    /// connection is unusable; the caller that owns it drops it too (see `Upstream::exchange`).
+    pub(crate) async fn send(
+        &mut self,
+        request: &[u8],
+        deadline: Instant,
+    ) -> Result<(), UpstreamError> {
+        self.received = false;
+        let write = async {
+            self.stream.write_all(request).await?;
+            self.stream.flush().await
+        };
+        match timeout_at(deadline, write).await {
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+            Ok(result) => result.map_err(UpstreamError::Io),
+        }
+    }
+
+    /// Reads the final response head, skipping 1xx interim responses (RFC 9110 §15.2: a client "MUST be able
+    /// to parse one or more 1xx responses received prior to a final response").
+    ///
+    /// Cancel safety: borrows the connection; dropped mid-read, the connection holds a partial response and
+    /// its owner must drop it (it does: see `Upstream::exchange`).
+    pub(crate) async fn read_head(
+        &mut self,
+        max_head_bytes: usize,
+        deadline: Instant,
+    ) -> Result<Head, UpstreamError> {
+        let mut interim = 0;
+        loop {
+            if let Some((head, len)) = response::parse_head(&self.buf, max_head_bytes)? {
+                self.buf.drain(..len);
+                if (100..200).contains(&head.status) {
+                    interim += 1;
+                    if interim > MAX_INTERIM_RESPONSES {
+                        return Err(UpstreamError::Protocol("too many 1xx interim responses"));
+                    }
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.fill(deadline).await? == 0 {
+                let why = if self.received {
+                    "the upstream closed the connection in the middle of the response head"
+                } else {
+                    "the upstream closed the connection without answering"
+                };
+                return Err(UpstreamError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    why,
+                )));
+            }
+        }
+    }
+
+    /// Reads the body that follows `head`, as framed by it, refusing more than `max_body_bytes`.
+    ///
+    /// Cancel safety: as for [`Connection::read_head`]; a partly read body leaves the connection unusable.
+    pub(crate) async fn read_body(
+        &mut self,
+        framing: Framing,
+        max_body_bytes: usize,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let too_large = UpstreamError::Protocol("response body larger than max_body_bytes");
+        let closed_early = || {
+            UpstreamError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection in the middle of the response body",
+            ))
+        };
+        match framing {
+            Framing::Empty => Ok(Vec::new()),
+            Framing::Length(length) => {
+                // Refuse before reading a byte of it.
+                let length = usize::try_from(length)
+                    .ok()
+                    .filter(|&n| n <= max_body_bytes)
+                    .ok_or(too_large)?;
+                while self.buf.len() < length {
+                    if self.fill(deadline).await? == 0 {
+                        return Err(closed_early());
+                    }
+                }
+                let rest = self.buf.split_off(length);
+                Ok(std::mem::replace(&mut self.buf, rest))
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut body = Vec::new();
+                loop {
+                    let used = decoder
+                        .decode(&self.buf, &mut body)
+                        .map_err(|e| UpstreamError::Protocol(e.as_str()))?;
+                    self.buf.drain(..used);
+                    if body.len() > max_body_bytes {
+                        return Err(too_large);
+                    }
+                    if decoder.is_done() {
+                        return Ok(body);
+                    }
+                    if self.fill(deadline).await? == 0 {
+                        return Err(closed_early());
+                    }
+                }
+            }
+            Framing::UntilClose => loop {
+                if self.buf.len() > max_body_bytes {
+                    return Err(too_large);
+                }
+                // Over TLS, a close without close_notify is an error here (rustls reports UnexpectedEof): for
+                // a close-delimited body it is the only sign of a truncated answer.
+                if self.fill(deadline).await? == 0 {
+                    return Ok(std::mem::take(&mut self.buf));
+                }
+            },
+        }
+    }
+
+    /// Reads once from the stream into `buf`; `Ok(0)` means the peer closed its side.
+    async fn fill(&mut self, deadline: Instant) -> Result<usize, UpstreamError> {
+        self.buf.reserve(READ_CHUNK);
+        let n = match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+            Err(_elapsed) => return Err(UpstreamError::Timeout),
+            Ok(result) => result.map_err(UpstreamError::Io)?,
+        };
+        self.received |= n > 0;
+        Ok(n)
+    }
+
+    /// No byte of a response has arrived since the request was sent: for the stale-connection retry.
+    pub(crate) fn nothing_received(&self) -> bool {
+        !self.received
+    }
+
+    /// Bytes arrived after the end of the response. The server is talking out of turn (or we misframed):
+    /// the connection must not carry another request.
+    pub(crate) fn has_unread_bytes(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Whether an idle connection still looks usable, decided without waiting.
+    ///
+    /// We poll one read with a waker that does nothing (`Waker::noop`). On an idle HTTP/1.1 connection the
+    /// server has nothing to say, so the only healthy answer is `Pending`. Anything else means the connection
+    /// is done: end of stream (the server closed it, e.g. its keep-alive timer fired; over TLS this includes
+    /// its close_notify), an error (reset), or data nobody asked for. A TLS session ticket arriving late is
+    /// consumed inside rustls and still reads as `Pending`.
+    ///
+    /// This sees only what the runtime's I/O driver has already noticed: a close that is still in flight can
+    /// pass as open. That race is what the stale retry in `mod.rs` is for.
+    pub(crate) fn is_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Closes the connection but keeps its slot, to open a replacement without queueing again.
+    pub(crate) fn into_slot(self) -> OwnedSemaphorePermit {
+        let Connection { slot, .. } = self;
+        slot
+    }
+}
+
+// Stream forwards to whichever stream it holds; both are `Unpin`, so `Pin::new` is all the pinning needed.
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
