@@ -651,8 +651,10 @@ def _interrupt(_signum, _frame) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, through every `finally`.
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, through every `finally`. SIGINT is set too:
+    # a shell starts background jobs with it ignored, and then Python would not raise on it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     impls = [args.only] if args.only else list(IMPLEMENTATIONS)
     scenarios = [s for name in (args.scenario or SCENARIO_NAMES)
