@@ -72,7 +72,10 @@ impl Default for Config {
             hedge_delay: Duration::from_millis(300),
             limits: Limits::default(),
             // Like the real upstream, which "often fails": 1 request in 10 fails, in any of the ways.
-            simulated: SimConfig { failure_rate: 0.1, ..SimConfig::default() },
+            simulated: SimConfig {
+                failure_rate: 0.1,
+                ..SimConfig::default()
+            },
         }
     }
 }
@@ -140,8 +143,15 @@ pub fn help() -> String {
          fanout simulator [FLAGS]  run the simulated upstream alone (see `fanout simulator --help`)\n\nflags (each also read from its environment variable; a flag wins):\n",
     );
     for s in SETTINGS {
-        let default = if s.default.is_empty() { String::new() } else { format!(" [default: {}]", s.default) };
-        out.push_str(&format!("  {} {:<7} {}\n      {}{}\n", s.flag, s.value, s.env, s.help, default));
+        let default = if s.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", s.default)
+        };
+        out.push_str(&format!(
+            "  {} {:<7} {}\n      {}{}\n",
+            s.flag, s.value, s.env, s.help, default
+        ));
     }
     out.push_str("  --help           this text\n");
     out
@@ -171,7 +181,10 @@ impl Config {
             };
             let value = match inline {
                 Some(v) => v,
-                None => it.next().cloned().ok_or_else(|| format!("{name} needs a value ({})", SETTINGS[i].value))?,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value ({})", SETTINGS[i].value))?,
             };
             raw[i] = Some(value);
         }
@@ -179,7 +192,9 @@ impl Config {
         let mut config = Config::default();
         for (setting, value) in SETTINGS.iter().zip(raw) {
             if let Some(value) = value {
-                config.set(setting.flag, value.trim()).map_err(|why| format!("{} ({}): {why}", setting.flag, setting.env))?;
+                config
+                    .set(setting.flag, value.trim())
+                    .map_err(|why| format!("{} ({}): {why}", setting.flag, setting.env))?;
             }
         }
         Ok(Command::Run(Box::new(config)))
@@ -188,11 +203,17 @@ impl Config {
     fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
         let l = &mut self.limits;
         match flag {
-            "--listen" => self.listen = v.parse().map_err(|_| format!("`{v}` is not an address like 0.0.0.0:8080 or [::1]:8080"))?,
+            "--listen" => {
+                self.listen = v.parse().map_err(|_| {
+                    format!("`{v}` is not an address like 0.0.0.0:8080 or [::1]:8080")
+                })?
+            }
             "--upstream" if v == "simulated" => self.upstream = UpstreamChoice::Simulated,
             "--upstream" => {
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
-                    return Err(format!("`{v}` is neither an http:// or https:// URL nor `simulated`"));
+                    return Err(format!(
+                        "`{v}` is neither an http:// or https:// URL nor `simulated`"
+                    ));
                 }
                 self.upstream = UpstreamChoice::Url(v.to_string());
             }
@@ -237,7 +258,8 @@ fn millis(v: &str) -> Result<Duration, String> {
 }
 
 fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let pem =
+        std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read `{path}`: {e}"))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("`{path}` is not a valid PEM file: {e:?}"))?;
@@ -253,8 +275,13 @@ mod tests {
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        match Config::parse(&args, |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))? {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match Config::parse(&args, |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })? {
             Command::Run(c) => Ok(*c),
             Command::Help => Err("help".into()),
         }
@@ -273,7 +300,10 @@ mod tests {
     fn flags_win_over_environment_and_both_forms_work() {
         let c = parse(
             &["--max-timeout-ms=5000", "--upstream", "simulated"],
-            &[("FANOUT_MAX_TIMEOUT_MS", "7"), ("FANOUT_HEDGE_DELAY_MS", "50")],
+            &[
+                ("FANOUT_MAX_TIMEOUT_MS", "7"),
+                ("FANOUT_HEDGE_DELAY_MS", "50"),
+            ],
         )
         .unwrap();
         assert_eq!(c.max_timeout_ms, 5000);
@@ -284,18 +314,32 @@ mod tests {
     #[test]
     fn bad_input_names_the_setting() {
         assert!(parse(&["--nope"], &[]).unwrap_err().contains("--nope"));
-        assert!(parse(&["--listen"], &[]).unwrap_err().contains("--listen needs a value"));
-        assert!(parse(&["--max-timeout-ms", "-1"], &[]).unwrap_err().contains("--max-timeout-ms"));
-        assert!(parse(&[], &[("FANOUT_LISTEN", "nowhere")]).unwrap_err().contains("FANOUT_LISTEN"));
-        assert!(parse(&["--upstream", "ftp://x"], &[]).unwrap_err().contains("--upstream"));
-        assert!(parse(&["--upstream-ca", "/no/such/file"], &[]).unwrap_err().contains("cannot read"));
+        assert!(parse(&["--listen"], &[])
+            .unwrap_err()
+            .contains("--listen needs a value"));
+        assert!(parse(&["--max-timeout-ms", "-1"], &[])
+            .unwrap_err()
+            .contains("--max-timeout-ms"));
+        assert!(parse(&[], &[("FANOUT_LISTEN", "nowhere")])
+            .unwrap_err()
+            .contains("FANOUT_LISTEN"));
+        assert!(parse(&["--upstream", "ftp://x"], &[])
+            .unwrap_err()
+            .contains("--upstream"));
+        assert!(parse(&["--upstream-ca", "/no/such/file"], &[])
+            .unwrap_err()
+            .contains("cannot read"));
     }
 
     #[test]
     fn help_lists_every_setting() {
         let text = help();
         for s in SETTINGS {
-            assert!(text.contains(s.flag) && text.contains(s.env), "{} missing from --help", s.flag);
+            assert!(
+                text.contains(s.flag) && text.contains(s.env),
+                "{} missing from --help",
+                s.flag
+            );
         }
     }
 }

@@ -45,7 +45,11 @@ use upstream::{Upstream, UpstreamConfig};
 ///
 /// With `UpstreamChoice::Simulated` it first starts the simulated upstream in-process, over TLS, and
 /// trusts its certificate; the simulator stops when this returns.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let mut upstream_config;
     let mut _simulator = None;
     match &config.upstream {
@@ -59,14 +63,29 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             _simulator = Some(sim);
         }
     }
-    upstream_config.extra_roots.extend(config.extra_roots.iter().cloned());
+    upstream_config
+        .extra_roots
+        .extend(config.extra_roots.iter().cloned());
     let upstream = Arc::new(Upstream::new(upstream_config)?);
 
-    let addr = listener.local_addr().map_err(|e| format!("the listener has no address: {e}"))?;
-    let simulated = if _simulator.is_some() { " (simulated, in-process)" } else { "" };
-    println!("fanout listening on http://{addr}, upstream {}{simulated}", upstream.url());
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("the listener has no address: {e}"))?;
+    let simulated = if _simulator.is_some() {
+        " (simulated, in-process)"
+    } else {
+        ""
+    };
+    println!(
+        "fanout listening on http://{addr}, upstream {}{simulated}",
+        upstream.url()
+    );
 
-    let api = Arc::new(Api { upstream, max_timeout_ms: config.max_timeout_ms, hedge_delay: config.hedge_delay });
+    let api = Arc::new(Api {
+        upstream,
+        max_timeout_ms: config.max_timeout_ms,
+        hedge_delay: config.hedge_delay,
+    });
     server::serve(listener, api, config.limits, shutdown).await;
     println!("fanout stopped");
     Ok(())

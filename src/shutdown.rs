@@ -7,7 +7,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Completes on the first SIGTERM or SIGINT. From then on, another one ends the process with status 130.
 pub async fn signalled() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers (not expected on Linux) the default action still stops the process.
         return std::future::pending().await;
     };

@@ -13,7 +13,12 @@ use fanout::simulator::{Fault, SimConfig};
 const SLACK: Duration = Duration::from_millis(60);
 
 fn hanging_upstream() -> SimConfig {
-    SimConfig { latency_ms: (0, 0), failure_rate: 1.0, failure_kinds: vec![Fault::Hang], ..SimConfig::default() }
+    SimConfig {
+        latency_ms: (0, 0),
+        failure_rate: 1.0,
+        failure_kinds: vec![Fault::Hang],
+        ..SimConfig::default()
+    }
 }
 
 async fn assert_answers_at_the_deadline(endpoint: &str, expected_status: u16) {
@@ -23,10 +28,22 @@ async fn assert_answers_at_the_deadline(endpoint: &str, expected_status: u16) {
         let t = Instant::now();
         let r = client.get(&format!("{endpoint}?timeout={timeout}")).await;
         let took = t.elapsed();
-        assert_eq!(r.status, expected_status, "{endpoint} timeout={timeout}: {}", r.text());
+        assert_eq!(
+            r.status,
+            expected_status,
+            "{endpoint} timeout={timeout}: {}",
+            r.text()
+        );
         let deadline = ms(timeout);
-        assert!(took + ms(1) >= deadline, "{endpoint} answered {took:?} before its {timeout} ms deadline");
-        assert!(took <= deadline + SLACK, "{endpoint} answered {:?} after its deadline", took - deadline);
+        assert!(
+            took + ms(1) >= deadline,
+            "{endpoint} answered {took:?} before its {timeout} ms deadline"
+        );
+        assert!(
+            took <= deadline + SLACK,
+            "{endpoint} answered {:?} after its deadline",
+            took - deadline
+        );
     }
 }
 
@@ -56,7 +73,12 @@ async fn many_concurrent_calls_all_keep_their_deadline() {
     let addr = svc.addr;
     let calls: Vec<_> = (0..100)
         .map(|i| {
-            let endpoint = ["/api/all", "/api/first", "/api/within-timeout", "/api/smart"][i % 4];
+            let endpoint = [
+                "/api/all",
+                "/api/first",
+                "/api/within-timeout",
+                "/api/smart",
+            ][i % 4];
             tokio::spawn(async move {
                 let mut c = common::Client::connect(addr).await;
                 let t = Instant::now();
@@ -68,6 +90,9 @@ async fn many_concurrent_calls_all_keep_their_deadline() {
     for call in calls {
         let (status, took) = call.await.unwrap();
         assert!(status == 504 || status == 200, "{status}");
-        assert!(took >= ms(299) && took <= ms(300) + SLACK * 2, "took {took:?}");
+        assert!(
+            took >= ms(299) && took <= ms(300) + SLACK * 2,
+            "took {took:?}"
+        );
     }
 }

@@ -39,7 +39,11 @@ mod all {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn leaves_out_failures() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1), Reply::status(500), Reply::fault(Fault::InvalidJson)]);
+        svc.sim.script([
+            Reply::ok_time(1),
+            Reply::status(500),
+            Reply::fault(Fault::InvalidJson),
+        ]);
         let r = svc.get("/api/all?timeout=3000").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.times(), vec![1]);
@@ -48,21 +52,36 @@ mod all {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_502_as_soon_as_all_three_failed() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(500), Reply::fault(Fault::MissingTime), Reply::fault(Fault::Reset)]);
+        svc.sim.script([
+            Reply::status(500),
+            Reply::fault(Fault::MissingTime),
+            Reply::fault(Fault::Reset),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/all?timeout=10000").await;
-        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
         assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_504_when_one_request_hangs() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1), Reply::ok_time(2), Reply::fault(Fault::Hang)]);
+        svc.sim.script([
+            Reply::ok_time(1),
+            Reply::ok_time(2),
+            Reply::fault(Fault::Hang),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/all?timeout=300").await;
         assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
-        assert!(t.elapsed() >= ms(299), "answered before the deadline: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= ms(299),
+            "answered before the deadline: {:?}",
+            t.elapsed()
+        );
     }
 }
 
@@ -72,18 +91,30 @@ mod first {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_the_first_success_as_an_object_without_waiting_for_the_rest() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1).after(ms(2000)), Reply::ok_time(2).after(ms(20)), Reply::status(500)]);
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(2000)),
+            Reply::ok_time(2).after(ms(20)),
+            Reply::status(500),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/first?timeout=5000").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json(), serde_json::json!({"time": 2}));
-        assert!(t.elapsed() < ms(1500), "waited for the slow request: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < ms(1500),
+            "waited for the slow request: {:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn skips_failures_that_come_first() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(500), Reply::fault(Fault::Reset), Reply::ok_time(7).after(ms(100))]);
+        svc.sim.script([
+            Reply::status(500),
+            Reply::fault(Fault::Reset),
+            Reply::ok_time(7).after(ms(100)),
+        ]);
         let r = svc.get("/api/first?timeout=5000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 7}));
     }
@@ -91,17 +122,28 @@ mod first {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_502_as_soon_as_all_three_failed() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(503), Reply::fault(Fault::InvalidJson), Reply::fault(Fault::Reset)]);
+        svc.sim.script([
+            Reply::status(503),
+            Reply::fault(Fault::InvalidJson),
+            Reply::fault(Fault::Reset),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/first?timeout=10000").await;
-        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
         assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_504_at_the_deadline() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::fault(Fault::Hang), Reply::fault(Fault::Hang), Reply::status(500)]);
+        svc.sim.script([
+            Reply::fault(Fault::Hang),
+            Reply::fault(Fault::Hang),
+            Reply::status(500),
+        ]);
         let r = svc.get("/api/first?timeout=200").await;
         assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
     }
@@ -113,13 +155,20 @@ mod first {
         let reply = Reply::body(200, body).after(ms(1));
         svc.sim.script([reply.clone(), reply.clone(), reply]);
         let r = svc.get("/api/first?timeout=3000").await;
-        assert_eq!(r.text(), r#"{"time":5,"zeta":{"a":[1,2.5e3]},"alpha":"x y"}"#);
+        assert_eq!(
+            r.text(),
+            r#"{"time":5,"zeta":{"a":[1,2.5e3]},"alpha":"x y"}"#
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn accepts_a_chunked_success() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::chunked().time(9), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        svc.sim.script([
+            Reply::chunked().time(9),
+            Reply::fault(Fault::Hang),
+            Reply::fault(Fault::Hang),
+        ]);
         let r = svc.get("/api/first?timeout=3000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 9}));
     }
@@ -131,28 +180,48 @@ mod within_timeout {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_all_three_as_soon_as_they_finished() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1).after(ms(50)), Reply::ok_time(2).after(ms(5)), Reply::ok_time(3).after(ms(20))]);
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(50)),
+            Reply::ok_time(2).after(ms(5)),
+            Reply::ok_time(3).after(ms(20)),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/within-timeout?timeout=5000").await;
         assert_eq!(r.times(), vec![2, 3, 1]);
-        assert!(t.elapsed() < ms(2500), "waited for the deadline: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < ms(2500),
+            "waited for the deadline: {:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_what_arrived_before_the_deadline() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1).after(ms(10)), Reply::fault(Fault::Hang), Reply::ok_time(3).after(ms(5000))]);
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(10)),
+            Reply::fault(Fault::Hang),
+            Reply::ok_time(3).after(ms(5000)),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/within-timeout?timeout=300").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.times(), vec![1]);
-        assert!(t.elapsed() >= ms(299), "answered before the deadline: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= ms(299),
+            "answered before the deadline: {:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_an_empty_list_when_everything_fails() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(500), Reply::fault(Fault::Reset), Reply::fault(Fault::MissingTime)]);
+        svc.sim.script([
+            Reply::status(500),
+            Reply::fault(Fault::Reset),
+            Reply::fault(Fault::MissingTime),
+        ]);
         let r = svc.get("/api/within-timeout?timeout=5000").await;
         assert_eq!((r.status, r.text().as_str()), (200, "[]"));
     }
@@ -175,35 +244,58 @@ mod smart {
         svc.sim.script([Reply::ok_time(1).after(ms(20))]);
         let r = svc.get("/api/smart?timeout=3000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 1}));
-        assert_eq!(svc.sim.requests(), 1, "hedged although the first request succeeded in time");
+        assert_eq!(
+            svc.sim.requests(),
+            1,
+            "hedged although the first request succeeded in time"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hedges_with_two_more_after_the_delay() {
         let svc = Service::start_with(common::quiet_upstream(), |c| c.hedge_delay = ms(300)).await;
-        svc.sim.script([Reply::ok_time(1).after(ms(3000)), Reply::ok_time(2).after(ms(50)), Reply::ok_time(3).after(ms(3000))]);
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(3000)),
+            Reply::ok_time(2).after(ms(50)),
+            Reply::ok_time(3).after(ms(3000)),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/smart?timeout=5000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 2}));
         let took = t.elapsed();
-        assert!(took >= ms(340) && took < ms(2000), "took {took:?}: hedge not fired at 300 ms");
+        assert!(
+            took >= ms(340) && took < ms(2000),
+            "took {took:?}: hedge not fired at 300 ms"
+        );
         assert_eq!(svc.sim.requests(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hedges_at_once_when_the_first_request_fails() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(500), Reply::ok_time(2).after(ms(20)), Reply::ok_time(3).after(ms(2000))]);
+        svc.sim.script([
+            Reply::status(500),
+            Reply::ok_time(2).after(ms(20)),
+            Reply::ok_time(3).after(ms(2000)),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/smart?timeout=5000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 2}));
-        assert!(t.elapsed() < ms(280), "waited for the hedge delay: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < ms(280),
+            "waited for the hedge delay: {:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_request_still_counts_after_hedging() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::ok_time(1).after(ms(450)), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        svc.sim.script([
+            Reply::ok_time(1).after(ms(450)),
+            Reply::fault(Fault::Hang),
+            Reply::fault(Fault::Hang),
+        ]);
         let r = svc.get("/api/smart?timeout=5000").await;
         assert_eq!(r.json(), serde_json::json!({"time": 1}));
     }
@@ -211,17 +303,28 @@ mod smart {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_502_when_all_three_failed() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::status(500), Reply::status(502), Reply::fault(Fault::Reset)]);
+        svc.sim.script([
+            Reply::status(500),
+            Reply::status(502),
+            Reply::fault(Fault::Reset),
+        ]);
         let t = Instant::now();
         let r = svc.get("/api/smart?timeout=10000").await;
-        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
         assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_504_at_the_deadline() {
         let svc = Service::start().await;
-        svc.sim.script([Reply::fault(Fault::Hang), Reply::fault(Fault::Hang), Reply::fault(Fault::Hang)]);
+        svc.sim.script([
+            Reply::fault(Fault::Hang),
+            Reply::fault(Fault::Hang),
+            Reply::fault(Fault::Hang),
+        ]);
         let r = svc.get("/api/smart?timeout=500").await;
         assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
         assert_eq!(svc.sim.requests(), 3);
@@ -242,7 +345,14 @@ mod failure_kinds {
     async fn a_body_that_is_not_a_valid_work_object_is_a_failure() {
         assert_failure_kind(Reply::fault(Fault::InvalidJson), 5000, 502).await;
         assert_failure_kind(Reply::fault(Fault::MissingTime), 5000, 502).await;
-        for body in [r#"{"time": -1}"#, r#"{"time": 1.5}"#, r#"{"time": "5"}"#, r#"[{"time": 5}]"#, "", r#"{"time": 5"#] {
+        for body in [
+            r#"{"time": -1}"#,
+            r#"{"time": 1.5}"#,
+            r#"{"time": "5"}"#,
+            r#"[{"time": 5}]"#,
+            "",
+            r#"{"time": 5"#,
+        ] {
             assert_failure_kind(Reply::body(200, body), 5000, 502).await;
         }
     }
@@ -267,19 +377,30 @@ mod failure_kinds {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_upstream_is_a_failure() {
         // A port nobody listens on: bind one, note it, free it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let svc = Service::start_with(common::quiet_upstream(), |c| {
-            c.upstream = fanout::config::UpstreamChoice::Url(format!("https://127.0.0.1:{port}/api/work"));
+            c.upstream =
+                fanout::config::UpstreamChoice::Url(format!("https://127.0.0.1:{port}/api/work"));
         })
         .await;
         let r = svc.get("/api/all?timeout=3000").await;
-        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_untrusted_certificate_is_a_failure() {
         let svc = Service::start_with(common::quiet_upstream(), |c| c.extra_roots.clear()).await;
         let r = svc.get("/api/all?timeout=3000").await;
-        assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_failed"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
     }
 }

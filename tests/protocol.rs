@@ -18,8 +18,16 @@ async fn every_response_has_content_length_date_and_http11() {
     let svc = Service::start().await;
     let r = svc.get("/api/within-timeout?timeout=1000").await;
     assert_eq!(r.version_minor, 1);
-    assert_eq!(r.header("content-length").map(str::to_string), Some(r.body.len().to_string()));
-    assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT") && d.len() == 29), "{:?}", r.header("date"));
+    assert_eq!(
+        r.header("content-length").map(str::to_string),
+        Some(r.body.len().to_string())
+    );
+    assert!(
+        r.header("date")
+            .is_some_and(|d| d.ends_with(" GMT") && d.len() == 29),
+        "{:?}",
+        r.header("date")
+    );
     let r = svc.get("/nope").await;
     assert!(r.header("date").is_some() && r.header("content-length").is_some());
 }
@@ -56,7 +64,11 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_is_honoured() {
     let svc = Service::start().await;
-    let (r, mut c) = exchange(&svc, "GET /api/all?timeout=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    let (r, mut c) = exchange(
+        &svc,
+        "GET /api/all?timeout=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_by_server().await);
@@ -69,16 +81,25 @@ async fn http10_closes_unless_keep_alive_is_asked() {
     assert_eq!((r.status, r.version_minor), (200, 1));
     assert!(c.closed_by_server().await);
 
-    let (r, mut c) = exchange(&svc, "GET /api/first?timeout=1000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    let (r, mut c) = exchange(
+        &svc,
+        "GET /api/first?timeout=1000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.header("connection"), Some("keep-alive"));
-    c.send(b"GET /api/first?timeout=1000 HTTP/1.0\r\n\r\n").await;
+    c.send(b"GET /api/first?timeout=1000 HTTP/1.0\r\n\r\n")
+        .await;
     assert_eq!(c.response().await.expect("second response").status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_targets_are_accepted() {
     let svc = Service::start().await;
-    let (r, _) = exchange(&svc, "GET http://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+    let (r, _) = exchange(
+        &svc,
+        "GET http://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
     assert_eq!((r.status, r.text().as_str()), (200, "[]"));
 }
 
@@ -119,7 +140,10 @@ async fn an_unsupported_http_version_gets_505() {
 async fn a_small_body_is_read_and_discarded() {
     let svc = Service::start().await;
     let mut c = svc.client().await;
-    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello").await;
+    c.send(
+        b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
     assert_eq!(c.response().await.expect("response").status, 200);
     let r = c.get("/api/within-timeout?timeout=0").await;
     assert_eq!(r.status, 200, "the body was taken for the next request");
@@ -139,23 +163,41 @@ async fn expect_100_continue_gets_an_interim_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_413_414_and_431() {
     let svc = Service::start().await;
-    let (r, _) = exchange(&svc, "GET /api/all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n").await;
+    let (r, _) = exchange(
+        &svc,
+        "GET /api/all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 413);
-    let long_target = format!("GET /api/all?timeout=5&pad={} HTTP/1.1\r\nHost: t\r\n\r\n", "x".repeat(9000));
+    let long_target = format!(
+        "GET /api/all?timeout=5&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "x".repeat(9000)
+    );
     let (r, _) = exchange(&svc, &long_target).await;
     assert_eq!(r.status, 414);
-    let big_header = format!("GET /api/all?timeout=5 HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n", "x".repeat(17000));
+    let big_header = format!(
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "x".repeat(17000)
+    );
     let (r, _) = exchange(&svc, &big_header).await;
     assert_eq!(r.status, 431);
     let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-    let (r, _) = exchange(&svc, &format!("GET /api/all?timeout=5 HTTP/1.1\r\nHost: t\r\n{many}\r\n")).await;
+    let (r, _) = exchange(
+        &svc,
+        &format!("GET /api/all?timeout=5 HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
+    )
+    .await;
     assert_eq!(r.status, 431);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leading_empty_lines_are_ignored() {
     let svc = Service::start().await;
-    let (r, _) = exchange(&svc, "\r\nGET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let (r, _) = exchange(
+        &svc,
+        "\r\nGET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -168,15 +210,25 @@ async fn shutdown_lets_a_call_in_flight_finish() {
         fanout::simulator::Reply::ok_time(3).after(common::ms(300)),
     ]);
     let mut busy = svc.client().await;
-    busy.send(b"GET /api/all?timeout=5000 HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    busy.send(b"GET /api/all?timeout=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
     let mut idle = svc.client().await;
     assert_eq!(idle.get("/api/within-timeout?timeout=0").await.status, 200);
     assert!(svc.sim.wait_requests(3, common::PATIENCE).await);
     let addr = svc.addr;
     let stopping = tokio::spawn(svc.stop());
-    assert!(idle.closed_by_server().await, "an idle connection stays open during the drain");
-    let r = busy.response().await.expect("the call in flight is answered");
+    assert!(
+        idle.closed_by_server().await,
+        "an idle connection stays open during the drain"
+    );
+    let r = busy
+        .response()
+        .await
+        .expect("the call in flight is answered");
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     stopping.await.unwrap().expect("serve ends cleanly");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }

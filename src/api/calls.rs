@@ -52,11 +52,17 @@ impl Calls {
 
     /// The next outcome to complete; `None` once every started request has completed.
     ///
-    /// If some requests were skipped, this never returns `None`: like requests that hang, they leave the
-    /// decision to the caller's deadline. Cancel safety: dropping this future loses no outcome (a
+    /// A request that timed out, or was skipped for lack of time, never completes here: like a request
+    /// that hangs, it leaves the decision to the caller's deadline, which has come (or is under 1 ms away). Cancel safety: dropping this future loses no outcome (a
     /// `JoinSet` keeps results until they are taken).
     pub async fn next(&mut self) -> Option<Outcome> {
         let outcome = match self.running.join_next().await {
+            // A request that ran out of time did not finish: the deadline has come, and the strategy's own
+            // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
+            Some(Ok(Err(UpstreamError::Timeout))) => {
+                self.failures.push(UpstreamError::Timeout.to_string());
+                return pending().await;
+            }
             Some(Ok(outcome)) => outcome,
             // Only a panic can get here (tasks are aborted only when `Calls` is dropped).
             Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!("upstream task failed: {e}")))),

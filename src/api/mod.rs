@@ -51,7 +51,11 @@ impl Api {
     /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
     pub async fn handle(&self, head: &RequestHead, started: Instant) -> Response {
         let Some(target) = head.path_and_query() else {
-            return Response::error(400, "bad_request", "the request target must be a path such as /api/all?timeout=500");
+            return Response::error(
+                400,
+                "bad_request",
+                "the request target must be a path such as /api/all?timeout=500",
+            );
         };
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let Some(endpoint) = Endpoint::from_path(path) else {
@@ -64,8 +68,12 @@ impl Api {
         // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
         // methods the resource supports in Allow.
         if head.method != "GET" && head.method != "HEAD" {
-            return Response::error(405, "method_not_allowed", &format!("{path} supports GET (and HEAD) only"))
-                .with_header("Allow", "GET, HEAD");
+            return Response::error(
+                405,
+                "method_not_allowed",
+                &format!("{path} supports GET (and HEAD) only"),
+            )
+            .with_header("Allow", "GET, HEAD");
         }
         let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
             Ok(ms) => Duration::from_millis(ms),
@@ -85,11 +93,16 @@ impl Api {
             Err(Failure::Timeout) => Response::error(
                 504,
                 "timeout",
-                &format!("the upstream did not answer within the timeout of {} ms", timeout.as_millis()),
+                &format!(
+                    "the upstream did not answer within the timeout of {} ms",
+                    timeout.as_millis()
+                ),
             ),
-            Err(Failure::AllFailed(why)) => {
-                Response::error(502, "upstream_failed", &format!("every upstream request failed: {why}"))
-            }
+            Err(Failure::AllFailed(why)) => Response::error(
+                502,
+                "upstream_failed",
+                &format!("every upstream request failed: {why}"),
+            ),
         }
     }
 }

@@ -13,7 +13,9 @@ pub fn timeout_ms(query: &str, max: u64) -> Result<u64, String> {
             continue;
         }
         if found.is_some() {
-            return Err(format!("query parameter `timeout` is given more than once; give it once, as {accepted}"));
+            return Err(format!(
+                "query parameter `timeout` is given more than once; give it once, as {accepted}"
+            ));
         }
         found = Some(percent_decode(value));
     }
@@ -21,16 +23,25 @@ pub fn timeout_ms(query: &str, max: u64) -> Result<u64, String> {
         return Err(format!("query parameter `timeout` is required: {accepted}"));
     };
     if value.is_empty() {
-        return Err(format!("query parameter `timeout` is empty; it must be {accepted}"));
+        return Err(format!(
+            "query parameter `timeout` is empty; it must be {accepted}"
+        ));
     }
     let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
     if !value.iter().all(u8::is_ascii_digit) {
-        return Err(format!("query parameter `timeout` must be {accepted}, not `{shown}`"));
+        return Err(format!(
+            "query parameter `timeout` must be {accepted}, not `{shown}`"
+        ));
     }
     // All digits: parsing fails only on overflow, which is "too large" as well.
-    match std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()) {
+    match std::str::from_utf8(&value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         Some(ms) if ms <= max => Ok(ms),
-        _ => Err(format!("query parameter `timeout` is too large: it must be {accepted}, not `{shown}`")),
+        _ => Err(format!(
+            "query parameter `timeout` is too large: it must be {accepted}, not `{shown}`"
+        )),
     }
 }
 
@@ -41,7 +52,11 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
@@ -92,7 +107,10 @@ mod tests {
             "timeout=%zz",
         ] {
             let err = timeout_ms(query, 60_000).expect_err(query);
-            assert!(err.contains("`timeout`") && err.contains("0 to 60000"), "{query}: {err}");
+            assert!(
+                err.contains("`timeout`") && err.contains("0 to 60000"),
+                "{query}: {err}"
+            );
         }
     }
 

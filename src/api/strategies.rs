@@ -35,7 +35,10 @@ pub enum Failure {
 pub async fn all(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
     calls.start(FAN_OUT);
     let mut successes = Vec::new();
-    while let Some(outcome) = timeout_at(deadline, calls.next()).await.map_err(|_| Failure::Timeout)? {
+    while let Some(outcome) = timeout_at(deadline, calls.next())
+        .await
+        .map_err(|_| Failure::Timeout)?
+    {
         successes.extend(outcome.ok());
     }
     if successes.is_empty() {
@@ -66,7 +69,11 @@ pub async fn within_timeout(mut calls: Calls, deadline: Instant) -> Answer {
 
 /// `/api/smart`: a hedged request. One request; if it has not succeeded within `hedge_delay` (or failed
 /// sooner), 2 more at once; the first success of all 3, the first one included.
-pub async fn smart(mut calls: Calls, deadline: Instant, hedge_delay: Duration) -> Result<Answer, Failure> {
+pub async fn smart(
+    mut calls: Calls,
+    deadline: Instant,
+    hedge_delay: Duration,
+) -> Result<Answer, Failure> {
     calls.start(1);
     let hedge_at = (Instant::now() + hedge_delay).min(deadline);
     if let Ok(Some(Ok(work))) = timeout_at(hedge_at, calls.next()).await {

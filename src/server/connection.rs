@@ -22,12 +22,21 @@ use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
 use crate::api::Api;
 use crate::config::Limits;
+use crate::upstream::chunked::ChunkedDecoder;
 
 /// Lingering close (RFC 9112 §9.6): after our last response, keep reading (and discarding) for a moment so
 /// that data the client already sent does not make our kernel answer with a reset that destroys the
 /// response before the client read it.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// A request body still to be read and discarded.
+enum Body {
+    /// This many bytes.
+    Length(u64),
+    /// A chunked body, and how many data bytes it has carried so far.
+    Chunked(ChunkedDecoder, u64),
+}
 
 /// What reading the next request gave.
 enum Next {
@@ -48,8 +57,19 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream, api: Arc<Api>, limits: Arc<Limits>, shutdown: watch::Receiver<bool>) -> Self {
-        Connection { stream, buf: Vec::with_capacity(4096), api, limits, shutdown }
+    pub(crate) fn new(
+        stream: TcpStream,
+        api: Arc<Api>,
+        limits: Arc<Limits>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(4096),
+            api,
+            limits,
+            shutdown,
+        }
     }
 
     /// Serves requests until the connection ends.
@@ -81,7 +101,10 @@ impl Connection {
                 return self.finish(&response, head.is_head()).await;
             }
             let bytes = response.encode(head.is_head(), persistence);
-            if !matches!(timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await, Ok(Ok(()))) {
+            if !matches!(
+                timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
         }
@@ -124,32 +147,71 @@ impl Connection {
     /// Reads and throws away a request body; no endpoint uses one, but it must be consumed to find the next
     /// request. An `Err` is the response to send before closing.
     async fn discard_body(&mut self, head: &RequestHead) -> Result<(), Response> {
-        let too_large = || Response::error(413, "content_too_large", "request bodies are not used; this one is too large");
-        let mut remaining = match head.body {
+        let max = self.limits.max_body_bytes;
+        let too_large = || {
+            Response::error(
+                413,
+                "content_too_large",
+                &format!("request bodies are not used; this one is over {max} bytes"),
+            )
+        };
+        let mut body = match head.body {
             BodyLength::None => return Ok(()),
-            BodyLength::Length(n) if n > self.limits.max_body_bytes => return Err(too_large()),
-            BodyLength::Length(n) => n,
-            // A chunked body's size is unknown in advance; refusing it is allowed (RFC 9112 §6.1 lets a
-            // server require a Content-Length via 411, and 413 states the real reason here).
-            BodyLength::Chunked => return Err(too_large()),
+            BodyLength::Length(n) if n > max => return Err(too_large()),
+            BodyLength::Length(n) => Body::Length(n),
+            BodyLength::Chunked => Body::Chunked(ChunkedDecoder::new(), 0),
         };
         if head.expect_continue && self.buf.is_empty() {
             // RFC 9110 §10.1.1: the client waits for this before sending the body.
-            let _ = self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let _ = self
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await;
         }
         let until = Instant::now() + self.limits.head_timeout;
+        let mut decoded = Vec::new();
         loop {
-            let take = remaining.min(self.buf.len() as u64) as usize;
-            self.buf.drain(..take);
-            remaining -= take as u64;
-            if remaining == 0 {
-                return Ok(());
+            match &mut body {
+                Body::Length(remaining) => {
+                    let take = (*remaining).min(self.buf.len() as u64);
+                    self.buf.drain(..take as usize);
+                    *remaining -= take;
+                    if *remaining == 0 {
+                        return Ok(());
+                    }
+                }
+                Body::Chunked(decoder, total) => {
+                    decoded.clear();
+                    let used = decoder
+                        .decode(&self.buf, &mut decoded)
+                        .map_err(|e| Response::error(400, "bad_request", e.as_str()))?;
+                    self.buf.drain(..used);
+                    *total += decoded.len() as u64;
+                    if *total > max {
+                        return Err(too_large());
+                    }
+                    if decoder.is_done() {
+                        return Ok(());
+                    }
+                }
             }
             self.buf.reserve(4096);
             match timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(Response::error(400, "bad_request", "the request body ended early")),
-                Err(_) => return Err(Response::error(408, "request_timeout", "the request body was not received in time")),
+                Ok(_) => {
+                    return Err(Response::error(
+                        400,
+                        "bad_request",
+                        "the request body ended early",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Response::error(
+                        408,
+                        "request_timeout",
+                        "the request body was not received in time",
+                    ))
+                }
             }
         }
     }
@@ -157,7 +219,10 @@ impl Connection {
     /// Writes the last response with `Connection: close`, then closes without losing it.
     async fn finish(mut self, response: &Response, head_only: bool) {
         let bytes = response.encode(head_only, Persistence::Close);
-        if !matches!(timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await, Ok(Ok(()))) {
+        if !matches!(
+            timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         // Half-close, then read until the client closes too (or the linger bound), so the response is not
@@ -207,17 +272,34 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             "header_fields_too_large",
             &format!("more than {} header fields", limits.max_headers),
         )),
-        Err(httparse::Error::Version) => {
-            Err(Response::error(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported"))
-        }
-        Err(e) => Err(Response::error(400, "bad_request", &format!("malformed request: {e}"))),
+        Err(httparse::Error::Version) => Err(Response::error(
+            505,
+            "http_version_not_supported",
+            "only HTTP/1.0 and HTTP/1.1 are supported",
+        )),
+        Err(e) => Err(Response::error(
+            400,
+            "bad_request",
+            &format!("malformed request: {e}"),
+        )),
     }
 }
 
 fn head_too_large() -> Response {
-    Response::error(431, "header_fields_too_large", "the request head is too large")
+    Response::error(
+        431,
+        "header_fields_too_large",
+        "the request head is too large",
+    )
 }
 
 fn uri_too_long(limits: &Limits) -> Response {
-    Response::error(414, "uri_too_long", &format!("the request target is longer than {} bytes", limits.max_uri_bytes))
+    Response::error(
+        414,
+        "uri_too_long",
+        &format!(
+            "the request target is longer than {} bytes",
+            limits.max_uri_bytes
+        ),
+    )
 }

@@ -28,7 +28,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
 /// stops accepting, closes idle connections, lets busy ones finish their request (each bounded by its
 /// deadline) and returns when all are done or `limits.drain_timeout` has passed.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = Arc::new(limits);
     // One sender, a receiver per connection: `true` means "finish the current request, then close".
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -65,9 +70,15 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, limits: Limits, shutdow
 
     drop(listener); // new connections are now refused by the kernel
     let _ = stop_tx.send(true);
-    let drained = timeout(limits.drain_timeout, async { while connections.join_next().await.is_some() {} }).await;
+    let drained = timeout(limits.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        eprintln!("fanout: drain limit reached; closing {} connections", connections.len());
+        eprintln!(
+            "fanout: drain limit reached; closing {} connections",
+            connections.len()
+        );
         connections.shutdown().await;
     }
 }
@@ -76,6 +87,8 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, limits: Limits, shutdow
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     )
 }

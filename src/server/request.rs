@@ -42,7 +42,10 @@ impl RequestHead {
             return Some(&self.target);
         }
         // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests".
-        let rest = self.target.strip_prefix("http://").or_else(|| self.target.strip_prefix("https://"))?;
+        let rest = self
+            .target
+            .strip_prefix("http://")
+            .or_else(|| self.target.strip_prefix("https://"))?;
         Some(rest.find('/').map_or("/", |i| &rest[i..]))
     }
 }
@@ -81,9 +84,18 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad("Content-Length is not a decimal number"));
             }
-            content_length = Some(value.parse().map_err(|_| bad("Content-Length is too large"))?);
+            content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| bad("Content-Length is too large"))?,
+            );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()));
+            transfer_codings.extend(
+                value
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
         } else if h.name.eq_ignore_ascii_case("expect") {
             // RFC 9110 §10.1.1; other expectations are ignored (a MAY-417 we do not use).
             expect_continue |= value.eq_ignore_ascii_case("100-continue");
@@ -102,10 +114,14 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
         if minor_version == 0 {
-            return Err(bad("Transfer-Encoding is not allowed in an HTTP/1.0 request"));
+            return Err(bad(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+            ));
         }
         if content_length.is_some() {
-            return Err(bad("a request must not carry both Content-Length and Transfer-Encoding"));
+            return Err(bad(
+                "a request must not carry both Content-Length and Transfer-Encoding",
+            ));
         }
         if transfer_codings.last().map(String::as_str) != Some("chunked") {
             return Err(bad("the final transfer coding must be chunked"));
@@ -113,7 +129,11 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         if transfer_codings.len() > 1 {
             // RFC 9112 §6.1: "A server that receives a request message with a transfer coding it does not
             // understand SHOULD respond with 501 (Not Implemented)."
-            return Err(Response::error(501, "not_implemented", "only the chunked transfer coding is supported"));
+            return Err(Response::error(
+                501,
+                "not_implemented",
+                "only the chunked transfer coding is supported",
+            ));
         }
         BodyLength::Chunked
     } else {
@@ -125,7 +145,14 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
 
     // RFC 9112 §9.3: HTTP/1.1 persists unless "close" is sent; HTTP/1.0 only with "keep-alive".
     let keep_alive = !close && (minor_version == 1 || keep_alive_token);
-    Ok(RequestHead { method, target, minor_version, keep_alive, body, expect_continue })
+    Ok(RequestHead {
+        method,
+        target,
+        minor_version,
+        keep_alive,
+        body,
+        expect_continue,
+    })
 }
 
 fn bad(message: &str) -> Response {
@@ -134,7 +161,8 @@ fn bad(message: &str) -> Response {
 
 /// Host = uri-host [ ":" port ] (RFC 9110 §7.2); an empty value is allowed (RFC 9112 §3.2).
 fn valid_host(v: &str) -> bool {
-    v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+    v.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 #[cfg(test)]
@@ -144,27 +172,49 @@ mod tests {
     fn head(raw: &str) -> Result<RequestHead, u16> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
-        assert!(req.parse(raw.as_bytes()).unwrap().is_complete(), "incomplete test input");
+        assert!(
+            req.parse(raw.as_bytes()).unwrap().is_complete(),
+            "incomplete test input"
+        );
         interpret(&req).map_err(|r| r.status)
     }
 
     #[test]
     fn http11_persists_unless_close() {
-        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().keep_alive);
-        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").unwrap().keep_alive);
-        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            head("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !head("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn http10_persists_only_with_keep_alive() {
         assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
-        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn host_is_required_once_in_http11() {
         assert_eq!(head("GET / HTTP/1.1\r\n\r\n"), Err(400));
-        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(400));
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(400)
+        );
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(400));
         assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
@@ -173,22 +223,53 @@ mod tests {
     #[test]
     fn body_framing_and_smuggling_vectors() {
         let body = |raw: &str| head(raw).map(|h| h.body);
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"), Ok(BodyLength::Length(5)));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"), Ok(BodyLength::None));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(BodyLength::Chunked));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), Err(400));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"), Err(400));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"), Err(400));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n"), Err(400));
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"),
+            Ok(BodyLength::Length(5))
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+            Ok(BodyLength::None)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(BodyLength::Chunked)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            Err(400)
+        );
         assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(400));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Err(400));
-        assert_eq!(body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Err(501));
-        assert_eq!(body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(400));
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Err(501)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
+        );
     }
 
     #[test]
     fn absolute_form_targets_give_their_path() {
-        let h = head("GET http://example.com:8080/api/all?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let h = head("GET http://example.com:8080/api/all?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         assert_eq!(h.path_and_query(), Some("/api/all?timeout=5"));
         let h = head("GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), Some("/"));
@@ -198,6 +279,10 @@ mod tests {
 
     #[test]
     fn expect_100_continue_is_noticed() {
-        assert!(head("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").unwrap().expect_continue);
+        assert!(
+            head("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n")
+                .unwrap()
+                .expect_continue
+        );
     }
 }

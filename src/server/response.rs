@@ -17,7 +17,11 @@ pub struct Response {
 impl Response {
     /// A `200`-or-other response with a JSON body.
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, headers: Vec::new(), body }
+        Response {
+            status,
+            headers: Vec::new(),
+            body,
+        }
     }
 
     /// The error form every endpoint shares: `{"error": "<code>", "message": "<text for a person>"}`.
@@ -39,7 +43,11 @@ impl Response {
         let mut head = String::with_capacity(160);
         // We always answer as HTTP/1.1, our highest version (RFC 9110 §6.2).
         let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        let _ = write!(head, "Content-Type: application/json\r\nContent-Length: {}\r\n", self.body.len());
+        let _ = write!(
+            head,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            self.body.len()
+        );
         date::with_now(|now| {
             let _ = write!(head, "Date: {now}\r\n");
         });

@@ -224,6 +224,9 @@ impl Connection {
     }
 
     /// Reads once from the stream into `buf`; `Ok(0)` means the peer closed its side.
+    ///
+    /// Cancel safety: `read_buf` is cancel safe (if its future is dropped, no bytes were taken from the
+    /// stream), so a deadline firing here loses nothing; it is the exchange as a whole that is abandoned.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, UpstreamError> {
         self.buf.reserve(READ_CHUNK);
         let n = match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {

@@ -83,6 +83,11 @@ pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 8192;
 /// must arrive before the server's timer fires. The header counts whole seconds, so one second it is.
 pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long a non-200 answer's body is waited for, at most. The status is the outcome as soon as the head
+/// is here; the body is read only so that the connection can be reused, and an error page normally arrives
+/// in the same packets as its head. A failure is never held back longer than this for the sake of a socket.
+pub const ERROR_BODY_GRACE: Duration = Duration::from_millis(50);
+
 /// Sent in every request, so the upstream's operators can tell who is calling.
 const USER_AGENT: &str = "fanout/0.1";
 
@@ -285,17 +290,23 @@ impl Upstream {
     /// connection is never returned to the pool half-read. A queued wait for a slot is simply abandoned.
     pub async fn fetch(&self, deadline: Instant) -> Result<Work, UpstreamError> {
         self.start_reaper();
+        // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
+        // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
+        if Instant::now() >= deadline {
+            return Err(UpstreamError::Timeout);
+        }
         let (conn, reused) = match self.pool.checkout(deadline).await? {
             Checkout::Reused(conn) => (conn, true),
             Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
         };
         match self.exchange(conn, deadline).await {
-            // The stale-connection retry (hyper-util's rule; RFC 9112 §9.3.1 allows retrying an idempotent
-            // request like this GET). A server may close an idle connection at any moment, and the close can
-            // cross our request on the wire. If a *reused* connection failed before a single byte of response
-            // came back, the server never processed the request: try once more on a fresh connection,
-            // reusing the dead one's slot. A fresh connection that fails is the upstream's failure, not
-            // staleness, and a response that started and broke off is never retried.
+            // The stale-connection retry (hyper-util's rule). A server may close an idle connection at any
+            // moment, and the close can cross our request on the wire. If a *reused* connection failed before
+            // a single byte of response came back, that is the likely story: try once more on a fresh
+            // connection, reusing the dead one's slot. We cannot tell it apart from a server that did process
+            // the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
+            // idempotent requests such as this GET. A fresh connection that fails is the upstream's failure,
+            // not staleness, and a response that started and broke off is never retried.
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
                 let conn = self.connect(dead.into_slot(), deadline).await?;
@@ -337,14 +348,14 @@ impl Upstream {
         };
 
         if head.status != 200 {
-            // Read an error body too when it is framed and within limits, so the connection can be reused;
-            // otherwise (too big, close-delimited, too slow) just drop the connection. The status is the
-            // outcome either way.
+            // The status is the outcome. Read the error body too when it is framed, within limits and here
+            // within ERROR_BODY_GRACE, so the connection can be reused; otherwise just drop the connection.
             if head.keep_alive {
-                if let Ok(_ignored) = conn
-                    .read_body(head.framing, self.max_body_bytes, deadline)
-                    .await
-                {
+                let drain_deadline = deadline.min(Instant::now() + ERROR_BODY_GRACE);
+                let drained = conn
+                    .read_body(head.framing, self.max_body_bytes, drain_deadline)
+                    .await;
+                if drained.is_ok() {
                     self.release(conn, &head);
                 }
             }

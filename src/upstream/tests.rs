@@ -337,6 +337,29 @@ async fn a_status_other_than_200_without_a_length_is_reported_at_once() {
 }
 
 #[tokio::test]
+async fn a_status_other_than_200_is_not_held_back_by_a_slow_error_body() {
+    let server = serve(|_, mut stream| async move {
+        if read_request(&mut stream).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\n{\"error\":")
+                .await;
+        }
+        wait_for_close(&mut stream).await; // the rest of the body never comes
+    })
+    .await;
+    let up = client(&server.url());
+    let start = Instant::now();
+    let error = up.fetch(generous()).await.expect_err("500");
+    assert!(matches!(error, UpstreamError::Status(500)), "{error:?}");
+    assert!(
+        start.elapsed() < ERROR_BODY_GRACE * 4,
+        "held back for {:?}",
+        start.elapsed()
+    );
+    assert_eq!(up.stats().open, 0, "the half-read connection is dropped");
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_an_object_with_an_integer_time_is_an_invalid_payload() {
     const BODIES: [&[u8]; 6] = [
         b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!",
@@ -678,6 +701,47 @@ async fn dropping_the_upstream_stops_its_reaper() {
     drop(up);
     tokio::task::yield_now().await; // let the runtime process the abort
     assert_eq!(metrics.num_alive_tasks(), before, "and ends with its owner");
+}
+
+#[tokio::test]
+async fn a_deadline_already_past_sends_nothing() {
+    let server = serve_always(OK_TIME_7).await;
+    let up = client(&server.url());
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    let error = up.fetch(Instant::now()).await.expect_err("too late");
+    assert!(matches!(error, UpstreamError::Timeout), "{error:?}");
+    assert_eq!(
+        up.stats(),
+        stats(1, 0, 1, 1),
+        "the idle connection was not touched"
+    );
+}
+
+#[tokio::test]
+async fn a_dns_name_is_resolved_before_connecting() {
+    let server = serve_always(OK_TIME_7).await;
+    let up = client(&format!("http://localhost:{}/", server.addr.port()));
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    assert_eq!(server.accepts(), 1);
+}
+
+#[tokio::test]
+async fn connecting_tries_each_address_in_turn() {
+    // A resolver may list an address that refuses (say ::1 when the server listens on IPv4 only) first.
+    let refusing = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let server = serve_always(OK_TIME_7).await;
+    let slot = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a free slot");
+    let conn = connection::connect(&[refusing, server.addr], None, slot, generous()).await;
+    assert!(
+        conn.is_ok(),
+        "the first address refuses, the second one accepts"
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,11 @@ pub fn ms(n: u64) -> Duration {
 
 /// A simulator answering at once, never failing, over TLS: tests script what they need on top.
 pub fn quiet_upstream() -> SimConfig {
-    SimConfig { latency_ms: (0, 0), failure_rate: 0.0, ..SimConfig::default() }
+    SimConfig {
+        latency_ms: (0, 0),
+        failure_rate: 0.0,
+        ..SimConfig::default()
+    }
 }
 
 /// fanout running in-process against its own simulator.
@@ -39,18 +43,27 @@ impl Service {
     }
 
     pub async fn start_with(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Service {
-        let sim = Simulator::start(sim_config).await.expect("simulator starts");
+        let sim = Simulator::start(sim_config)
+            .await
+            .expect("simulator starts");
         let mut config = Config::default();
         config.upstream = UpstreamChoice::Url(sim.url());
         config.extra_roots = simulator::ca_certs();
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(fanout::serve(listener, config, async move {
             let _ = stopped.await;
         }));
-        Service { sim, addr, stop: Some(stop), task }
+        Service {
+            sim,
+            addr,
+            stop: Some(stop),
+            task,
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -67,7 +80,10 @@ impl Service {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        timeout(PATIENCE * 2, &mut self.task).await.expect("serve returns after shutdown").expect("serve task")
+        timeout(PATIENCE * 2, &mut self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve task")
     }
 }
 
@@ -82,12 +98,19 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -98,14 +121,22 @@ impl Response {
     pub fn times(&self) -> Vec<u64> {
         let v = self.json();
         let list = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
-        list.iter().map(|o| o["time"].as_u64().expect("time")).collect()
+        list.iter()
+            .map(|o| o["time"].as_u64().expect("time"))
+            .collect()
     }
 
     /// The error code of an error answer, checking its shape on the way.
     pub fn error_code(&self) -> String {
         let v = self.json();
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {v}");
-        v["error"].as_str().unwrap_or_else(|| panic!("not an error: {v}")).to_string()
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {v}"
+        );
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error: {v}"))
+            .to_string()
     }
 }
 
@@ -117,9 +148,15 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = timeout(PATIENCE, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+        let stream = timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, raw: &[u8]) {
@@ -127,7 +164,8 @@ impl Client {
     }
 
     pub async fn get(&mut self, target: &str) -> Response {
-        self.send(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await;
         self.response().await.expect("a response")
     }
 
@@ -145,13 +183,20 @@ impl Client {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut parsed = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(len) = parsed.parse(&self.buf).expect("a valid response head") {
+            if let httparse::Status::Complete(len) =
+                parsed.parse(&self.buf).expect("a valid response head")
+            {
                 let status = parsed.code.expect("status");
                 let version_minor = parsed.version.expect("version");
                 let headers: Vec<(String, String)> = parsed
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 let length: usize = headers
                     .iter()
@@ -164,10 +209,19 @@ impl Client {
                 }
                 let body = self.buf[len..len + length].to_vec();
                 self.buf.drain(..len + length);
-                return Some(Response { status, version_minor, headers, body });
+                return Some(Response {
+                    status,
+                    version_minor,
+                    headers,
+                    body,
+                });
             }
             if !self.fill().await {
-                assert!(self.buf.is_empty(), "connection closed mid-response: {:?}", String::from_utf8_lossy(&self.buf));
+                assert!(
+                    self.buf.is_empty(),
+                    "connection closed mid-response: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
                 return None;
             }
         }
@@ -176,7 +230,10 @@ impl Client {
     /// Reads more bytes; false on EOF (or reset).
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 4096];
-        match timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("the server answers in time") {
+        match timeout(PATIENCE, self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers in time")
+        {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
