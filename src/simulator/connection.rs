@@ -201,9 +201,18 @@ impl<S: Transport> Connection<S> {
     }
 
     /// Counts the request and decides its reply. Only `GET /api/work` consumes the script.
+    ///
+    /// `GET /stats` answers the counters at once and is neither counted in `requests` nor kept
+    /// in `seen`: a benchmark polls it before and after a run and subtracts, so it must not
+    /// disturb what it measures.
     fn route(&self, head: Head) -> Reply {
         let path = head.seen.path.split('?').next().unwrap_or("");
-        let reply = if path != "/api/work" {
+        if path == "/stats" && head.seen.method == "GET" {
+            return Reply::body(200, self.shared.stats_json()).after(Duration::ZERO);
+        }
+        let reply = if path == "/stats" {
+            Reply::status(405).after(Duration::ZERO)
+        } else if path != "/api/work" {
             Reply::status(404).after(Duration::ZERO)
         } else if head.seen.method != "GET" {
             Reply::status(405).after(Duration::ZERO)

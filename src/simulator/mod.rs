@@ -4,7 +4,8 @@
 //! reach it, so fanout carries this stand-in. It is used three ways: in-process by
 //! `fanout --upstream simulated`, as its own process by `fanout simulator ...` (see [`run`]), and by
 //! every integration test, which scripts it reply by reply ([`Simulator::script`]) so that a test
-//! states exactly which upstream behaviour it is about.
+//! states exactly which upstream behaviour it is about. `GET /stats` reports its counters as
+//! JSON, for the benchmark (`bench/run.py`) to see how many connections and requests a server made.
 //!
 //! # Layout (a reading order)
 //!
@@ -309,7 +310,7 @@ impl Simulator {
         self.shared.connections_open()
     }
 
-    /// Request heads received since start, on any path.
+    /// Request heads received since start, on any path except `GET /stats`.
     pub fn requests(&self) -> u64 {
         self.shared.requests()
     }

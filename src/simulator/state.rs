@@ -110,6 +110,18 @@ impl Shared {
         self.requests.load(Ordering::SeqCst)
     }
 
+    /// The body of `GET /stats`: `{"connections_accepted": N, "connections_open": N,
+    /// "requests": N}`. `connections_open` includes the connection asking.
+    pub(super) fn stats_json(&self) -> Vec<u8> {
+        format!(
+            "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}}}",
+            self.connections_accepted(),
+            self.connections_open(),
+            self.requests()
+        )
+        .into_bytes()
+    }
+
     pub(super) fn seen(&self) -> Vec<SeenRequest> {
         lock(&self.seen).iter().cloned().collect()
     }

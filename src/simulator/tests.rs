@@ -574,6 +574,52 @@ async fn counters_and_seen_follow_connections_and_requests() {
 }
 
 #[tokio::test]
+async fn stats_reports_the_counters_without_counting_itself_or_using_the_script() {
+    let sim = start(fast()).await;
+    sim.script([
+        Reply::ok_time(5).after(ms(1)),
+        Reply::ok_time(6).after(ms(1)),
+    ]);
+    let mut worker = connect(&sim).await;
+    assert_eq!(get(&mut worker, "/api/work").await.json()["time"], 5);
+    get(&mut worker, "/elsewhere").await;
+    drop(worker);
+    assert!(sim.wait_connections_open(0, LIMIT).await);
+
+    let mut watcher = connect(&sim).await;
+    for _ in 0..2 {
+        let stats = get(&mut watcher, "/stats").await;
+        assert_eq!(stats.status, 200);
+        assert_eq!(stats.header("content-type"), Some("application/json"));
+        assert_eq!(
+            stats.json(),
+            serde_json::json!({
+                "connections_accepted": 2,
+                "connections_open": 1, // the one asking
+                "requests": 2,         // /api/work and /elsewhere, not /stats
+            })
+        );
+    }
+    assert_eq!(sim.requests(), 2);
+    assert!(
+        sim.seen().iter().all(|r| r.path != "/stats"),
+        "not logged either"
+    );
+    // The script was not consumed by the stats requests.
+    assert_eq!(get(&mut watcher, "/api/work").await.json()["time"], 6);
+
+    let mut other = connect(&sim).await;
+    other
+        .write_all(b"POST /stats HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("sent");
+    let refused = read_response(&mut other, &mut Vec::new())
+        .await
+        .expect("a response");
+    assert_eq!(refused.status, 405);
+}
+
+#[tokio::test]
 async fn dropping_the_simulator_closes_every_connection_and_the_listener() {
     let sim = start(fast()).await;
     sim.script([Reply::fault(Fault::Hang)]);
