@@ -149,7 +149,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
     Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS", default: "300", help: "/api/smart fires 2 more requests after this long without a success" },
     Setting { flag: "--upstream-max-connections", env: "FANOUT_UPSTREAM_MAX_CONNECTIONS", value: "N", default: "8192", help: "open upstream connections at most; beyond, requests wait for one within their deadline" },
-    Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "1024", help: "idle upstream connections kept for reuse" },
+    Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "8192", help: "idle upstream connections kept for reuse" },
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
     Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused (0: close at once)" },
@@ -376,6 +376,21 @@ mod tests {
         assert!(parse(&["--upstream-ca", "/no/such/file"], &[])
             .unwrap_err()
             .contains("cannot read"));
+    }
+
+    #[test]
+    fn the_defaults_help_shows_are_the_real_ones() {
+        let default = format!("{:?}", Config::default());
+        for s in SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+            let given = parse(&[s.flag, s.default], &[]).unwrap();
+            assert_eq!(
+                format!("{given:?}"),
+                default,
+                "{} shows {} in --help",
+                s.flag,
+                s.default
+            );
+        }
     }
 
     #[test]
