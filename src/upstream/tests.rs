@@ -844,7 +844,8 @@ fn new_works_outside_a_runtime_and_keeps_the_url() {
 fn the_defaults_are_the_documented_limits() {
     let c = UpstreamConfig::new("http://x/");
     assert_eq!((c.max_head_bytes, c.max_body_bytes), (16 * 1024, 64 * 1024));
-    assert_eq!((c.pool_max_idle, c.pool_max_connections), (1024, 8192));
+    assert_eq!((c.pool_max_idle, c.pool_max_connections), (8192, 8192));
+    assert_eq!(c.linger, Duration::from_secs(1));
     assert_eq!(c.pool_idle_timeout, Duration::from_secs(4));
 }
 
