@@ -91,6 +91,11 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// On shutdown, connections still busy after this long are closed.
     pub drain_timeout: Duration,
+    /// Client connections open at once; beyond, new ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// API calls in flight at once; beyond, calls are shed at once (`503`, or `200 []` from
+    /// `/api/within-timeout`) without touching the upstream.
+    pub max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -128,6 +133,12 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             // The longest call (max_timeout_ms) plus time to write its answer.
             drain_timeout: Duration::from_secs(65),
+            // File descriptors are the bound (20,000 here): 8,192 client connections plus at most 8,192
+            // upstream ones (`--upstream-max-connections`) leaves room for everything else.
+            max_connections: 8192,
+            // Each call holds up to 3 upstream connections: 2,560 calls fit the upstream cap of 8,192 with
+            // room for requests that finish in the background. 2,000 callers are not overload.
+            max_in_flight: 2560,
         }
     }
 }
@@ -162,6 +173,8 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--head-timeout-ms", env: "FANOUT_HEAD_TIMEOUT_MS", value: "MS", default: "10000", help: "time to send a whole request head once started (408 after)" },
     Setting { flag: "--idle-timeout-ms", env: "FANOUT_IDLE_TIMEOUT_MS", value: "MS", default: "60000", help: "idle keep-alive connections are closed after this long" },
     Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
+    Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (more wait in the kernel's backlog)" },
+    Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
 ];
 
@@ -287,6 +300,8 @@ impl Config {
             "--idle-timeout-ms" => l.idle_timeout = millis(v)?,
             "--write-timeout-ms" => l.write_timeout = millis(v)?,
             "--drain-timeout-ms" => l.drain_timeout = millis(v)?,
+            "--max-connections" => l.max_connections = number(v, 1, 1 << 20)? as usize,
+            "--max-in-flight" => l.max_in_flight = number(v, 1, 1 << 20)? as usize,
             _ => unreachable!("every SETTINGS flag is handled"),
         }
         Ok(())

@@ -89,11 +89,7 @@ pub async fn serve(
         upstream.url()
     );
 
-    let api = Arc::new(Api {
-        upstream,
-        max_timeout_ms: config.max_timeout_ms,
-        hedge_delay: config.hedge_delay,
-    });
+    let api = Arc::new(Api::new(upstream, &config));
     server::serve(listener, api, config.limits, shutdown).await;
     println!("fanout stopped");
     Ok(())

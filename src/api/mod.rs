@@ -7,10 +7,12 @@ pub mod calls;
 pub mod query;
 pub mod strategies;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::server::request::RequestHead;
 use crate::server::response::Response;
 use crate::upstream::{Upstream, Work};
@@ -40,12 +42,45 @@ impl Endpoint {
 
 /// What the API needs to answer calls; shared by all connections.
 pub struct Api {
-    pub upstream: Arc<Upstream>,
-    pub max_timeout_ms: u64,
-    pub hedge_delay: Duration,
+    upstream: Arc<Upstream>,
+    max_timeout_ms: u64,
+    hedge_delay: Duration,
+    /// Admission control: calls in flight now, and the most allowed.
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+}
+
+/// Counts one admitted call in flight for as long as it lives (drop guard: every way a call ends
+/// releases its place, a dropped future included).
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Api {
+    pub fn new(upstream: Arc<Upstream>, config: &Config) -> Api {
+        Api {
+            upstream,
+            max_timeout_ms: config.max_timeout_ms,
+            hedge_delay: config.hedge_delay,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: config.limits.max_in_flight,
+        }
+    }
+
+    /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
+    /// would only make it miss its deadline, and the upstream is spared work nobody could use in time.
+    fn admit(&self) -> Option<Admitted<'_>> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(&self.in_flight))
+    }
+
     /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
     ///
     /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
@@ -80,6 +115,18 @@ impl Api {
             Err(message) => return Response::error(400, "bad_request", &message),
         };
         let deadline = started + timeout;
+        let Some(_admitted) = self.admit() else {
+            return match endpoint {
+                // Its contract is never to fail: what arrived in time is nothing.
+                Endpoint::WithinTimeout => Response::json(200, b"[]".to_vec()),
+                _ => Response::error(
+                    503,
+                    "overloaded",
+                    "too many calls in flight; retry in a moment",
+                )
+                .with_header("Retry-After", "1"),
+            };
+        };
         let calls = Calls::new(self.upstream.clone(), deadline);
 
         let outcome = match endpoint {

@@ -12,8 +12,8 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Duration};
 
@@ -42,15 +42,22 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
+    // One permit per open client connection. At the cap the loop stops accepting, and new connections wait
+    // in the kernel's backlog (then get refused by it) instead of costing us memory and descriptors.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+            accepted = accept_within_cap(&listener, &slots) => match accepted {
+                Ok((stream, slot)) => {
                     // Answers are small and written whole: Nagle's delay would only add latency.
                     let _ = stream.set_nodelay(true);
                     let conn = Connection::new(stream, api.clone(), limits.clone(), stop_rx.clone());
-                    connections.spawn(conn.run());
+                    connections.spawn(async move {
+                        conn.run().await;
+                        drop(slot); // the connection is closed: its slot is free
+                    });
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -81,6 +88,23 @@ pub async fn serve(
         );
         connections.shutdown().await;
     }
+}
+
+/// Waits for a connection slot, then for a connection.
+///
+/// Cancel safety: dropped while waiting for the slot, nothing happened; dropped while accepting, the slot is
+/// released and no connection is lost (tokio's `accept` is cancel safe).
+async fn accept_within_cap(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> io::Result<(TcpStream, OwnedSemaphorePermit)> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| io::Error::other("connection slots closed"))?;
+    let (stream, _peer) = listener.accept().await?;
+    Ok((stream, slot))
 }
 
 /// Errors that concern only the connection being accepted (it was reset before we took it, say).

@@ -1,0 +1,200 @@
+//! Every limit, and what happens past it: admission control, the connection cap, slow and idle clients.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{ms, Service, PATIENCE};
+use fanout::simulator::{Fault, SimConfig};
+
+fn hanging_upstream() -> SimConfig {
+    SimConfig {
+        latency_ms: (0, 0),
+        failure_rate: 1.0,
+        failure_kinds: vec![Fault::Hang],
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_upstream() {
+    let svc = Service::start_with(hanging_upstream(), |c| c.limits.max_in_flight = 2).await;
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut c = svc.client().await;
+        c.send(b"GET /api/all?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        busy.push(c);
+    }
+    assert!(
+        svc.sim.wait_requests(6, PATIENCE).await,
+        "the two admitted calls reach the upstream"
+    );
+
+    for endpoint in ["/api/all", "/api/first", "/api/smart"] {
+        let t = Instant::now();
+        let r = svc.get(&format!("{endpoint}?timeout=3000")).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (503, "overloaded"),
+            "{endpoint}"
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(t.elapsed() < ms(500), "shedding took {:?}", t.elapsed());
+    }
+    let r = svc.get("/api/within-timeout?timeout=3000").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "[]"),
+        "within-timeout never fails, even when shed"
+    );
+    assert_eq!(
+        svc.sim.requests(),
+        6,
+        "shed calls must not reach the upstream"
+    );
+
+    // Bad requests are still told what is wrong, not shed.
+    assert_eq!(svc.get("/api/all?timeout=x").await.status, 400);
+
+    // The admitted calls keep their deadline, and their places come back.
+    for mut c in busy {
+        assert_eq!(c.response().await.expect("answer").status, 504);
+    }
+    assert_eq!(svc.get("/api/within-timeout?timeout=0").await.status, 200);
+    let r = svc.get("/api/all?timeout=50").await;
+    assert_eq!(
+        r.status, 504,
+        "a place is free again: the call is admitted and times out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let svc = Service::start_with(common::quiet_upstream(), |c| c.limits.max_connections = 2).await;
+    let mut first = svc.client().await;
+    let mut second = svc.client().await;
+    assert_eq!(first.get("/api/within-timeout?timeout=0").await.status, 200);
+    assert_eq!(
+        second.get("/api/within-timeout?timeout=0").await.status,
+        200
+    );
+
+    // The kernel completes the handshake (backlog), but fanout does not take the connection yet.
+    let mut third = svc.client().await;
+    third
+        .send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let early = tokio::time::timeout(ms(300), third.response()).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served beyond the cap of 2"
+    );
+
+    drop(first);
+    let r = tokio::time::timeout(PATIENCE, third.response())
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(r.expect("response").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_arrives_too_slowly_gets_408_and_a_close() {
+    let svc = Service::start_with(common::quiet_upstream(), |c| {
+        c.limits.head_timeout = ms(300)
+    })
+    .await;
+    let mut c = svc.client().await;
+    let t = Instant::now();
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHo")
+        .await; // and then nothing (slowloris)
+    let r = c.response().await.expect("a 408");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (408, "request_timeout")
+    );
+    assert!(
+        t.elapsed() >= ms(290),
+        "answered before the head timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(c.closed_by_server().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let svc = Service::start_with(common::quiet_upstream(), |c| {
+        c.limits.idle_timeout = ms(300)
+    })
+    .await;
+    let mut c = svc.client().await;
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+    let t = Instant::now();
+    assert!(c.closed_by_server().await, "closed without a response");
+    assert!(
+        t.elapsed() >= ms(290) && t.elapsed() < PATIENCE,
+        "closed after {:?}",
+        t.elapsed()
+    );
+
+    // A connection that never sends anything is idle too.
+    let mut silent = svc.client().await;
+    assert!(silent.closed_by_server().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_is_decoded_and_discarded_within_the_cap() {
+    let svc = Service::start_with(common::quiet_upstream(), |c| c.limits.max_body_bytes = 16).await;
+    let mut c = svc.client().await;
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.expect("response").status, 200);
+    assert_eq!(
+        c.get("/api/within-timeout?timeout=0").await.status,
+        200,
+        "framing kept"
+    );
+
+    let mut c = svc.client().await;
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n0123456789abcdef0123456789abcdef\r\n0\r\n\r\n")
+        .await;
+    let r = c.response().await.expect("response");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "content_too_large")
+    );
+    assert!(c.closed_by_server().await);
+
+    let mut c = svc.client().await;
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    assert_eq!(c.response().await.expect("response").status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_hold_a_task_forever() {
+    // Pipelines many requests and never reads: the responses fill the socket buffers, the write times out,
+    // and the server drops the connection instead of waiting forever.
+    let svc = Service::start_with(common::quiet_upstream(), |c| {
+        c.limits.write_timeout = ms(300)
+    })
+    .await;
+    let mut c = svc.client().await;
+    let request = b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2000);
+    let sent = tokio::time::timeout(PATIENCE, async {
+        for _ in 0..200 {
+            if tokio::io::AsyncWriteExt::write_all(&mut c.stream, &request)
+                .await
+                .is_err()
+            {
+                return true; // the server gave up on us
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        sent,
+        Ok(true),
+        "the server kept a connection that never reads"
+    );
+}
