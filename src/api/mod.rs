@@ -19,6 +19,9 @@ use crate::upstream::{Upstream, Work};
 use calls::Calls;
 use strategies::{Answer, Failure};
 
+/// The granularity of tokio's timer.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 /// The four endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -114,7 +117,9 @@ impl Api {
             Ok(ms) => Duration::from_millis(ms),
             Err(message) => return Response::error(400, "bad_request", &message),
         };
-        let deadline = started + timeout;
+        // Aim one timer tick early: tokio's timer fires on whole milliseconds, rounding up, so a timer set
+        // for the deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
+        let deadline = started + timeout.saturating_sub(TIMER_RESOLUTION);
         let Some(_admitted) = self.admit() else {
             return match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.
