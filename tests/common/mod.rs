@@ -68,6 +68,31 @@ impl Service {
         }
     }
 
+    /// fanout in front of a simulator the test started itself, e.g. a plain-HTTP one behind a real proxy.
+    /// `tweak` usually points `config.upstream` somewhere else (the simulator is then only a backend).
+    pub async fn start_in_front_of(sim: Simulator, tweak: impl FnOnce(&mut Config)) -> Service {
+        let mut config = Config {
+            upstream: UpstreamChoice::Url(sim.url()),
+            extra_roots: simulator::ca_certs(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(fanout::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Service {
+            sim,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await
     }
