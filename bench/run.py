@@ -371,6 +371,7 @@ class Settings:
     peer_bin: Path
     wrk: str
     settle_s: float
+    fanout_args: tuple[str, ...] = ()
     results: list = field(default_factory=list)
 
 
@@ -378,7 +379,8 @@ def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Pat
     listen = f"127.0.0.1:{port}"
     if impl == "fanout":
         return [str(settings.fanout_bin), "--listen", listen,
-                "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca)]
+                "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca),
+                *settings.fanout_args]
     return [str(settings.peer_bin), "--listen", listen,
             "--upstream", f"https://localhost:{sim_port}", "--ca", str(ca)]
 
@@ -640,6 +642,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fanout-bin", type=Path,
                         help="use this fanout binary (server and simulator) instead of building "
                              "target/release/fanout")
+    parser.add_argument("--fanout-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for the fanout server, e.g. --fanout-arg=--upstream-linger-ms=0 "
+                             "(repeatable)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the binaries already built instead of running cargo")
     return parser.parse_args(argv)
@@ -668,6 +673,7 @@ def main(argv: list[str]) -> int:
         peer_bin=PEER_BIN,
         wrk=wrk.strip(),
         settle_s=2.0 if args.quick else 3.0,
+        fanout_args=tuple(args.fanout_arg),
     )
     for binary in [settings.fanout_bin] + ([settings.peer_bin] if "peer" in impls else []):
         if not binary.is_file():

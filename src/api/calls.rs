@@ -1,20 +1,19 @@
 //! The one helper every strategy shares: start upstream requests, then take their outcomes in the order
 //! they complete.
 //!
-//! Each request runs as its own task in a [`JoinSet`] owned by [`Calls`]. The set is the owner that makes
-//! cancellation simple: when a strategy has its answer and returns, `Calls` is dropped and the set aborts
-//! the tasks still running. What that does to each upstream request is the upstream client's business
-//! (see `Upstream::fetch`): one still waiting for a connection gives up, one already on the wire may
-//! finish in the background, within a bound, to save its connection. Nothing the caller waits for
-//! outlives the response.
+//! Each upstream request is one task (see `Upstream::start`), which sends its outcome into a channel that
+//! [`Calls`] owns. Dropping `Calls` (the strategy has its answer, or its deadline came) drops the receiving
+//! end, and that is the whole of cancellation from the API's side: each request sees its caller gone and
+//! stops, or, if already on the wire, finishes in the background within a bound to save its connection.
+//! Nothing the caller waits for outlives the response.
 
 use std::future::pending;
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
-use crate::upstream::{Upstream, UpstreamError, Work};
+use crate::upstream::{Reply, Upstream, UpstreamError, Work};
 
 /// One upstream request's result.
 pub type Outcome = Result<Work, UpstreamError>;
@@ -27,19 +26,26 @@ pub const MIN_USEFUL_TIME: Duration = Duration::from_millis(1);
 pub struct Calls {
     upstream: Arc<Upstream>,
     deadline: Instant,
-    running: JoinSet<Outcome>,
+    /// Cloned into every request started; kept so that more can be started later (smart's hedges).
+    reply: Reply,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    /// Requests started whose outcome has not been taken yet.
+    running: usize,
     /// Requests not started because the deadline was too close. They count as never finishing.
     skipped: usize,
-    /// Labels of the failures seen so far, for the `502` message.
+    /// What went wrong so far, for the `502` message.
     failures: Vec<String>,
 }
 
 impl Calls {
     pub fn new(upstream: Arc<Upstream>, deadline: Instant) -> Calls {
+        let (reply, outcomes) = mpsc::unbounded_channel();
         Calls {
             upstream,
             deadline,
-            running: JoinSet::new(),
+            reply,
+            outcomes,
+            running: 0,
             skipped: 0,
             failures: Vec::new(),
         }
@@ -52,38 +58,40 @@ impl Calls {
             return;
         }
         for _ in 0..n {
-            let upstream = self.upstream.clone();
-            let deadline = self.deadline;
-            self.running
-                .spawn(async move { upstream.fetch(deadline).await });
+            self.upstream.start(self.deadline, self.reply.clone());
         }
+        self.running += n;
     }
 
     /// The next outcome to complete; `None` once every started request has completed.
     ///
     /// A request that timed out, or was skipped for lack of time, never completes here: like a request
-    /// that hangs, it leaves the decision to the caller's deadline, which has come (or is under 1 ms away). Cancel safety: dropping this future loses no outcome (a
-    /// `JoinSet` keeps results until they are taken).
+    /// that hangs, it leaves the decision to the caller's deadline, which has come (or is under 1 ms away).
+    /// Cancel safety: dropping this future loses no outcome (the channel keeps it until it is taken).
     pub async fn next(&mut self) -> Option<Outcome> {
-        let outcome = match self.running.join_next().await {
+        if self.running == 0 {
+            if self.skipped > 0 {
+                pending::<()>().await;
+            }
+            return None;
+        }
+        // `self.reply` keeps the channel open, so this waits for an outcome; a request that panicked
+        // never sends one and so counts as never finishing.
+        let outcome = self.outcomes.recv().await?;
+        self.running -= 1;
+        match outcome {
             // A request that ran out of time did not finish: the deadline has come, and the strategy's own
             // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
-            Some(Ok(Err(UpstreamError::Timeout))) => {
+            Err(UpstreamError::Timeout) => {
                 self.failures.push(UpstreamError::Timeout.to_string());
-                return pending().await;
+                pending().await
             }
-            Some(Ok(outcome)) => outcome,
-            // Only a panic can get here (tasks are aborted only when `Calls` is dropped).
-            Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!(
-                "upstream task failed: {e}"
-            )))),
-            None if self.skipped > 0 => pending().await,
-            None => return None,
-        };
-        if let Err(e) = &outcome {
-            self.failures.push(e.to_string());
+            Err(e) => {
+                self.failures.push(e.to_string());
+                Some(Err(e))
+            }
+            Ok(work) => Some(Ok(work)),
         }
-        Some(outcome)
     }
 
     /// The next success, skipping failures; `None` once every request has failed.
