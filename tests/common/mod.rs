@@ -20,6 +20,16 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A simulator whose every request hangs: only the deadline can end a call.
+pub fn hanging_upstream() -> SimConfig {
+    SimConfig {
+        latency_ms: (0, 0),
+        failure_rate: 1.0,
+        failure_kinds: vec![fanout::simulator::Fault::Hang],
+        ..SimConfig::default()
+    }
+}
+
 /// A simulator answering at once, never failing, over TLS: tests script what they need on top.
 pub fn quiet_upstream() -> SimConfig {
     SimConfig {
@@ -46,26 +56,7 @@ impl Service {
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
-        let mut config = Config {
-            upstream: UpstreamChoice::Url(sim.url()),
-            extra_roots: simulator::ca_certs(),
-            ..Config::default()
-        };
-        tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(fanout::serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        Service {
-            sim,
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Service::start_in_front_of(sim, tweak).await
     }
 
     /// fanout in front of a simulator the test started itself, e.g. a plain-HTTP one behind a real proxy.
