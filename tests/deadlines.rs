@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ms, Service};
-use fanout::simulator::{Fault, SimConfig};
 
 /// How late an answer may be in these tests (the benchmark's target is far tighter).
 const SLACK: Duration = Duration::from_millis(60);

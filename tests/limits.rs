@@ -5,7 +5,6 @@ mod common;
 use std::time::Instant;
 
 use common::{ms, Service, PATIENCE};
-use fanout::simulator::{Fault, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_upstream() {
