@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod config;
+pub(crate) mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod simulator;
