@@ -32,6 +32,7 @@ pub(crate) mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod simulator;
+pub mod trace;
 pub mod upstream;
 
 use std::future::Future;

@@ -54,6 +54,7 @@ use tokio_rustls::TlsConnector;
 pub use resolve::DNS_CACHE_TTL;
 pub use target::DEFAULT_PATH;
 
+use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
 use pool::{Checkout, Counters, Gauge, Pool, Reaper};
 use resolve::Resolver;
@@ -244,7 +245,9 @@ pub struct Upstream {
     /// The TLS connector and the name the certificate must match; `None` for `http://`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     resolver: Resolver,
-    request: Box<[u8]>,
+    /// The request head up to its last header field (no blank line yet): the same for every request, so
+    /// built once. Each request adds its own `traceparent` line and the blank line.
+    request_prefix: Box<[u8]>,
     max_head_bytes: usize,
     max_body_bytes: usize,
     idle_timeout: Duration,
@@ -274,8 +277,8 @@ impl Upstream {
             true => Some((tls::connector(&config.extra_roots)?, target.server_name()?)),
             false => None,
         };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\r\n",
+        let request_prefix = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n",
             target.path_and_query, target.host_header
         );
         let upstream = Upstream {
@@ -283,7 +286,7 @@ impl Upstream {
             url: config.url,
             target,
             tls,
-            request: request.into_bytes().into_boxed_slice(),
+            request_prefix: request_prefix.into_bytes().into_boxed_slice(),
             max_head_bytes: config.max_head_bytes,
             max_body_bytes: config.max_body_bytes,
             idle_timeout: config.pool_idle_timeout,
@@ -324,6 +327,16 @@ impl Upstream {
     /// closes the connection being opened, and sends nothing. Dropping it later leaves the exchange to its
     /// task, as above. A connection never reaches the pool half-read.
     pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
+        self.fetch_traced(deadline, None).await
+    }
+
+    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent` (W3C Trace Context): the caller
+    /// gives each request a span id of its own, so the upstream can tell them apart.
+    pub async fn fetch_traced(
+        self: &Arc<Self>,
+        deadline: Instant,
+        trace: Option<TraceParent>,
+    ) -> Result<Work, UpstreamError> {
         self.start_reaper();
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
@@ -334,10 +347,11 @@ impl Upstream {
             Checkout::Reused(conn) => (conn, true),
             Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
         };
+        let request = self.request(trace);
         let (answer_tx, answer_rx) = oneshot::channel();
         tokio::spawn(
             self.clone()
-                .exchange_task(conn, reused, deadline, answer_tx),
+                .exchange_task(conn, request, reused, deadline, answer_tx),
         );
         match timeout_at(deadline, answer_rx).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
@@ -349,15 +363,33 @@ impl Upstream {
         }
     }
 
+    /// The request bytes: the fixed prefix, this request's `traceparent`, the blank line. One allocation
+    /// of the right size.
+    fn request(&self, trace: Option<TraceParent>) -> Vec<u8> {
+        let line = TRACEPARENT.len() + 2 + crate::trace::HEADER_LEN + 2;
+        let mut request = Vec::with_capacity(self.request_prefix.len() + line + 2);
+        request.extend_from_slice(&self.request_prefix);
+        if let Some(trace) = trace {
+            request.extend_from_slice(TRACEPARENT.as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(&trace.to_header());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        request
+    }
+
     /// The exchange's own task: answer the caller if it still waits, then linger (see [`Upstream::fetch`]).
     async fn exchange_task(
         self: Arc<Self>,
         conn: Connection,
+        request: Vec<u8>,
         reused: bool,
         deadline: Instant,
         mut answer: oneshot::Sender<Result<Work, UpstreamError>>,
     ) {
-        let exchange = self.exchange_with_retry(conn, reused, deadline, deadline + self.linger);
+        let exchange =
+            self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
         tokio::pin!(exchange);
         tokio::select! {
             // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
@@ -388,21 +420,23 @@ impl Upstream {
     /// the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
     /// idempotent requests such as this GET. A fresh connection that fails is the upstream's failure, not
     /// staleness, and a response that started and broke off is never retried. Every wait is bounded by
-    /// `hard_deadline` (the caller's deadline plus the linger time).
+    /// `hard_deadline` (the caller's deadline plus the linger time). The retry sends the same bytes, trace
+    /// context included: for the caller it is the same attempt.
     ///
     /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
     async fn exchange_with_retry(
         &self,
         conn: Connection,
+        request: &[u8],
         reused: bool,
         deadline: Instant,
         hard_deadline: Instant,
     ) -> Result<Work, UpstreamError> {
-        match self.exchange(conn, hard_deadline).await {
+        match self.exchange(conn, request, hard_deadline).await {
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
                 let conn = self.connect(dead.into_slot(), deadline).await?;
-                self.exchange(conn, hard_deadline)
+                self.exchange(conn, request, hard_deadline)
                     .await
                     .map_err(Failed::into_error)
             }
@@ -428,8 +462,13 @@ impl Upstream {
     /// One request and its response on `conn`, which goes back to the pool if the response allows reuse.
     ///
     /// Cancel safety: owns `conn`; dropped mid-exchange, the connection is closed and its slot released.
-    async fn exchange(&self, mut conn: Connection, deadline: Instant) -> Result<Work, Failed> {
-        if let Err(error) = conn.send(&self.request, deadline).await {
+    async fn exchange(
+        &self,
+        mut conn: Connection,
+        request: &[u8],
+        deadline: Instant,
+    ) -> Result<Work, Failed> {
+        if let Err(error) = conn.send(request, deadline).await {
             return Err(Failed::classify(error, conn));
         }
         let head = match conn.read_head(self.max_head_bytes, deadline).await {
