@@ -2,11 +2,16 @@
 //! they complete.
 //!
 //! Each request runs as its own task in a [`JoinSet`] owned by [`Calls`]. The set is the owner that makes
-//! cancellation simple: when a strategy has its answer and returns, `Calls` is dropped and the set aborts
-//! the tasks still running. What that does to each upstream request is the upstream client's business
+//! cancellation simple: when a strategy has its answer and returns, the API ends the `Calls`
+//! ([`Calls::finish`], or dropping it) and the set aborts the tasks still running. What that does to each upstream request is the upstream client's business
 //! (see `Upstream::fetch`): one still waiting for a connection gives up, one already on the wire may
 //! finish in the background, within a bound, to save its connection. Nothing the caller waits for
 //! outlives the response.
+//!
+//! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
+//! outcome and how long it took. Each outcome goes to the metrics and the health window as it arrives;
+//! requests still running when the call is decided end as `cancelled` (or `timeout`, if the deadline
+//! decided it). The list goes into the call's access line.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -14,7 +19,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 
-use crate::upstream::{Upstream, UpstreamError, Work};
+use crate::telemetry::Telemetry;
+use crate::trace::{CallTrace, SpanId};
+use crate::upstream::{OutcomeKind, Upstream, UpstreamError, Work};
 
 /// One upstream request's result.
 pub type Outcome = Result<Work, UpstreamError>;
@@ -23,11 +30,45 @@ pub type Outcome = Result<Work, UpstreamError>;
 /// and would only load the upstream.
 pub const MIN_USEFUL_TIME: Duration = Duration::from_millis(1);
 
+/// One upstream request of a call, as the access line reports it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
+    pub span_id: SpanId,
+    pub outcome: OutcomeKind,
+    /// From starting it to its outcome (or to the call's end, for one cancelled).
+    pub duration: Duration,
+}
+
+/// An attempt while it may still be running.
+struct Started {
+    span_id: SpanId,
+    at: Instant,
+    ended: Option<(OutcomeKind, Duration)>,
+}
+
+/// What the requests of a finished call did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Every request started, in starting order.
+    pub attempts: Vec<Attempt>,
+    /// Whether [`Calls::hedge`] started requests.
+    pub hedged: bool,
+    /// The index (in `attempts`) of the first request to succeed, if any did.
+    pub first_success: Option<usize>,
+}
+
 /// The upstream requests of one API call.
 pub struct Calls {
     upstream: Arc<Upstream>,
+    telemetry: Arc<Telemetry>,
+    trace: CallTrace,
     deadline: Instant,
-    running: JoinSet<Outcome>,
+    /// Each task answers its attempt's index, its outcome and its duration.
+    running: JoinSet<(usize, Outcome, Duration)>,
+    attempts: Vec<Started>,
+    hedged: bool,
+    first_success: Option<usize>,
     /// Requests not started because the deadline was too close. They count as never finishing.
     skipped: usize,
     /// Labels of the failures seen so far, for the `502` message.
@@ -35,27 +76,104 @@ pub struct Calls {
 }
 
 impl Calls {
-    pub fn new(upstream: Arc<Upstream>, deadline: Instant) -> Calls {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        telemetry: Arc<Telemetry>,
+        trace: CallTrace,
+        deadline: Instant,
+    ) -> Calls {
         Calls {
             upstream,
+            telemetry,
+            trace,
             deadline,
             running: JoinSet::new(),
+            attempts: Vec::with_capacity(3),
+            hedged: false,
+            first_success: None,
             skipped: 0,
             failures: Vec::new(),
         }
     }
 
-    /// Starts `n` more requests at once, each bounded by the call's deadline.
-    pub fn start(&mut self, n: usize) {
+    /// Starts `n` more requests at once, each bounded by the call's deadline and carrying its own span of
+    /// the call's trace. False if there was too little time left to start them.
+    pub fn start(&mut self, n: usize) -> bool {
         if self.deadline.saturating_duration_since(Instant::now()) < MIN_USEFUL_TIME {
             self.skipped += n;
-            return;
+            return false;
         }
         for _ in 0..n {
             let upstream = self.upstream.clone();
             let deadline = self.deadline;
-            self.running
-                .spawn(async move { upstream.fetch(deadline).await });
+            let traceparent = self.trace.child();
+            let index = self.attempts.len();
+            let at = Instant::now();
+            self.attempts.push(Started {
+                span_id: traceparent.parent_id,
+                at,
+                ended: None,
+            });
+            self.running.spawn(async move {
+                let outcome = upstream.fetch_traced(deadline, Some(traceparent)).await;
+                (index, outcome, at.elapsed())
+            });
+        }
+        true
+    }
+
+    /// Starts `n` hedge requests: as [`Calls::start`], and remembered as a hedge.
+    pub fn hedge(&mut self, n: usize) {
+        self.hedged |= self.start(n);
+    }
+
+    /// Notes an attempt's end: in its record, the metrics and the health window.
+    fn ended(&mut self, index: usize, outcome: OutcomeKind, duration: Duration) {
+        if let Some(attempt) = self.attempts.get_mut(index) {
+            attempt.ended = Some((outcome, duration));
+        }
+        if outcome == OutcomeKind::Ok && self.first_success.is_none() {
+            self.first_success = Some(index);
+        }
+        self.telemetry.upstream_done(outcome, duration);
+    }
+
+    /// Ends the call: outcomes that arrived but were not taken are noted, requests still running are
+    /// aborted (as dropping `Calls` would) and end as `cancelled`, or as `timeout` if the deadline has come.
+    pub fn finish(mut self) -> Finished {
+        while let Some(done) = self.running.try_join_next() {
+            if let Ok((index, outcome, duration)) = done {
+                self.ended(index, OutcomeKind::of(&outcome), duration);
+            }
+        }
+        self.running.abort_all();
+        let now = Instant::now();
+        let unfinished = if now >= self.deadline {
+            OutcomeKind::Timeout
+        } else {
+            OutcomeKind::Cancelled
+        };
+        for index in 0..self.attempts.len() {
+            if self.attempts[index].ended.is_none() {
+                let duration = now.saturating_duration_since(self.attempts[index].at);
+                self.ended(index, unfinished, duration);
+            }
+        }
+        Finished {
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| {
+                    let (outcome, duration) = a.ended.unwrap_or((unfinished, Duration::ZERO));
+                    Attempt {
+                        span_id: a.span_id,
+                        outcome,
+                        duration,
+                    }
+                })
+                .collect(),
+            hedged: self.hedged,
+            first_success: self.first_success,
         }
     }
 
@@ -68,11 +186,15 @@ impl Calls {
         let outcome = match self.running.join_next().await {
             // A request that ran out of time did not finish: the deadline has come, and the strategy's own
             // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
-            Some(Ok(Err(UpstreamError::Timeout))) => {
+            Some(Ok((index, Err(UpstreamError::Timeout), duration))) => {
+                self.ended(index, OutcomeKind::Timeout, duration);
                 self.failures.push(UpstreamError::Timeout.to_string());
                 return pending().await;
             }
-            Some(Ok(outcome)) => outcome,
+            Some(Ok((index, outcome, duration))) => {
+                self.ended(index, OutcomeKind::of(&outcome), duration);
+                outcome
+            }
             // Only a panic can get here (tasks are aborted only when `Calls` is dropped).
             Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!(
                 "upstream task failed: {e}"

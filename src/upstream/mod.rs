@@ -169,18 +169,74 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The outcome label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        self.outcome().label()
+    }
+
+    /// The kind of outcome, for logs and metrics.
     ///
     /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
     /// a usable answer (malformed HTTP, or well-formed HTTP around a bad body). `io_error` is kept for
     /// exchanges that broke off.
-    pub fn label(&self) -> &'static str {
+    pub fn outcome(&self) -> OutcomeKind {
         match self {
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Connect(_) => "connect_error",
-            UpstreamError::Tls(_) => "tls_error",
-            UpstreamError::Io(_) => "io_error",
-            UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => "invalid_payload",
-            UpstreamError::Status(_) => "http_status",
+            UpstreamError::Timeout => OutcomeKind::Timeout,
+            UpstreamError::Connect(_) => OutcomeKind::ConnectError,
+            UpstreamError::Tls(_) => OutcomeKind::TlsError,
+            UpstreamError::Io(_) => OutcomeKind::IoError,
+            UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => {
+                OutcomeKind::InvalidPayload
+            }
+            UpstreamError::Status(_) => OutcomeKind::HttpStatus,
+        }
+    }
+}
+
+/// How one upstream request ended: a small fixed set, so that it can label metrics (an array index) and
+/// log lines. `Cancelled` is not an error of the upstream: the caller stopped waiting before the outcome
+/// (its API call was already decided).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Ok,
+    HttpStatus,
+    InvalidPayload,
+    Timeout,
+    ConnectError,
+    TlsError,
+    IoError,
+    Cancelled,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 8] = [
+        OutcomeKind::Ok,
+        OutcomeKind::HttpStatus,
+        OutcomeKind::InvalidPayload,
+        OutcomeKind::Timeout,
+        OutcomeKind::ConnectError,
+        OutcomeKind::TlsError,
+        OutcomeKind::IoError,
+        OutcomeKind::Cancelled,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OutcomeKind::Ok => "ok",
+            OutcomeKind::HttpStatus => "http_status",
+            OutcomeKind::InvalidPayload => "invalid_payload",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::ConnectError => "connect_error",
+            OutcomeKind::TlsError => "tls_error",
+            OutcomeKind::IoError => "io_error",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a finished request.
+    pub fn of<T>(result: &Result<T, UpstreamError>) -> OutcomeKind {
+        match result {
+            Ok(_) => OutcomeKind::Ok,
+            Err(e) => e.outcome(),
         }
     }
 }
