@@ -372,13 +372,16 @@ class Settings:
     wrk: str
     settle_s: float
     results: list = field(default_factory=list)
+    # Extra arguments for the fanout server (--fanout-arg), e.g. --access-log=off.
+    fanout_args: list = field(default_factory=list)
 
 
 def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Path) -> list[str]:
     listen = f"127.0.0.1:{port}"
     if impl == "fanout":
         return [str(settings.fanout_bin), "--listen", listen,
-                "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca)]
+                "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca),
+                *settings.fanout_args]
     return [str(settings.peer_bin), "--listen", listen,
             "--upstream", f"https://localhost:{sim_port}", "--ca", str(ca)]
 
@@ -642,6 +645,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "target/release/fanout")
     parser.add_argument("--no-build", action="store_true",
                         help="use the binaries already built instead of running cargo")
+    parser.add_argument("--fanout-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for the fanout server (repeatable; write it "
+                             "--fanout-arg=--access-log=off when it starts with a dash)")
     return parser.parse_args(argv)
 
 
@@ -668,6 +674,7 @@ def main(argv: list[str]) -> int:
         peer_bin=PEER_BIN,
         wrk=wrk.strip(),
         settle_s=2.0 if args.quick else 3.0,
+        fanout_args=args.fanout_arg,
     )
     for binary in [settings.fanout_bin] + ([settings.peer_bin] if "peer" in impls else []):
         if not binary.is_file():
