@@ -371,9 +371,8 @@ class Settings:
     peer_bin: Path
     wrk: str
     settle_s: float
+    fanout_args: tuple[str, ...] = ()
     results: list = field(default_factory=list)
-    # Extra arguments for the fanout server (--fanout-arg), e.g. --access-log=off.
-    fanout_args: list = field(default_factory=list)
 
 
 def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Path) -> list[str]:
@@ -643,11 +642,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fanout-bin", type=Path,
                         help="use this fanout binary (server and simulator) instead of building "
                              "target/release/fanout")
+    parser.add_argument("--fanout-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for the fanout server, e.g. --fanout-arg=--upstream-linger-ms=0 "
+                             "(repeatable)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the binaries already built instead of running cargo")
-    parser.add_argument("--fanout-arg", action="append", default=[], metavar="ARG",
-                        help="one more argument for the fanout server (repeatable; write it "
-                             "--fanout-arg=--access-log=off when it starts with a dash)")
     return parser.parse_args(argv)
 
 
@@ -674,7 +673,7 @@ def main(argv: list[str]) -> int:
         peer_bin=PEER_BIN,
         wrk=wrk.strip(),
         settle_s=2.0 if args.quick else 3.0,
-        fanout_args=args.fanout_arg,
+        fanout_args=tuple(args.fanout_arg),
     )
     for binary in [settings.fanout_bin] + ([settings.peer_bin] if "peer" in impls else []):
         if not binary.is_file():

@@ -7,22 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ms, Service};
-use fanout::simulator::{Fault, SimConfig};
 
 /// How late an answer may be in these tests (the benchmark's target is far tighter).
 const SLACK: Duration = Duration::from_millis(60);
 
-fn hanging_upstream() -> SimConfig {
-    SimConfig {
-        latency_ms: (0, 0),
-        failure_rate: 1.0,
-        failure_kinds: vec![Fault::Hang],
-        ..SimConfig::default()
-    }
-}
-
 async fn assert_answers_at_the_deadline(endpoint: &str, expected_status: u16) {
-    let svc = Service::start_with(hanging_upstream(), |_| {}).await;
+    let svc = Service::start_with(common::hanging_upstream(), |_| {}).await;
     let mut client = svc.client().await;
     for timeout in [0, 50, 250] {
         let t = Instant::now();
@@ -69,7 +59,7 @@ async fn smart_answers_504_at_the_deadline_when_the_upstream_hangs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_calls_all_keep_their_deadline() {
-    let svc = Service::start_with(hanging_upstream(), |_| {}).await;
+    let svc = Service::start_with(common::hanging_upstream(), |_| {}).await;
     let addr = svc.addr;
     let calls: Vec<_> = (0..100)
         .map(|i| {

@@ -5,20 +5,10 @@ mod common;
 use std::time::Instant;
 
 use common::{ms, Service, PATIENCE};
-use fanout::simulator::{Fault, SimConfig};
-
-fn hanging_upstream() -> SimConfig {
-    SimConfig {
-        latency_ms: (0, 0),
-        failure_rate: 1.0,
-        failure_kinds: vec![Fault::Hang],
-        ..SimConfig::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_upstream() {
-    let svc = Service::start_with(hanging_upstream(), |c| c.limits.max_in_flight = 2).await;
+    let svc = Service::start_with(common::hanging_upstream(), |c| c.limits.max_in_flight = 2).await;
     let mut busy = Vec::new();
     for _ in 0..2 {
         let mut c = svc.client().await;

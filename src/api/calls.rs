@@ -1,27 +1,26 @@
 //! The one helper every strategy shares: start upstream requests, then take their outcomes in the order
 //! they complete.
 //!
-//! Each request runs as its own task in a [`JoinSet`] owned by [`Calls`]. The set is the owner that makes
-//! cancellation simple: when a strategy has its answer and returns, the API ends the `Calls`
-//! ([`Calls::finish`], or dropping it) and the set aborts the tasks still running. What that does to each upstream request is the upstream client's business
-//! (see `Upstream::fetch`): one still waiting for a connection gives up, one already on the wire may
-//! finish in the background, within a bound, to save its connection. Nothing the caller waits for
-//! outlives the response.
+//! Each upstream request is one task (see `Upstream::start`), which sends its outcome into a channel that
+//! [`Calls`] owns. Dropping `Calls` (the strategy has its answer, or its deadline came) drops the receiving
+//! end, and that is the whole of cancellation from the API's side: each request sees its caller gone and
+//! stops, or, if already on the wire, finishes in the background within a bound to save its connection.
+//! Nothing the caller waits for outlives the response.
 //!
 //! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
 //! outcome and how long it took. Each outcome goes to the metrics and the health window as it arrives;
-//! requests still running when the call is decided end as `cancelled` (or `timeout`, if the deadline
-//! decided it). The list goes into the call's access line.
+//! requests still running when the call is decided ([`Calls::finish`]) end as `cancelled` (or `timeout`,
+//! if the deadline decided it). The list goes into the call's access line.
 
 use std::future::pending;
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use crate::telemetry::Telemetry;
 use crate::trace::{CallTrace, SpanId};
-use crate::upstream::{OutcomeKind, Upstream, UpstreamError, Work};
+use crate::upstream::{OutcomeKind, Reply, Report, RequestOptions, Upstream, UpstreamError, Work};
 
 /// One upstream request's result.
 pub type Outcome = Result<Work, UpstreamError>;
@@ -64,14 +63,18 @@ pub struct Calls {
     telemetry: Arc<Telemetry>,
     trace: CallTrace,
     deadline: Instant,
-    /// Each task answers its attempt's index, its outcome and its duration.
-    running: JoinSet<(usize, Outcome, Duration)>,
+    /// Cloned into every request started; kept so that more can be started later (smart's hedges).
+    reply: Reply,
+    /// Each request's report carries its attempt's index as its tag.
+    outcomes: mpsc::UnboundedReceiver<Report>,
     attempts: Vec<Started>,
     hedged: bool,
     first_success: Option<usize>,
+    /// Requests started whose outcome has not been taken yet.
+    running: usize,
     /// Requests not started because the deadline was too close. They count as never finishing.
     skipped: usize,
-    /// Labels of the failures seen so far, for the `502` message.
+    /// What went wrong so far, for the `502` message.
     failures: Vec<String>,
 }
 
@@ -82,15 +85,18 @@ impl Calls {
         trace: CallTrace,
         deadline: Instant,
     ) -> Calls {
+        let (reply, outcomes) = mpsc::unbounded_channel();
         Calls {
             upstream,
             telemetry,
             trace,
             deadline,
-            running: JoinSet::new(),
             attempts: Vec::with_capacity(3),
             hedged: false,
             first_success: None,
+            reply,
+            outcomes,
+            running: 0,
             skipped: 0,
             failures: Vec::new(),
         }
@@ -104,21 +110,20 @@ impl Calls {
             return false;
         }
         for _ in 0..n {
-            let upstream = self.upstream.clone();
-            let deadline = self.deadline;
             let traceparent = self.trace.child();
-            let index = self.attempts.len();
-            let at = Instant::now();
+            let options = RequestOptions {
+                tag: self.attempts.len(),
+                trace: Some(traceparent),
+            };
             self.attempts.push(Started {
                 span_id: traceparent.parent_id,
-                at,
+                at: Instant::now(),
                 ended: None,
             });
-            self.running.spawn(async move {
-                let outcome = upstream.fetch_traced(deadline, Some(traceparent)).await;
-                (index, outcome, at.elapsed())
-            });
+            self.upstream
+                .start(self.deadline, options, self.reply.clone());
         }
+        self.running += n;
         true
     }
 
@@ -138,15 +143,17 @@ impl Calls {
         self.telemetry.upstream_done(outcome, duration);
     }
 
-    /// Ends the call: outcomes that arrived but were not taken are noted, requests still running are
-    /// aborted (as dropping `Calls` would) and end as `cancelled`, or as `timeout` if the deadline has come.
+    /// Ends the call: outcomes that arrived but were not taken are noted; requests still running end as
+    /// `cancelled`, or as `timeout` if the deadline has come. Returning drops `Calls`, and with it the
+    /// receiving end of the channel: the requests still running see their caller gone (see the module doc).
     pub fn finish(mut self) -> Finished {
-        while let Some(done) = self.running.try_join_next() {
-            if let Ok((index, outcome, duration)) = done {
-                self.ended(index, OutcomeKind::of(&outcome), duration);
-            }
+        while let Ok(report) = self.outcomes.try_recv() {
+            self.ended(
+                report.tag,
+                OutcomeKind::of(&report.outcome),
+                report.duration,
+            );
         }
-        self.running.abort_all();
         let now = Instant::now();
         let unfinished = if now >= self.deadline {
             OutcomeKind::Timeout
@@ -180,32 +187,37 @@ impl Calls {
     /// The next outcome to complete; `None` once every started request has completed.
     ///
     /// A request that timed out, or was skipped for lack of time, never completes here: like a request
-    /// that hangs, it leaves the decision to the caller's deadline, which has come (or is under 1 ms away). Cancel safety: dropping this future loses no outcome (a
-    /// `JoinSet` keeps results until they are taken).
+    /// that hangs, it leaves the decision to the caller's deadline, which has come (or is under 1 ms away).
+    /// Cancel safety: dropping this future loses no outcome (the channel keeps it until it is taken).
     pub async fn next(&mut self) -> Option<Outcome> {
-        let outcome = match self.running.join_next().await {
+        if self.running == 0 {
+            if self.skipped > 0 {
+                pending::<()>().await;
+            }
+            return None;
+        }
+        // `self.reply` keeps the channel open, so this waits for an outcome; a request that panicked
+        // never sends one and so counts as never finishing.
+        let report = self.outcomes.recv().await?;
+        self.running -= 1;
+        self.ended(
+            report.tag,
+            OutcomeKind::of(&report.outcome),
+            report.duration,
+        );
+        match report.outcome {
             // A request that ran out of time did not finish: the deadline has come, and the strategy's own
             // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
-            Some(Ok((index, Err(UpstreamError::Timeout), duration))) => {
-                self.ended(index, OutcomeKind::Timeout, duration);
+            Err(UpstreamError::Timeout) => {
                 self.failures.push(UpstreamError::Timeout.to_string());
-                return pending().await;
+                pending().await
             }
-            Some(Ok((index, outcome, duration))) => {
-                self.ended(index, OutcomeKind::of(&outcome), duration);
-                outcome
+            Err(e) => {
+                self.failures.push(e.to_string());
+                Some(Err(e))
             }
-            // Only a panic can get here (tasks are aborted only when `Calls` is dropped).
-            Some(Err(e)) => Err(UpstreamError::Io(std::io::Error::other(format!(
-                "upstream task failed: {e}"
-            )))),
-            None if self.skipped > 0 => pending().await,
-            None => return None,
-        };
-        if let Err(e) = &outcome {
-            self.failures.push(e.to_string());
+            Ok(work) => Some(Ok(work)),
         }
-        Some(outcome)
     }
 
     /// The next success, skipping failures; `None` once every request has failed.

@@ -22,6 +22,9 @@ use crate::upstream::{PoolStats, Upstream, Work};
 use calls::{Attempt, Calls};
 use strategies::{Answer, Failure};
 
+/// The granularity of tokio's timer.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 /// The four endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -168,7 +171,9 @@ impl Api {
                 return Handled::plain(response, Some(endpoint));
             }
         };
-        let deadline = started + timeout;
+        // Aim one timer tick early: tokio's timer fires on whole milliseconds, rounding up, so a timer set
+        // for the deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
+        let deadline = started + timeout.saturating_sub(TIMER_RESOLUTION);
         let Some(_admitted) = self.admit() else {
             self.shed(ShedReason::MaxInFlight);
             let response = match endpoint {

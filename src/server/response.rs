@@ -88,7 +88,8 @@ pub enum Persistence {
     Close,
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase for a status code (RFC 9110 §15), empty for codes we never send.
+pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
@@ -98,6 +99,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

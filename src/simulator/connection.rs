@@ -534,21 +534,10 @@ fn error_body(status: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+/// fanout's reason phrases, and a made-up one for codes fanout never sends (tests script any status).
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Simulated",
+    match crate::server::response::reason(status) {
+        "" => "Simulated",
+        phrase => phrase,
     }
 }

@@ -47,7 +47,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
@@ -137,6 +137,28 @@ impl UpstreamConfig {
             linger: DEFAULT_LINGER,
         }
     }
+}
+
+/// Where a request started with [`Upstream::start`] sends its outcome. Dropping the receiving end tells the
+/// request its caller no longer waits.
+pub type Reply = mpsc::UnboundedSender<Report>;
+
+/// What a request started with [`Upstream::start`] sends back: its outcome, and the facts a caller logs.
+#[derive(Debug)]
+pub struct Report {
+    /// The caller's label for the request, given to `start` (the API's attempt number).
+    pub tag: usize,
+    pub outcome: Result<Work, UpstreamError>,
+    /// From `start` to the outcome: pool wait, connect and exchange.
+    pub duration: Duration,
+}
+
+/// How to send one request: the caller's tag for it, and the trace context it carries upstream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestOptions {
+    pub tag: usize,
+    /// Sent as the request's `traceparent` header (W3C Trace Context).
+    pub trace: Option<TraceParent>,
 }
 
 /// One successful upstream answer: the JSON object as it came, re-serialised compactly.
@@ -364,57 +386,52 @@ impl Upstream {
         self.pool.stats()
     }
 
-    /// One `GET` of the work URL, bounded by `deadline`.
+    /// Starts one `GET` of the work URL as its own task; its outcome is sent on `reply`.
     ///
-    /// Getting a connection (from the pool, or a new one) is done by the caller's future; the exchange on it
-    /// (request, response, back to the pool) runs as its own task, so that it can outlive the caller:
+    /// The task is the whole life of the request: get a connection (from the pool, or a new one), send the
+    /// request, read the response, give the connection back. The caller holds the receiving end of `reply`,
+    /// and dropping it is how the caller says it no longer waits:
     ///
-    /// - while the caller waits, the task's result is the caller's answer, and the caller stops waiting at
-    ///   `deadline` with [`UpstreamError::Timeout`];
-    /// - once the caller stops waiting (its API call was decided by another request, or its deadline came),
-    ///   the task goes on for at most `linger` to read the response to its end, so the connection can go back
-    ///   to the pool instead of being closed. A response slower than that is abandoned and its connection
-    ///   closed. The request was already sent, so finishing it costs the upstream nothing more.
+    /// - before the request is sent (waiting for a slot, connecting), the task stops: the wait is abandoned,
+    ///   a half-open connection closed, and nothing reaches the upstream;
+    /// - once the request is on the wire, the task goes on for at most `linger` to read the response to its
+    ///   end, so the connection can go back to the pool instead of being closed. A response slower than that
+    ///   is abandoned and its connection closed. Finishing costs the upstream nothing more: it already has
+    ///   the request.
     ///
-    /// The task is detached on purpose: its owner is this bound. It ends by `deadline + linger` at the latest
-    /// (every read and write in it is bounded by that instant), and sooner once its caller has left.
+    /// The task is detached on purpose: its owner is this bound. Every wait in it ends by `deadline + linger`
+    /// at the latest, and the task ends sooner once its caller has left. It sends at most one outcome. A
+    /// caller must stop waiting at its own deadline: this sends no `Timeout` at that instant.
     ///
-    /// Cancel safety: dropping the future before a connection is in hand abandons the wait for a slot, or
-    /// closes the connection being opened, and sends nothing. Dropping it later leaves the exchange to its
-    /// task, as above. A connection never reaches the pool half-read.
+    /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
+    /// [`Report`], with the request's duration, so that a caller can tell its requests apart.
+    pub fn start(self: &Arc<Self>, deadline: Instant, options: RequestOptions, reply: Reply) {
+        self.start_reaper();
+        tokio::spawn(self.clone().request_task(deadline, options, reply));
+    }
+
+    /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
+    ///
+    /// Cancel safety: dropping the future is the caller leaving, with the effects described on `start`.
     pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
         self.fetch_traced(deadline, None).await
     }
 
-    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent` (W3C Trace Context): the caller
-    /// gives each request a span id of its own, so the upstream can tell them apart.
+    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent`.
     pub async fn fetch_traced(
         self: &Arc<Self>,
         deadline: Instant,
         trace: Option<TraceParent>,
     ) -> Result<Work, UpstreamError> {
-        self.start_reaper();
-        // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
-        // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
-        if Instant::now() >= deadline {
-            return Err(UpstreamError::Timeout);
-        }
-        let (conn, reused) = match self.pool.checkout(deadline).await? {
-            Checkout::Reused(conn) => (conn, true),
-            Checkout::Fresh(slot) => (self.connect(slot, deadline).await?, false),
-        };
-        let request = self.request(trace);
-        let (answer_tx, answer_rx) = oneshot::channel();
-        tokio::spawn(
-            self.clone()
-                .exchange_task(conn, request, reused, deadline, answer_tx),
-        );
-        match timeout_at(deadline, answer_rx).await {
+        let (reply, mut outcome) = mpsc::unbounded_channel();
+        let options = RequestOptions { tag: 0, trace };
+        self.start(deadline, options, reply);
+        match timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Ok(answer)) => answer,
+            Ok(Some(report)) => report.outcome,
             // The task always sends unless it panicked, which would be a bug here.
-            Ok(Err(_)) => Err(UpstreamError::Io(io::Error::other(
-                "the exchange task ended without an answer",
+            Ok(None) => Err(UpstreamError::Io(io::Error::other(
+                "the request task ended without an answer",
             ))),
         }
     }
@@ -435,15 +452,40 @@ impl Upstream {
         request
     }
 
-    /// The exchange's own task: answer the caller if it still waits, then linger (see [`Upstream::fetch`]).
-    async fn exchange_task(
+    /// The task behind [`Upstream::start`].
+    async fn request_task(
         self: Arc<Self>,
-        conn: Connection,
-        request: Vec<u8>,
-        reused: bool,
         deadline: Instant,
-        mut answer: oneshot::Sender<Result<Work, UpstreamError>>,
+        options: RequestOptions,
+        reply: Reply,
     ) {
+        let started = Instant::now();
+        let send = |outcome: Result<Work, UpstreamError>| {
+            let _ = reply.send(Report {
+                tag: options.tag,
+                outcome,
+                duration: started.elapsed(),
+            });
+        };
+        // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
+        // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
+        if Instant::now() >= deadline {
+            send(Err(UpstreamError::Timeout));
+            return;
+        }
+        let connection = tokio::select! {
+            connection = self.connection(deadline) => connection,
+            () = reply.closed() => return, // nothing sent yet: just stop
+        };
+        let (conn, reused) = match connection {
+            Ok(found) => found,
+            Err(error) => {
+                send(Err(error));
+                return;
+            }
+        };
+
+        let request = self.request(options.trace);
         let exchange =
             self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
         tokio::pin!(exchange);
@@ -451,10 +493,10 @@ impl Upstream {
             // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
             biased;
             result = &mut exchange => {
-                let _ = answer.send(result);
+                send(result);
                 return;
             }
-            () = answer.closed() => {}
+            () = reply.closed() => {}
         }
         // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
         let _lingering = Gauge::up(&self.pool.counters.lingering);
@@ -464,6 +506,18 @@ impl Upstream {
                 Counters::count(&self.pool.counters.abandoned)
             }
             Ok(_) => Counters::count(&self.pool.counters.finished_in_background),
+        }
+    }
+
+    /// A connection: an idle one from the pool, or a new one in a free slot (waiting for a slot if all are
+    /// taken). The flag says whether it was reused.
+    ///
+    /// Cancel safety: dropped while waiting for a slot, the wait is abandoned; while connecting, the
+    /// half-open connection is closed and its slot released.
+    async fn connection(&self, deadline: Instant) -> Result<(Connection, bool), UpstreamError> {
+        match self.pool.checkout(deadline).await? {
+            Checkout::Reused(conn) => Ok((conn, true)),
+            Checkout::Fresh(slot) => Ok((self.connect(slot, deadline).await?, false)),
         }
     }
 

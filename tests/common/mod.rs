@@ -21,6 +21,16 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A simulator whose every request hangs: only the deadline can end a call.
+pub fn hanging_upstream() -> SimConfig {
+    SimConfig {
+        latency_ms: (0, 0),
+        failure_rate: 1.0,
+        failure_kinds: vec![fanout::simulator::Fault::Hang],
+        ..SimConfig::default()
+    }
+}
+
 /// A simulator answering at once, never failing, over TLS: tests script what they need on top.
 pub fn quiet_upstream() -> SimConfig {
     SimConfig {
@@ -51,6 +61,12 @@ impl Service {
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
+        Service::start_in_front_of(sim, tweak).await
+    }
+
+    /// fanout in front of a simulator the test started itself, e.g. a plain-HTTP one behind a real proxy.
+    /// `tweak` usually points `config.upstream` somewhere else (the simulator is then only a backend).
+    pub async fn start_in_front_of(sim: Simulator, tweak: impl FnOnce(&mut Config)) -> Service {
         let log = MemoryLog::default();
         let mut config = Config {
             upstream: UpstreamChoice::Url(sim.url()),
