@@ -11,6 +11,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use crate::log::{Level, LogSettings};
 use crate::simulator::SimConfig;
 use crate::upstream;
 
@@ -30,6 +31,12 @@ pub enum UpstreamChoice {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/upstream`) are served; `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// Level, access lines on or off, and where lines go.
+    pub log: LogSettings,
+    /// Below this success ratio over the last minute, the upstream counts as unhealthy (a warning is logged).
+    pub upstream_health_threshold: f64,
     pub upstream: UpstreamChoice,
     /// Extra trust anchors for the upstream's TLS certificate (from `--upstream-ca`).
     pub extra_roots: Vec<CertificateDer<'static>>,
@@ -102,6 +109,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            // All interfaces, like the API: the callers of the admin endpoints (Kubernetes probes, the
+            // Prometheus server) come from outside the container or host. Its own port, so that a network
+            // policy or firewall can keep it apart from the API; not 9090, which Prometheus itself uses.
+            admin_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            log: LogSettings::default(),
+            // The real upstream "often fails" (about 1 in 10): below 1 in 2, something has changed.
+            upstream_health_threshold: 0.5,
             upstream: UpstreamChoice::Url(DEFAULT_UPSTREAM.to_string()),
             extra_roots: Vec::new(),
             max_timeout_ms: 60_000,
@@ -155,6 +169,10 @@ struct Setting {
 #[rustfmt::skip]
 const SETTINGS: &[Setting] = &[
     Setting { flag: "--listen", env: "FANOUT_LISTEN", value: "ADDR", default: "0.0.0.0:8080", help: "address to serve the API on" },
+    Setting { flag: "--admin-listen", env: "FANOUT_ADMIN_LISTEN", value: "ADDR", default: "0.0.0.0:8081", help: "address of the admin endpoints (/metrics, /healthz, /readyz, /upstream), never shed; `off` for none" },
+    Setting { flag: "--log", env: "FANOUT_LOG", value: "LEVEL", default: "info", help: "log level of the JSON lines on stdout: error, warn, info or debug" },
+    Setting { flag: "--access-log", env: "FANOUT_ACCESS_LOG", value: "on|off", default: "on", help: "one JSON line per answered request (trace id, endpoint, status, duration, upstream attempts)" },
+    Setting { flag: "--upstream-health-threshold", env: "FANOUT_UPSTREAM_HEALTH_THRESHOLD", value: "RATIO", default: "0.5", help: "warn when the upstream's success ratio over the last 60 s falls below this (0 to 1), and when it recovers" },
     Setting { flag: "--upstream", env: "FANOUT_UPSTREAM", value: "URL", default: DEFAULT_UPSTREAM, help: "upstream work URL (http:// or https://; an empty path means /api/work), or `simulated` for the built-in simulated upstream" },
     Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },
     Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
@@ -259,6 +277,28 @@ impl Config {
                     format!("`{v}` is not an address like 0.0.0.0:8080 or [::1]:8080")
                 })?
             }
+            "--admin-listen" if v == "off" => self.admin_listen = None,
+            "--admin-listen" => {
+                self.admin_listen =
+                    Some(v.parse().map_err(|_| {
+                        format!("`{v}` is not an address like 0.0.0.0:8081, nor `off`")
+                    })?)
+            }
+            "--log" => {
+                self.log.level = Level::parse(v)
+                    .ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))?
+            }
+            "--access-log" => {
+                self.log.access = match v {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => return Err(format!("`{v}` is neither on nor off")),
+                }
+            }
+            "--upstream-health-threshold" => match v.parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => self.upstream_health_threshold = ratio,
+                _ => return Err(format!("`{v}` is not a number from 0 to 1")),
+            },
             "--upstream" if v == "simulated" => self.upstream = UpstreamChoice::Simulated,
             "--upstream" => {
                 if !(v.starts_with("http://") || v.starts_with("https://")) {

@@ -13,6 +13,9 @@
 //!    cancelling them) and `api/strategies.rs` (the four endpoints).
 //! 4. [`upstream`]: the HTTP/1.1 client over TCP or TLS, response framing, and the connection pool.
 //! 5. [`simulator`]: the simulated upstream the tests and the offline mode use.
+//! 6. Observability: [`telemetry`] (what is observed where), [`metrics`], [`health`] (the upstream's last
+//!    minute), [`log`] (JSON lines), [`trace`] (W3C trace context), and [`admin`] (the listener serving
+//!    `/metrics`, `/healthz`, `/readyz` and `/upstream`).
 //!
 //! ## The life of one request
 //!
@@ -26,29 +29,43 @@
 //! to the pool instead of costing a new TLS handshake. The connection task writes the answer and waits for
 //! the next request.
 
+pub mod admin;
 pub mod api;
 pub mod config;
+pub mod health;
+pub mod log;
+pub mod metrics;
+pub(crate) mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod simulator;
+pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use api::Api;
 use config::{Config, UpstreamChoice};
 use simulator::Simulator;
+use telemetry::Telemetry;
 use upstream::{Upstream, UpstreamConfig};
 
-/// Runs the service on `listener` until `shutdown` completes and the drain is over.
+/// Runs the service on `listener` (and the admin endpoints on `admin`, if given) until `shutdown`
+/// completes and the drain is over.
 ///
 /// With `UpstreamChoice::Simulated` it first starts the simulated upstream in-process, over TLS, and
 /// trusts its certificate; the simulator stops when this returns.
+///
+/// When `shutdown` completes, `/readyz` turns 503 at once; the admin listener keeps answering through the
+/// drain and stops with the API server.
 pub async fn serve(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
@@ -79,18 +96,59 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| format!("the listener has no address: {e}"))?;
-    let simulated = if _simulator.is_some() {
-        " (simulated, in-process)"
-    } else {
-        ""
+    let admin_addr = match &admin {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| format!("the admin listener has no address: {e}"))?,
+        ),
+        None => None,
     };
-    println!(
-        "fanout listening on http://{addr}, upstream {}{simulated}",
-        upstream.url()
+    let telemetry = Arc::new(Telemetry::new(&config));
+    telemetry.log.info(
+        "start",
+        serde_json::json!({
+            "listen": format!("http://{addr}"),
+            "admin": admin_addr.map(|a| format!("http://{a}")),
+            "upstream": upstream.url(),
+            "simulated": _simulator.is_some(),
+            "max_in_flight": config.limits.max_in_flight,
+            "access_log": config.log.access,
+        }),
     );
 
-    let api = Arc::new(Api::new(upstream, &config));
-    server::serve(listener, api, config.limits, shutdown).await;
-    println!("fanout stopped");
+    let api = Arc::new(Api::new(upstream, telemetry.clone(), &config));
+    let shutdown = async {
+        shutdown.await;
+        telemetry.draining();
+        telemetry.log.info(
+            "shutdown",
+            serde_json::json!({
+                "phase": "draining",
+                "in_flight": api.in_flight(),
+                "drain_timeout_ms": config.limits.drain_timeout.as_millis() as u64,
+            }),
+        );
+    };
+    // The admin listener stops when the API server is done draining (not before: /readyz and /metrics
+    // matter most during the drain).
+    let (stop_admin, admin_stop) = oneshot::channel::<()>();
+    let api_server = async {
+        server::serve(listener, api.clone(), config.limits.clone(), shutdown).await;
+        let _ = stop_admin.send(());
+    };
+    let admin_server = async {
+        if let Some(admin) = admin {
+            admin::serve(admin, api.clone(), async {
+                let _ = admin_stop.await;
+            })
+            .await;
+        }
+    };
+    // The health watcher runs beside them and ends with them (dropped by the select).
+    tokio::select! {
+        _ = async { tokio::join!(api_server, admin_server) } => {}
+        () = telemetry.health.watch(&telemetry.log) => {}
+    }
+    telemetry.log.info("stopped", serde_json::json!({}));
     Ok(())
 }

@@ -34,7 +34,13 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        fanout::serve(listener, config, fanout::shutdown::signalled()).await
+        let admin = match config.admin_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!("cannot listen on {addr} (--admin-listen, FANOUT_ADMIN_LISTEN): {e}")
+            })?),
+            None => None,
+        };
+        fanout::serve(listener, admin, config, fanout::shutdown::signalled()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

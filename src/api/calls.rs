@@ -6,6 +6,11 @@
 //! end, and that is the whole of cancellation from the API's side: each request sees its caller gone and
 //! stops, or, if already on the wire, finishes in the background within a bound to save its connection.
 //! Nothing the caller waits for outlives the response.
+//!
+//! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
+//! outcome and how long it took. Each outcome goes to the metrics and the health window as it arrives;
+//! requests still running when the call is decided ([`Calls::finish`]) end as `cancelled` (or `timeout`,
+//! if the deadline decided it). The list goes into the call's access line.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -13,7 +18,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
-use crate::upstream::{Reply, Upstream, UpstreamError, Work};
+use crate::telemetry::Telemetry;
+use crate::trace::{CallTrace, SpanId};
+use crate::upstream::{OutcomeKind, Reply, Report, RequestOptions, Upstream, UpstreamError, Work};
 
 /// One upstream request's result.
 pub type Outcome = Result<Work, UpstreamError>;
@@ -22,13 +29,47 @@ pub type Outcome = Result<Work, UpstreamError>;
 /// and would only load the upstream.
 pub const MIN_USEFUL_TIME: Duration = Duration::from_millis(1);
 
+/// One upstream request of a call, as the access line reports it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
+    pub span_id: SpanId,
+    pub outcome: OutcomeKind,
+    /// From starting it to its outcome (or to the call's end, for one cancelled).
+    pub duration: Duration,
+}
+
+/// An attempt while it may still be running.
+struct Started {
+    span_id: SpanId,
+    at: Instant,
+    ended: Option<(OutcomeKind, Duration)>,
+}
+
+/// What the requests of a finished call did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Every request started, in starting order.
+    pub attempts: Vec<Attempt>,
+    /// Whether [`Calls::hedge`] started requests.
+    pub hedged: bool,
+    /// The index (in `attempts`) of the first request to succeed, if any did.
+    pub first_success: Option<usize>,
+}
+
 /// The upstream requests of one API call.
 pub struct Calls {
     upstream: Arc<Upstream>,
+    telemetry: Arc<Telemetry>,
+    trace: CallTrace,
     deadline: Instant,
     /// Cloned into every request started; kept so that more can be started later (smart's hedges).
     reply: Reply,
-    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    /// Each request's report carries its attempt's index as its tag.
+    outcomes: mpsc::UnboundedReceiver<Report>,
+    attempts: Vec<Started>,
+    hedged: bool,
+    first_success: Option<usize>,
     /// Requests started whose outcome has not been taken yet.
     running: usize,
     /// Requests not started because the deadline was too close. They count as never finishing.
@@ -38,11 +79,21 @@ pub struct Calls {
 }
 
 impl Calls {
-    pub fn new(upstream: Arc<Upstream>, deadline: Instant) -> Calls {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        telemetry: Arc<Telemetry>,
+        trace: CallTrace,
+        deadline: Instant,
+    ) -> Calls {
         let (reply, outcomes) = mpsc::unbounded_channel();
         Calls {
             upstream,
+            telemetry,
+            trace,
             deadline,
+            attempts: Vec::with_capacity(3),
+            hedged: false,
+            first_success: None,
             reply,
             outcomes,
             running: 0,
@@ -51,16 +102,86 @@ impl Calls {
         }
     }
 
-    /// Starts `n` more requests at once, each bounded by the call's deadline.
-    pub fn start(&mut self, n: usize) {
+    /// Starts `n` more requests at once, each bounded by the call's deadline and carrying its own span of
+    /// the call's trace. False if there was too little time left to start them.
+    pub fn start(&mut self, n: usize) -> bool {
         if self.deadline.saturating_duration_since(Instant::now()) < MIN_USEFUL_TIME {
             self.skipped += n;
-            return;
+            return false;
         }
         for _ in 0..n {
-            self.upstream.start(self.deadline, self.reply.clone());
+            let traceparent = self.trace.child();
+            let options = RequestOptions {
+                tag: self.attempts.len(),
+                trace: Some(traceparent),
+            };
+            self.attempts.push(Started {
+                span_id: traceparent.parent_id,
+                at: Instant::now(),
+                ended: None,
+            });
+            self.upstream
+                .start(self.deadline, options, self.reply.clone());
         }
         self.running += n;
+        true
+    }
+
+    /// Starts `n` hedge requests: as [`Calls::start`], and remembered as a hedge.
+    pub fn hedge(&mut self, n: usize) {
+        self.hedged |= self.start(n);
+    }
+
+    /// Notes an attempt's end: in its record, the metrics and the health window.
+    fn ended(&mut self, index: usize, outcome: OutcomeKind, duration: Duration) {
+        if let Some(attempt) = self.attempts.get_mut(index) {
+            attempt.ended = Some((outcome, duration));
+        }
+        if outcome == OutcomeKind::Ok && self.first_success.is_none() {
+            self.first_success = Some(index);
+        }
+        self.telemetry.upstream_done(outcome, duration);
+    }
+
+    /// Ends the call: outcomes that arrived but were not taken are noted; requests still running end as
+    /// `cancelled`, or as `timeout` if the deadline has come. Returning drops `Calls`, and with it the
+    /// receiving end of the channel: the requests still running see their caller gone (see the module doc).
+    pub fn finish(mut self) -> Finished {
+        while let Ok(report) = self.outcomes.try_recv() {
+            self.ended(
+                report.tag,
+                OutcomeKind::of(&report.outcome),
+                report.duration,
+            );
+        }
+        let now = Instant::now();
+        let unfinished = if now >= self.deadline {
+            OutcomeKind::Timeout
+        } else {
+            OutcomeKind::Cancelled
+        };
+        for index in 0..self.attempts.len() {
+            if self.attempts[index].ended.is_none() {
+                let duration = now.saturating_duration_since(self.attempts[index].at);
+                self.ended(index, unfinished, duration);
+            }
+        }
+        Finished {
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| {
+                    let (outcome, duration) = a.ended.unwrap_or((unfinished, Duration::ZERO));
+                    Attempt {
+                        span_id: a.span_id,
+                        outcome,
+                        duration,
+                    }
+                })
+                .collect(),
+            hedged: self.hedged,
+            first_success: self.first_success,
+        }
     }
 
     /// The next outcome to complete; `None` once every started request has completed.
@@ -77,9 +198,14 @@ impl Calls {
         }
         // `self.reply` keeps the channel open, so this waits for an outcome; a request that panicked
         // never sends one and so counts as never finishing.
-        let outcome = self.outcomes.recv().await?;
+        let report = self.outcomes.recv().await?;
         self.running -= 1;
-        match outcome {
+        self.ended(
+            report.tag,
+            OutcomeKind::of(&report.outcome),
+            report.duration,
+        );
+        match report.outcome {
             // A request that ran out of time did not finish: the deadline has come, and the strategy's own
             // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
             Err(UpstreamError::Timeout) => {

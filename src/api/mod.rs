@@ -13,10 +13,13 @@ use std::sync::Arc;
 use tokio::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::metrics::ShedReason;
 use crate::server::request::RequestHead;
 use crate::server::response::Response;
-use crate::upstream::{Upstream, Work};
-use calls::Calls;
+use crate::telemetry::Telemetry;
+use crate::trace::CallTrace;
+use crate::upstream::{PoolStats, Upstream, Work};
+use calls::{Attempt, Calls};
 use strategies::{Answer, Failure};
 
 /// The granularity of tokio's timer.
@@ -43,9 +46,33 @@ impl Endpoint {
     }
 }
 
+/// An answer, and what the call was, for its metrics and access line.
+pub struct Handled {
+    pub response: Response,
+    /// The endpoint, if the path named one.
+    pub endpoint: Option<Endpoint>,
+    /// The `timeout` asked for, if it was valid: the deadline is the head's parse time plus this.
+    pub timeout: Option<Duration>,
+    /// The upstream requests the call made.
+    pub attempts: Vec<Attempt>,
+}
+
+impl Handled {
+    /// An answer given without calling the upstream.
+    pub fn plain(response: Response, endpoint: Option<Endpoint>) -> Handled {
+        Handled {
+            response,
+            endpoint,
+            timeout: None,
+            attempts: Vec::new(),
+        }
+    }
+}
+
 /// What the API needs to answer calls; shared by all connections.
 pub struct Api {
     upstream: Arc<Upstream>,
+    telemetry: Arc<Telemetry>,
     max_timeout_ms: u64,
     hedge_delay: Duration,
     /// Admission control: calls in flight now, and the most allowed.
@@ -64,14 +91,34 @@ impl Drop for Admitted<'_> {
 }
 
 impl Api {
-    pub fn new(upstream: Arc<Upstream>, config: &Config) -> Api {
+    pub fn new(upstream: Arc<Upstream>, telemetry: Arc<Telemetry>, config: &Config) -> Api {
         Api {
             upstream,
+            telemetry,
             max_timeout_ms: config.max_timeout_ms,
             hedge_delay: config.hedge_delay,
             in_flight: AtomicUsize::new(0),
             max_in_flight: config.limits.max_in_flight,
         }
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// API calls admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn upstream_stats(&self) -> PoolStats {
+        self.upstream.stats()
+    }
+
+    /// The Prometheus exposition of everything (see `Telemetry::render`).
+    pub fn render_metrics(&self) -> String {
+        self.telemetry
+            .render(self.in_flight(), self.upstream.stats())
     }
 
     /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
@@ -85,43 +132,51 @@ impl Api {
     }
 
     /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
+    /// `trace` is the call's span: each upstream request becomes a child of it.
     ///
     /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
-    pub async fn handle(&self, head: &RequestHead, started: Instant) -> Response {
+    pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
         let Some(target) = head.path_and_query() else {
-            return Response::error(
+            let response = Response::error(
                 400,
                 "bad_request",
                 "the request target must be a path such as /api/all?timeout=500",
             );
+            return Handled::plain(response, None);
         };
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let Some(endpoint) = Endpoint::from_path(path) else {
-            return Response::error(
+            let response = Response::error(
                 404,
                 "not_found",
                 "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
             );
+            return Handled::plain(response, None);
         };
         // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
         // methods the resource supports in Allow.
         if head.method != "GET" && head.method != "HEAD" {
-            return Response::error(
+            let response = Response::error(
                 405,
                 "method_not_allowed",
                 &format!("{path} supports GET (and HEAD) only"),
             )
             .with_header("Allow", "GET, HEAD");
+            return Handled::plain(response, Some(endpoint));
         }
         let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
             Ok(ms) => Duration::from_millis(ms),
-            Err(message) => return Response::error(400, "bad_request", &message),
+            Err(message) => {
+                let response = Response::error(400, "bad_request", &message);
+                return Handled::plain(response, Some(endpoint));
+            }
         };
         // Aim one timer tick early: tokio's timer fires on whole milliseconds, rounding up, so a timer set
         // for the deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
         let deadline = started + timeout.saturating_sub(TIMER_RESOLUTION);
         let Some(_admitted) = self.admit() else {
-            return match endpoint {
+            self.shed(ShedReason::MaxInFlight);
+            let response = match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.
                 Endpoint::WithinTimeout => Response::json(200, b"[]".to_vec()),
                 _ => Response::error(
@@ -131,16 +186,34 @@ impl Api {
                 )
                 .with_header("Retry-After", "1"),
             };
+            return Handled {
+                timeout: Some(timeout),
+                ..Handled::plain(response, Some(endpoint))
+            };
         };
-        let calls = Calls::new(self.upstream.clone(), deadline);
+        let mut calls = Calls::new(
+            self.upstream.clone(),
+            self.telemetry.clone(),
+            *trace,
+            deadline,
+        );
 
         let outcome = match endpoint {
-            Endpoint::All => strategies::all(calls, deadline).await,
-            Endpoint::First => strategies::first(calls, deadline).await,
-            Endpoint::WithinTimeout => Ok(strategies::within_timeout(calls, deadline).await),
-            Endpoint::Smart => strategies::smart(calls, deadline, self.hedge_delay).await,
+            Endpoint::All => strategies::all(&mut calls, deadline).await,
+            Endpoint::First => strategies::first(&mut calls, deadline).await,
+            Endpoint::WithinTimeout => Ok(strategies::within_timeout(&mut calls, deadline).await),
+            Endpoint::Smart => strategies::smart(&mut calls, deadline, self.hedge_delay).await,
         };
-        match outcome {
+        // The answer is decided: what is still running is cancelled now, before the response is written.
+        let finished = calls.finish();
+        if finished.hedged {
+            self.telemetry.metrics.hedges.inc();
+            // The answer of /api/smart is its first success; a hedge won if that was not request 0.
+            if outcome.is_ok() && finished.first_success.is_some_and(|i| i > 0) {
+                self.telemetry.metrics.hedges_won.inc();
+            }
+        }
+        let response = match outcome {
             Ok(answer) => Response::json(200, encode(&answer)),
             Err(Failure::Timeout) => Response::error(
                 504,
@@ -155,7 +228,22 @@ impl Api {
                 "upstream_failed",
                 &format!("every upstream request failed: {why}"),
             ),
+        };
+        Handled {
+            response,
+            endpoint: Some(endpoint),
+            timeout: Some(timeout),
+            attempts: finished.attempts,
         }
+    }
+
+    /// Counts a shed call, and says so in the log (rate-limited: shedding comes in floods).
+    fn shed(&self, reason: ShedReason) {
+        self.telemetry.metrics.shed[reason as usize].inc();
+        self.telemetry.log.warn(
+            "call_shed",
+            serde_json::json!({ "reason": reason.label(), "max_in_flight": self.max_in_flight }),
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 //! sockets, pools and retries are the upstream client's business.
 //!
 //! Every strategy holds its deadline the same way: the waiting is wrapped in `timeout_at(deadline, ..)`,
-//! and when the timer fires the strategy returns at once; dropping its [`Calls`] aborts what is still
-//! running.
+//! and when the timer fires the strategy returns at once; the API then ends its [`Calls`], which aborts
+//! what is still running. (Strategies borrow the `Calls` so that the API can report its attempts.)
 
 use tokio::time::{timeout_at, Duration, Instant};
 
@@ -32,7 +32,7 @@ pub enum Failure {
 }
 
 /// `/api/all`: all 3 must finish before the deadline; the successes among them, if any.
-pub async fn all(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+pub async fn all(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
     calls.start(FAN_OUT);
     let mut successes = Vec::new();
     while let Some(outcome) = timeout_at(deadline, calls.next())
@@ -48,13 +48,13 @@ pub async fn all(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure>
 }
 
 /// `/api/first`: the first success of 3, as soon as it arrives.
-pub async fn first(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+pub async fn first(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
     calls.start(FAN_OUT);
     first_success(calls, deadline).await
 }
 
 /// `/api/within-timeout`: the successes that arrived before the deadline, possibly none. Never fails.
-pub async fn within_timeout(mut calls: Calls, deadline: Instant) -> Answer {
+pub async fn within_timeout(calls: &mut Calls, deadline: Instant) -> Answer {
     calls.start(FAN_OUT);
     let mut successes = Vec::new();
     // Ends when all 3 finished or at the deadline, whichever is first; either way the list is the answer.
@@ -70,7 +70,7 @@ pub async fn within_timeout(mut calls: Calls, deadline: Instant) -> Answer {
 /// `/api/smart`: a hedged request. One request; if it has not succeeded within `hedge_delay` (or failed
 /// sooner), 2 more at once; the first success of all 3, the first one included.
 pub async fn smart(
-    mut calls: Calls,
+    calls: &mut Calls,
     deadline: Instant,
     hedge_delay: Duration,
 ) -> Result<Answer, Failure> {
@@ -80,11 +80,11 @@ pub async fn smart(
         return Ok(Answer::One(work));
     }
     // The first request failed early, or the hedge delay passed with it still running.
-    calls.start(FAN_OUT - 1);
+    calls.hedge(FAN_OUT - 1);
     first_success(calls, deadline).await
 }
 
-async fn first_success(mut calls: Calls, deadline: Instant) -> Result<Answer, Failure> {
+async fn first_success(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
     match timeout_at(deadline, calls.next_success()).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Some(work)) => Ok(Answer::One(work)),

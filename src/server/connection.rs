@@ -20,8 +20,10 @@ use tokio::time::{timeout, timeout_at, Duration, Instant};
 
 use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
-use crate::api::Api;
+use crate::api::{Api, Handled};
 use crate::config::Limits;
+use crate::telemetry::RequestDone;
+use crate::trace::{CallTrace, TRACERESPONSE};
 use crate::upstream::chunked::ChunkedDecoder;
 
 /// Lingering close (RFC 9112 §9.6): after our last response, keep reading (and discarding) for a moment so
@@ -85,29 +87,61 @@ impl Connection {
             };
             // The deadline counts from here: the head is parsed (the API contract).
             let started = Instant::now();
-            if let Err(response) = self.discard_body(&head).await {
-                return self.finish(&response, head.is_head()).await;
-            }
-            let response = self.api.handle(&head, started).await;
+            // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
+            let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
+            let (handled, body_failed) = match self.discard_body(&head).await {
+                Err(response) => (Handled::plain(response, None), true),
+                Ok(()) => (self.api.handle(&head, started, &trace).await, false),
+            };
 
-            let persistence = if !head.keep_alive || *self.shutdown.borrow() {
+            let persistence = if body_failed || !head.keep_alive || *self.shutdown.borrow() {
                 Persistence::Close
             } else if head.minor_version == 0 {
                 Persistence::KeepAlive10
             } else {
                 Persistence::KeepAlive
             };
-            if persistence == Persistence::Close {
-                return self.finish(&response, head.is_head()).await;
-            }
-            let bytes = response.encode(head.is_head(), persistence);
-            if !matches!(
-                timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
-                Ok(Ok(()))
-            ) {
+            let Handled {
+                response,
+                endpoint,
+                timeout: call_timeout,
+                attempts,
+            } = handled;
+            let status = response.status;
+            let response = response.with_header(TRACERESPONSE, trace.response_header());
+            let written = self.write(&response, head.is_head(), persistence).await;
+            // Observed once the response is written: its duration and overshoot are what the caller saw.
+            self.api.telemetry().request_done(&RequestDone {
+                trace: &trace,
+                method: &head.method,
+                endpoint,
+                timeout: call_timeout,
+                status,
+                started,
+                written: Instant::now(),
+                attempts: &attempts,
+            });
+            if !written {
                 return;
             }
+            if persistence == Persistence::Close {
+                return self.linger().await;
+            }
         }
+    }
+
+    /// Writes one response within `write_timeout`; false if the client did not take it.
+    async fn write(
+        &mut self,
+        response: &Response,
+        head_only: bool,
+        persistence: Persistence,
+    ) -> bool {
+        let bytes = response.encode(head_only, persistence);
+        matches!(
+            timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Reads until a whole request head is in the buffer, then parses and interprets it.
@@ -218,13 +252,13 @@ impl Connection {
 
     /// Writes the last response with `Connection: close`, then closes without losing it.
     async fn finish(mut self, response: &Response, head_only: bool) {
-        let bytes = response.encode(head_only, Persistence::Close);
-        if !matches!(
-            timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
-            Ok(Ok(()))
-        ) {
-            return;
+        if self.write(response, head_only, Persistence::Close).await {
+            self.linger().await;
         }
+    }
+
+    /// Closes after the last response without losing it.
+    async fn linger(mut self) {
         // Half-close, then read until the client closes too (or the linger bound), so the response is not
         // destroyed by a reset. See LINGER.
         let _ = self.stream.shutdown().await;

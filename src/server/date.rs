@@ -47,6 +47,23 @@ pub fn imf_fixdate(secs: u64) -> String {
     )
 }
 
+/// Appends `now` as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T08:49:37.123Z`: the log's timestamps.
+pub fn write_rfc3339(out: &mut String, now: SystemTime) {
+    use std::fmt::Write;
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    );
+}
+
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31), after Howard Hinnant's `civil_from_days`.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -71,6 +88,16 @@ mod tests {
         assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT"); // RFC 9110's example
         assert_eq!(imf_fixdate(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(imf_fixdate(1_795_824_000), "Sat, 28 Nov 2026 00:00:00 GMT");
+    }
+
+    #[test]
+    fn formats_rfc3339_for_the_log() {
+        let mut out = String::new();
+        write_rfc3339(
+            &mut out,
+            UNIX_EPOCH + std::time::Duration::from_millis(784_111_777_042),
+        );
+        assert_eq!(out, "1994-11-06T08:49:37.042Z");
     }
 
     #[test]

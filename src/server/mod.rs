@@ -4,7 +4,7 @@
 //! [`request`] (what a head means), [`response`] (what we write back).
 
 mod connection;
-mod date;
+pub(crate) mod date;
 pub mod request;
 pub mod response;
 
@@ -61,14 +61,19 @@ pub async fn serve(
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
-                    eprintln!("fanout: accept failed ({e}); pausing {ACCEPT_BACKOFF:?}");
+                    api.telemetry().log.error("accept_failed", serde_json::json!({
+                        "error": e.to_string(),
+                        "pause_ms": ACCEPT_BACKOFF.as_millis() as u64,
+                    }));
                     sleep(ACCEPT_BACKOFF).await;
                 }
             },
             Some(done) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = done {
                     if e.is_panic() {
-                        eprintln!("fanout: a connection task panicked: {e}");
+                        api.telemetry().log.error("connection_panicked", serde_json::json!({
+                            "error": e.to_string(),
+                        }));
                     }
                 }
             }
@@ -82,9 +87,12 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        eprintln!(
-            "fanout: drain limit reached; closing {} connections",
-            connections.len()
+        api.telemetry().log.warn(
+            "drain_limit_reached",
+            serde_json::json!({
+                "closing_connections": connections.len(),
+                "drain_timeout_ms": limits.drain_timeout.as_millis() as u64,
+            }),
         );
         connections.shutdown().await;
     }

@@ -6,6 +6,7 @@
 //! closed, because the next request on it could not be found reliably (the root of request smuggling).
 
 use super::response::Response;
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// The parts of a request head the server acts on.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub struct RequestHead {
     pub body: BodyLength,
     /// `Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
     pub expect_continue: bool,
+    /// The caller's W3C trace context, if it sent exactly one valid `traceparent` (see `trace.rs`).
+    pub traceparent: Option<TraceParent>,
 }
 
 /// How the request body is delimited (RFC 9112 §6.3).
@@ -62,6 +65,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let mut content_length: Option<u64> = None;
     let mut transfer_codings: Vec<String> = Vec::new();
     let mut expect_continue = false;
+    let mut traceparents = 0;
+    let mut traceparent = None;
 
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("\u{fffd}").trim();
@@ -99,6 +104,10 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         } else if h.name.eq_ignore_ascii_case("expect") {
             // RFC 9110 §10.1.1; other expectations are ignored (a MAY-417 we do not use).
             expect_continue |= value.eq_ignore_ascii_case("100-continue");
+        } else if h.name.eq_ignore_ascii_case(TRACEPARENT) {
+            // Never an error: an invalid (or repeated) trace context is ignored and a new trace begins.
+            traceparents += 1;
+            traceparent = TraceParent::parse(value);
         }
     }
 
@@ -152,6 +161,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         keep_alive,
         body,
         expect_continue,
+        traceparent: if traceparents == 1 { traceparent } else { None },
     })
 }
 
@@ -283,6 +293,27 @@ mod tests {
             head("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n")
                 .unwrap()
                 .expect_continue
+        );
+    }
+
+    #[test]
+    fn one_valid_traceparent_is_kept_anything_else_ignored() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let one = head(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nTraceparent: {tp}\r\n\r\n"
+        ))
+        .unwrap();
+        assert_eq!(one.traceparent, crate::trace::TraceParent::parse(tp));
+        assert!(one.traceparent.is_some());
+        let two = head(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\ntraceparent: {tp}\r\ntraceparent: {tp}\r\n\r\n"
+        ))
+        .unwrap();
+        assert_eq!(two.traceparent, None);
+        let bad = head("GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-zz\r\n\r\n").unwrap();
+        assert_eq!(
+            bad.traceparent, None,
+            "an invalid trace context is not an error"
         );
     }
 }

@@ -5,10 +5,12 @@
 
 use super::date;
 
-/// A response the server writes. API answers and errors are both `application/json`.
+/// A response the server writes. API answers and errors are both `application/json`; the admin listener
+/// also writes text (the Prometheus exposition).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    pub content_type: &'static str,
     /// Extra headers, besides the Content-Type, Content-Length, Date and Connection the server adds.
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
@@ -17,8 +19,14 @@ pub struct Response {
 impl Response {
     /// A `200`-or-other response with a JSON body.
     pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response::with_type(status, "application/json", body)
+    }
+
+    /// A response with another content type.
+    pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
         Response {
             status,
+            content_type,
             headers: Vec::new(),
             body,
         }
@@ -45,7 +53,8 @@ impl Response {
         let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         let _ = write!(
             head,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            self.content_type,
             self.body.len()
         );
         date::with_now(|now| {

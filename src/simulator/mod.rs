@@ -18,7 +18,8 @@
 //!    misbehave), keep-alive or close. The HTTP/1.1 rules it follows are quoted there.
 //! 5. `state.rs`: what the handle and the connection tasks share: counters, the script, the log of
 //!    seen requests, and the bell that wakes waiters.
-//! 6. `tls.rs` and `certs/`: the embedded test certificate chain. `rng.rs`: a tiny random source.
+//! 6. `tls.rs` and `certs/`: the embedded test certificate chain. (Its random source is the crate's
+//!    shared `rng.rs`.)
 //! 7. `cli.rs`: `fanout simulator` flags.
 //!
 //! # Life and death
@@ -39,7 +40,6 @@ use tokio::task::JoinHandle;
 mod cli;
 mod connection;
 mod reply;
-mod rng;
 mod server;
 mod state;
 mod tls;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::reply::Reply;
-use super::rng::Rng;
 use super::{SeenRequest, SimConfig, SEEN_CAPACITY};
+use crate::rng::Rng;
 
 pub(super) struct Shared {
     pub(super) config: SimConfig,

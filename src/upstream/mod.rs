@@ -54,6 +54,7 @@ use tokio_rustls::TlsConnector;
 pub use resolve::DNS_CACHE_TTL;
 pub use target::DEFAULT_PATH;
 
+use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
 use pool::{Checkout, Counters, Gauge, Pool, Reaper};
 use resolve::Resolver;
@@ -140,7 +141,25 @@ impl UpstreamConfig {
 
 /// Where a request started with [`Upstream::start`] sends its outcome. Dropping the receiving end tells the
 /// request its caller no longer waits.
-pub type Reply = mpsc::UnboundedSender<Result<Work, UpstreamError>>;
+pub type Reply = mpsc::UnboundedSender<Report>;
+
+/// What a request started with [`Upstream::start`] sends back: its outcome, and the facts a caller logs.
+#[derive(Debug)]
+pub struct Report {
+    /// The caller's label for the request, given to `start` (the API's attempt number).
+    pub tag: usize,
+    pub outcome: Result<Work, UpstreamError>,
+    /// From `start` to the outcome: pool wait, connect and exchange.
+    pub duration: Duration,
+}
+
+/// How to send one request: the caller's tag for it, and the trace context it carries upstream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestOptions {
+    pub tag: usize,
+    /// Sent as the request's `traceparent` header (W3C Trace Context).
+    pub trace: Option<TraceParent>,
+}
 
 /// One successful upstream answer: the JSON object as it came, re-serialised compactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,18 +191,74 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The outcome label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        self.outcome().label()
+    }
+
+    /// The kind of outcome, for logs and metrics.
     ///
     /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
     /// a usable answer (malformed HTTP, or well-formed HTTP around a bad body). `io_error` is kept for
     /// exchanges that broke off.
-    pub fn label(&self) -> &'static str {
+    pub fn outcome(&self) -> OutcomeKind {
         match self {
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Connect(_) => "connect_error",
-            UpstreamError::Tls(_) => "tls_error",
-            UpstreamError::Io(_) => "io_error",
-            UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => "invalid_payload",
-            UpstreamError::Status(_) => "http_status",
+            UpstreamError::Timeout => OutcomeKind::Timeout,
+            UpstreamError::Connect(_) => OutcomeKind::ConnectError,
+            UpstreamError::Tls(_) => OutcomeKind::TlsError,
+            UpstreamError::Io(_) => OutcomeKind::IoError,
+            UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => {
+                OutcomeKind::InvalidPayload
+            }
+            UpstreamError::Status(_) => OutcomeKind::HttpStatus,
+        }
+    }
+}
+
+/// How one upstream request ended: a small fixed set, so that it can label metrics (an array index) and
+/// log lines. `Cancelled` is not an error of the upstream: the caller stopped waiting before the outcome
+/// (its API call was already decided).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Ok,
+    HttpStatus,
+    InvalidPayload,
+    Timeout,
+    ConnectError,
+    TlsError,
+    IoError,
+    Cancelled,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 8] = [
+        OutcomeKind::Ok,
+        OutcomeKind::HttpStatus,
+        OutcomeKind::InvalidPayload,
+        OutcomeKind::Timeout,
+        OutcomeKind::ConnectError,
+        OutcomeKind::TlsError,
+        OutcomeKind::IoError,
+        OutcomeKind::Cancelled,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OutcomeKind::Ok => "ok",
+            OutcomeKind::HttpStatus => "http_status",
+            OutcomeKind::InvalidPayload => "invalid_payload",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::ConnectError => "connect_error",
+            OutcomeKind::TlsError => "tls_error",
+            OutcomeKind::IoError => "io_error",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a finished request.
+    pub fn of<T>(result: &Result<T, UpstreamError>) -> OutcomeKind {
+        match result {
+            Ok(_) => OutcomeKind::Ok,
+            Err(e) => e.outcome(),
         }
     }
 }
@@ -248,7 +323,9 @@ pub struct Upstream {
     /// The TLS connector and the name the certificate must match; `None` for `http://`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     resolver: Resolver,
-    request: Box<[u8]>,
+    /// The request head up to its last header field (no blank line yet): the same for every request, so
+    /// built once. Each request adds its own `traceparent` line and the blank line.
+    request_prefix: Box<[u8]>,
     max_head_bytes: usize,
     max_body_bytes: usize,
     idle_timeout: Duration,
@@ -278,8 +355,8 @@ impl Upstream {
             true => Some((tls::connector(&config.extra_roots)?, target.server_name()?)),
             false => None,
         };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\r\n",
+        let request_prefix = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n",
             target.path_and_query, target.host_header
         );
         let upstream = Upstream {
@@ -287,7 +364,7 @@ impl Upstream {
             url: config.url,
             target,
             tls,
-            request: request.into_bytes().into_boxed_slice(),
+            request_prefix: request_prefix.into_bytes().into_boxed_slice(),
             max_head_bytes: config.max_head_bytes,
             max_body_bytes: config.max_body_bytes,
             idle_timeout: config.pool_idle_timeout,
@@ -325,20 +402,33 @@ impl Upstream {
     /// The task is detached on purpose: its owner is this bound. Every wait in it ends by `deadline + linger`
     /// at the latest, and the task ends sooner once its caller has left. It sends at most one outcome. A
     /// caller must stop waiting at its own deadline: this sends no `Timeout` at that instant.
-    pub fn start(self: &Arc<Self>, deadline: Instant, reply: Reply) {
+    ///
+    /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
+    /// [`Report`], with the request's duration, so that a caller can tell its requests apart.
+    pub fn start(self: &Arc<Self>, deadline: Instant, options: RequestOptions, reply: Reply) {
         self.start_reaper();
-        tokio::spawn(self.clone().request_task(deadline, reply));
+        tokio::spawn(self.clone().request_task(deadline, options, reply));
     }
 
     /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
     ///
     /// Cancel safety: dropping the future is the caller leaving, with the effects described on `start`.
     pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
+        self.fetch_traced(deadline, None).await
+    }
+
+    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent`.
+    pub async fn fetch_traced(
+        self: &Arc<Self>,
+        deadline: Instant,
+        trace: Option<TraceParent>,
+    ) -> Result<Work, UpstreamError> {
         let (reply, mut outcome) = mpsc::unbounded_channel();
-        self.start(deadline, reply);
+        let options = RequestOptions { tag: 0, trace };
+        self.start(deadline, options, reply);
         match timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Some(outcome)) => outcome,
+            Ok(Some(report)) => report.outcome,
             // The task always sends unless it panicked, which would be a bug here.
             Ok(None) => Err(UpstreamError::Io(io::Error::other(
                 "the request task ended without an answer",
@@ -346,12 +436,41 @@ impl Upstream {
         }
     }
 
+    /// The request bytes: the fixed prefix, this request's `traceparent`, the blank line. One allocation
+    /// of the right size.
+    fn request(&self, trace: Option<TraceParent>) -> Vec<u8> {
+        let line = TRACEPARENT.len() + 2 + crate::trace::HEADER_LEN + 2;
+        let mut request = Vec::with_capacity(self.request_prefix.len() + line + 2);
+        request.extend_from_slice(&self.request_prefix);
+        if let Some(trace) = trace {
+            request.extend_from_slice(TRACEPARENT.as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(&trace.to_header());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        request
+    }
+
     /// The task behind [`Upstream::start`].
-    async fn request_task(self: Arc<Self>, deadline: Instant, reply: Reply) {
+    async fn request_task(
+        self: Arc<Self>,
+        deadline: Instant,
+        options: RequestOptions,
+        reply: Reply,
+    ) {
+        let started = Instant::now();
+        let send = |outcome: Result<Work, UpstreamError>| {
+            let _ = reply.send(Report {
+                tag: options.tag,
+                outcome,
+                duration: started.elapsed(),
+            });
+        };
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
         if Instant::now() >= deadline {
-            let _ = reply.send(Err(UpstreamError::Timeout));
+            send(Err(UpstreamError::Timeout));
             return;
         }
         let connection = tokio::select! {
@@ -361,18 +480,20 @@ impl Upstream {
         let (conn, reused) = match connection {
             Ok(found) => found,
             Err(error) => {
-                let _ = reply.send(Err(error));
+                send(Err(error));
                 return;
             }
         };
 
-        let exchange = self.exchange_with_retry(conn, reused, deadline, deadline + self.linger);
+        let request = self.request(options.trace);
+        let exchange =
+            self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
         tokio::pin!(exchange);
         tokio::select! {
             // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
             biased;
             result = &mut exchange => {
-                let _ = reply.send(result);
+                send(result);
                 return;
             }
             () = reply.closed() => {}
@@ -409,21 +530,23 @@ impl Upstream {
     /// the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
     /// idempotent requests such as this GET. A fresh connection that fails is the upstream's failure, not
     /// staleness, and a response that started and broke off is never retried. Every wait is bounded by
-    /// `hard_deadline` (the caller's deadline plus the linger time).
+    /// `hard_deadline` (the caller's deadline plus the linger time). The retry sends the same bytes, trace
+    /// context included: for the caller it is the same attempt.
     ///
     /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
     async fn exchange_with_retry(
         &self,
         conn: Connection,
+        request: &[u8],
         reused: bool,
         deadline: Instant,
         hard_deadline: Instant,
     ) -> Result<Work, UpstreamError> {
-        match self.exchange(conn, hard_deadline).await {
+        match self.exchange(conn, request, hard_deadline).await {
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
                 let conn = self.connect(dead.into_slot(), deadline).await?;
-                self.exchange(conn, hard_deadline)
+                self.exchange(conn, request, hard_deadline)
                     .await
                     .map_err(Failed::into_error)
             }
@@ -449,8 +572,13 @@ impl Upstream {
     /// One request and its response on `conn`, which goes back to the pool if the response allows reuse.
     ///
     /// Cancel safety: owns `conn`; dropped mid-exchange, the connection is closed and its slot released.
-    async fn exchange(&self, mut conn: Connection, deadline: Instant) -> Result<Work, Failed> {
-        if let Err(error) = conn.send(&self.request, deadline).await {
+    async fn exchange(
+        &self,
+        mut conn: Connection,
+        request: &[u8],
+        deadline: Instant,
+    ) -> Result<Work, Failed> {
+        if let Err(error) = conn.send(request, deadline).await {
             return Err(Failed::classify(error, conn));
         }
         let head = match conn.read_head(self.max_head_bytes, deadline).await {

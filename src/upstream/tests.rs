@@ -165,6 +165,35 @@ async fn sends_one_get_with_host_accept_and_user_agent() {
 }
 
 #[tokio::test]
+async fn a_traced_fetch_sends_its_traceparent_line_before_the_blank_line() {
+    let (tx, mut requests) = mpsc::unbounded_channel();
+    let server = serve(move |_, mut stream| {
+        let tx = tx.clone();
+        async move {
+            while let Some(request) = read_request(&mut stream).await {
+                let _ = tx.send(request);
+                let _ = stream.write_all(OK_TIME_7).await;
+            }
+        }
+    })
+    .await;
+    let up = client(&server.url());
+    let trace =
+        crate::trace::TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert_eq!(
+        up.fetch_traced(generous(), trace).await.expect("answer"),
+        work(7)
+    );
+    let request = String::from_utf8(requests.recv().await.expect("a request")).unwrap();
+    assert!(
+        request.ends_with(
+            "User-Agent: fanout/0.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+        ),
+        "{request:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_content_length_answer_is_returned_and_its_connection_reused() {
     let server = serve_always(OK_TIME_7).await;
     let up = client(&server.url());

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fanout::config::{Config, UpstreamChoice};
+use fanout::log::{MemoryLog, Sink};
 use fanout::simulator::{self, SimConfig, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,6 +44,10 @@ pub fn quiet_upstream() -> SimConfig {
 pub struct Service {
     pub sim: Simulator,
     pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    /// The service's log lines (kept in memory, not printed).
+    pub log: MemoryLog,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), String>>,
 }
@@ -62,23 +67,36 @@ impl Service {
     /// fanout in front of a simulator the test started itself, e.g. a plain-HTTP one behind a real proxy.
     /// `tweak` usually points `config.upstream` somewhere else (the simulator is then only a backend).
     pub async fn start_in_front_of(sim: Simulator, tweak: impl FnOnce(&mut Config)) -> Service {
+        let log = MemoryLog::default();
         let mut config = Config {
             upstream: UpstreamChoice::Url(sim.url()),
             extra_roots: simulator::ca_certs(),
             ..Config::default()
         };
+        config.log.sink = Sink::Memory(log.clone());
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(fanout::serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(fanout::serve(
+            listener,
+            Some(admin_listener),
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Service {
             sim,
             addr,
+            admin,
+            log,
             stop: Some(stop),
             task,
         }
@@ -93,11 +111,21 @@ impl Service {
         self.client().await.get(target).await
     }
 
-    /// Starts the graceful shutdown and waits for `serve` to return.
-    pub async fn stop(mut self) -> Result<(), String> {
+    /// One `GET` of an admin endpoint.
+    pub async fn admin_get(&self, target: &str) -> Response {
+        Client::connect(self.admin).await.get(target).await
+    }
+
+    /// Starts the graceful shutdown, without waiting for it.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Starts the graceful shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) -> Result<(), String> {
+        self.begin_stop();
         timeout(PATIENCE * 2, &mut self.task)
             .await
             .expect("serve returns after shutdown")

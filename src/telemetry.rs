@@ -1,0 +1,261 @@
+//! What fanout tells its operators, in one place: the metrics, the upstream's health window, the logger,
+//! and whether the service is ready for work. One `Telemetry`, shared (`Arc`) by the API, the connection
+//! tasks and the admin listener.
+//!
+//! Where each figure is observed:
+//!
+//! | what                                   | where                                              |
+//! | -------------------------------------- | -------------------------------------------------- |
+//! | response duration, status, overshoot   | the connection task, once the response is written  |
+//! | the access line                        | the same place, with the call's upstream attempts  |
+//! | calls in flight, calls shed            | `Api::handle` (admission control)                  |
+//! | each upstream request's outcome        | `Calls`, as outcomes arrive or the call ends       |
+//! | hedges fired and won                   | `Api::handle`, from what `Calls` saw               |
+//! | pool connections, connects, reuses     | read from the pool's own counters at scrape time   |
+//! | process memory, CPU, descriptors       | read from `/proc` at scrape time                   |
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::api::calls::Attempt;
+use crate::api::Endpoint;
+use crate::config::Config;
+use crate::health::{self, Health};
+use crate::log::Logger;
+use crate::metrics::{self, counter, family, gauge, Metrics};
+use crate::trace::CallTrace;
+use crate::upstream::{OutcomeKind, PoolStats};
+
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub health: Health,
+    pub log: Logger,
+    /// False from the moment a shutdown begins: `/readyz` answers 503 so load balancers stop sending.
+    ready: AtomicBool,
+}
+
+/// What one answered request was, for the metrics and the access line.
+pub struct RequestDone<'a> {
+    pub trace: &'a CallTrace,
+    pub method: &'a str,
+    pub endpoint: Option<Endpoint>,
+    pub timeout: Option<Duration>,
+    pub status: u16,
+    /// When the head was parsed (the deadline counts from here) ...
+    pub started: Instant,
+    /// ... and when the last byte of the response was handed to the kernel.
+    pub written: Instant,
+    pub attempts: &'a [Attempt],
+}
+
+impl Telemetry {
+    pub fn new(config: &Config) -> Telemetry {
+        Telemetry {
+            metrics: Metrics::default(),
+            health: Health::new(config.upstream_health_threshold),
+            log: Logger::new(config.log.clone()),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The service is shutting down: no new work, please.
+    pub fn draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// One upstream request's outcome: into the metrics and the health window.
+    pub fn upstream_done(&self, outcome: OutcomeKind, duration: Duration) {
+        self.metrics.upstream_done(outcome, duration);
+        self.health.record(outcome, duration);
+    }
+
+    /// One request answered: its metrics and its access line.
+    pub fn request_done(&self, done: &RequestDone<'_>) {
+        let duration = done.written.saturating_duration_since(done.started);
+        self.metrics
+            .request_done(done.endpoint, done.status, duration);
+        // Overshoot is signed in the log (negative: early) and clamped at 0 in the histogram.
+        let overshoot_ms = done.timeout.map(|timeout| {
+            let deadline = done.started + timeout;
+            self.metrics
+                .overshoot
+                .observe(done.written.saturating_duration_since(deadline));
+            if done.written >= deadline {
+                ms(done.written - deadline)
+            } else {
+                -ms(deadline - done.written)
+            }
+        });
+        self.log.access(|line| {
+            let t = done.trace;
+            let _ = write!(
+                line,
+                "\"trace_id\":\"{}\",\"span_id\":\"{}\",",
+                t.trace_id, t.span_id
+            );
+            if let Some(parent) = t.parent_id {
+                let _ = write!(line, "\"parent_id\":\"{parent}\",");
+            }
+            // httparse accepts only token characters in a method: nothing to escape.
+            let endpoint = metrics::ROUTES[metrics::route_index(done.endpoint)];
+            let _ = write!(
+                line,
+                "\"method\":\"{}\",\"endpoint\":\"{endpoint}\",",
+                done.method
+            );
+            if let Some(timeout) = done.timeout {
+                let _ = write!(line, "\"timeout_ms\":{},", timeout.as_millis());
+            }
+            let _ = write!(
+                line,
+                "\"status\":{},\"duration_ms\":{:.3},",
+                done.status,
+                ms(duration)
+            );
+            if let Some(overshoot) = overshoot_ms {
+                let _ = write!(line, "\"overshoot_ms\":{overshoot:.3},");
+            }
+            if !done.attempts.is_empty() {
+                line.push_str("\"attempts\":[");
+                for (i, a) in done.attempts.iter().enumerate() {
+                    if i > 0 {
+                        line.push(',');
+                    }
+                    let _ = write!(
+                        line,
+                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}}",
+                        a.span_id,
+                        a.outcome.label(),
+                        ms(a.duration)
+                    );
+                }
+                line.push_str("],");
+            }
+        });
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
+    /// figures read now from their owners.
+    pub fn render(&self, in_flight: usize, pool: PoolStats) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.metrics.render(&mut out);
+        gauge(
+            &mut out,
+            "fanout_http_server_active_requests",
+            "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
+            in_flight,
+        );
+
+        family(
+            &mut out,
+            "fanout_upstream_pool_connections",
+            "gauge",
+            "Open upstream connections by state: idle in the pool, or active (in an exchange, or being opened)",
+        );
+        let _ = writeln!(
+            out,
+            "fanout_upstream_pool_connections{{state=\"idle\"}} {}",
+            pool.idle
+        );
+        let _ = writeln!(
+            out,
+            "fanout_upstream_pool_connections{{state=\"active\"}} {}",
+            pool.open.saturating_sub(pool.idle)
+        );
+        counter(
+            &mut out,
+            "fanout_upstream_pool_connects_total",
+            "New upstream connections established (TCP, and TLS for https)",
+            pool.connects,
+        );
+        counter(
+            &mut out,
+            "fanout_upstream_pool_reuses_total",
+            "Upstream requests sent on an idle pooled connection",
+            pool.reuses,
+        );
+        counter(
+            &mut out,
+            "fanout_upstream_pool_stale_retries_total",
+            "Upstream requests retried on a new connection because a reused one had been closed",
+            pool.stale_retries,
+        );
+        counter(
+            &mut out,
+            "fanout_upstream_pool_waits_total",
+            "Upstream requests that waited for a connection because the connection cap was reached",
+            pool.slot_waits,
+        );
+        gauge(&mut out, "fanout_upstream_pool_lingering", "Upstream exchanges finishing in the background now, after their caller stopped waiting", pool.lingering);
+        family(
+            &mut out,
+            "fanout_upstream_background_exchanges_total",
+            "counter",
+            "Upstream exchanges whose caller stopped waiting, by how they ended: finished (connection kept) or abandoned (closed)",
+        );
+        let _ = writeln!(
+            out,
+            "fanout_upstream_background_exchanges_total{{result=\"finished\"}} {}",
+            pool.finished_in_background
+        );
+        let _ = writeln!(
+            out,
+            "fanout_upstream_background_exchanges_total{{result=\"abandoned\"}} {}",
+            pool.abandoned
+        );
+
+        let window = self.health.snapshot();
+        family(
+            &mut out,
+            "fanout_upstream_recent_requests",
+            "gauge",
+            "Upstream requests in the last 60 s by outcome (a sliding window; for history, use rate() on fanout_http_client_request_duration_seconds_count)",
+        );
+        for outcome in OutcomeKind::ALL {
+            let _ = writeln!(
+                out,
+                "fanout_upstream_recent_requests{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                window.outcomes[outcome as usize]
+            );
+        }
+        if let Some(ratio) = window.success_ratio {
+            gauge(&mut out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
+        }
+        if let Some(latency) = window.latency {
+            family(&mut out, "fanout_upstream_recent_latency_seconds", "gauge", "Latency quantiles (label q) of successful upstream requests in the last 60 s, estimated from buckets; not a summary, so not `quantile`");
+            for (q, v) in health::QUANTILES.iter().zip(latency) {
+                let _ = writeln!(
+                    out,
+                    "fanout_upstream_recent_latency_seconds{{q=\"{q}\"}} {v}"
+                );
+            }
+        }
+        gauge(&mut out, "fanout_upstream_healthy", "1 while the upstream's recent success ratio is at or above --upstream-health-threshold", u8::from(self.health.is_healthy()));
+        gauge(
+            &mut out,
+            "fanout_ready",
+            "1 while accepting work, 0 once draining for shutdown",
+            u8::from(self.is_ready()),
+        );
+        counter(
+            &mut out,
+            "fanout_log_warnings_suppressed_total",
+            "Warning and error log lines held back by the log's rate limit",
+            self.log.suppressed_total(),
+        );
+        metrics::process::render(&mut out);
+        out
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
