@@ -208,7 +208,8 @@ pub fn help() -> String {
     let mut out = String::from(
         "fanout: answers each API call by fanning out concurrent requests to an upstream, within the caller's deadline\n\n\
          usage: fanout [FLAGS]            run the service\n       \
-         fanout simulator [FLAGS]  run the simulated upstream alone (see `fanout simulator --help`)\n\nflags (each also read from its environment variable; a flag wins):\n",
+         fanout simulator [FLAGS]  run the simulated upstream alone (see `fanout simulator --help`)\n       \
+         fanout healthcheck [URL]  exit 0 if URL (default http://127.0.0.1:8081/healthz) answers 200\n\nflags (each also read from its environment variable; a flag wins):\n",
     );
     for s in SETTINGS {
         let default = if s.default.is_empty() {

@@ -4,8 +4,14 @@ use std::process::ExitCode;
 
 use fanout::config::{self, Command, Config};
 
+mod healthcheck;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Before the runtime: a container probe runs every few seconds and needs no threads.
+    if args.first().map(String::as_str) == Some("healthcheck") {
+        return healthcheck::run(&args[1..]);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -274,17 +274,16 @@ impl Simulator {
         self.addr
     }
 
-    /// `https://localhost:PORT/api/work` (or `http://127.0.0.1:PORT/api/work` without TLS).
+    /// `https://127.0.0.1:PORT/api/work` (or `http://` without TLS).
     ///
-    /// The TLS URL names `localhost` because that is what the certificate is for (it also lists
-    /// 127.0.0.1 and ::1). A listener on another address gets that address in the URL.
+    /// An IP, not `localhost`, although the certificate names both (and ::1): resolving `localhost`
+    /// needs /etc/hosts, which a `FROM scratch` image or an empty chroot does not have. A listener on
+    /// another address gets that address in the URL.
     pub fn url(&self) -> String {
         let port = self.addr.port();
         let scheme = if self.tls { "https" } else { "http" };
         let host = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => {
-                if self.tls { "localhost" } else { "127.0.0.1" }.to_string()
-            }
+            IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "127.0.0.1".to_string(),
             IpAddr::V6(ip) if ip.is_loopback() || ip.is_unspecified() => "[::1]".to_string(),
             IpAddr::V4(ip) => ip.to_string(),
             IpAddr::V6(ip) => format!("[{ip}]"),

@@ -693,7 +693,7 @@ async fn url_names_the_scheme_host_and_port() {
     let plain = start(fast()).await;
     assert_eq!(
         tls.url(),
-        format!("https://localhost:{}/api/work", tls.addr().port())
+        format!("https://127.0.0.1:{}/api/work", tls.addr().port())
     );
     assert_eq!(
         plain.url(),
