@@ -37,11 +37,10 @@ fn main() -> ExitCode {
     };
 
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = fanout::server::bind(config.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let admin = match config.admin_listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Some(addr) => Some(fanout::server::bind(addr).map_err(|e| {
                 format!("cannot listen on {addr} (--admin-listen, FANOUT_ADMIN_LISTEN): {e}")
             })?),
             None => None,

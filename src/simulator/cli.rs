@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 
 use super::{
     ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
@@ -165,8 +164,7 @@ pub async fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let (listen, config, write_ca) = parse_args(args)?;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = crate::server::bind(listen)
         .map_err(|e| format!("--listen: cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::start_on(listener, config)
         .await
