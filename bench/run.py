@@ -5,7 +5,8 @@
 
 For each scenario and each implementation it starts a fresh simulated upstream
 (`fanout simulator`, over TLS, on its own port) and a fresh server, checks that one request is
-answered correctly, drives the server with wrk, and prints one JSON line with what it saw. After
+answered correctly, warms it up with a short wrk run (discarded), drives it with wrk, and prints
+one JSON line with what it saw (for fanout, also its own figures from its /metrics). After
 both implementations of a scenario, one JSON line gives fanout's figures as ratios to the peer's.
 A table for people goes to stderr. See bench/README.md for what every field means.
 
@@ -22,6 +23,7 @@ import ctypes
 import http.client
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -62,6 +64,8 @@ class Scenario:
     shape: str = "array"  # "array" (of {"time": N}) or "object" ({"time": N})
     # Report latency relative to the deadline (overshoot_ms, late shares).
     overshoot: bool = False
+    # Sample the server's resident memory every second of the measured run (rss_mib_series).
+    rss_series: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -118,12 +122,21 @@ SCENARIOS = [
         timeout_ms=1000,
         connections=5000,
         quick_connections=1000,
+        rss_series=True,
     ),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
 # Overshoot shares: responses later than these many ms past the deadline.
 LATE_MS = (5, 25)
+
+# The warm-up wrk run before each measured one (seconds; --quick uses the second).
+WARMUP_S, QUICK_WARMUP_S = 3.0, 1.0
+# After the warm-up, wait this long past the scenario's deadline before the measured run, so the
+# warm-up's calls still in flight (wrk drops them when it stops) have been answered and are not
+# counted in the measured run. Upstream pools stay warm: fanout closes idle upstream connections
+# after 4 s, and this pause is at most WARMUP_PAUSE_MAX_S.
+WARMUP_PAUSE_AFTER_DEADLINE_S, WARMUP_PAUSE_MAX_S = 0.25, 2.0
 
 
 class BenchError(Exception):
@@ -273,6 +286,123 @@ def open_fds(pid: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# fanout's own figures: its admin listener's GET /metrics (Prometheus text)
+# ------------------------------------------------------------------------------------------------
+
+OVERSHOOT = "fanout_deadline_overshoot_seconds"
+SERVER_DURATION = "fanout_http_server_request_duration_seconds"
+SHED_TOTAL = "fanout_calls_shed_total"
+ACTIVE = "fanout_http_server_active_requests"
+RSS_BYTES = "process_resident_memory_bytes"
+SHARE_BOUNDS_S = {"within_5ms": 0.005, "within_25ms": 0.025}
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+Sample = tuple[str, frozenset, float]  # name, labels as (key, value) pairs, value
+
+
+def scrape(port: int) -> list[Sample]:
+    """GET /metrics on fanout's admin port: every sample, as (name, labels, value)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read().decode()
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"fanout's /metrics on port {port} failed: {e}") from e
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"fanout's /metrics answered {response.status}: {body[:200]!r}")
+    samples = []
+    for line in body.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        samples.append((name, frozenset(_LABEL.findall(labels)), float(value)))
+    return samples
+
+
+def gauge(samples: list[Sample], name: str) -> float | None:
+    return next((v for n, _l, v in samples if n == name), None)
+
+
+def counter_delta(before: list[Sample], after: list[Sample], name: str) -> float:
+    """The increase of a counter, summed over all its label sets."""
+    return (sum(v for n, _l, v in after if n == name)
+            - sum(v for n, _l, v in before if n == name))
+
+
+def histogram_delta(before: list[Sample], after: list[Sample], name: str,
+                    **labels: str) -> dict[float, float]:
+    """{upper bound: cumulative count} of the observations made between two scrapes, for the
+    series of `name` with these labels (a series missing before the run counts as empty)."""
+    want = set(labels.items())
+
+    def buckets(samples: list[Sample]) -> dict[float, float]:
+        out = {}
+        for n, l, v in samples:
+            if n == f"{name}_bucket" and want <= l:
+                out[float(dict(l)["le"])] = v  # float("+Inf") is inf
+        return out
+
+    b0, b1 = buckets(before), buckets(after)
+    return {le: count - b0.get(le, 0.0) for le, count in sorted(b1.items())}
+
+
+def share_at_most(cumulative: dict[float, float], bound: float) -> float | None:
+    """The share of observations <= bound, from the bucket at that bound, or the nearest lower
+    one if the histogram has no such bound (an undercount; bench/README.md says so)."""
+    total = cumulative.get(float("inf"), 0.0)
+    lower = [le for le in cumulative if le <= bound]
+    if not total or not lower:
+        return None
+    return round(cumulative[max(lower)] / total, 5)
+
+
+def histogram_summary(cumulative: dict[float, float]) -> dict:
+    """calls, the shares within 5 and 25 ms, and the upper bound of the highest non-empty bucket
+    (\"+Inf\" beyond the largest finite bound, null without calls)."""
+    total = cumulative.get(float("inf"), 0.0)
+    top = min((le for le, count in cumulative.items() if count >= total), default=None)
+    return {
+        "calls": int(total),
+        **{key: share_at_most(cumulative, bound) for key, bound in SHARE_BOUNDS_S.items()},
+        "max_bucket_s": (None if not total else "+Inf" if top == float("inf") else top),
+    }
+
+
+def server_figures(before: list[Sample], after: list[Sample], scenario: Scenario) -> dict:
+    """fanout's own view of the measured run: the difference of two /metrics scrapes."""
+    overshoot = histogram_delta(before, after, OVERSHOOT)
+    shed = histogram_delta(before, after, SERVER_DURATION, http_route=scenario.path,
+                           http_response_status_code="503")
+    shed_summary = histogram_summary(shed)
+    figures = {
+        "overshoot": {**histogram_summary(overshoot),
+                      "in_time": share_at_most(overshoot, 0.0)},
+        "shed": {"calls": shed_summary["calls"],
+                 "p_max_bucket_s": shed_summary["max_bucket_s"],
+                 "within_5ms": shed_summary["within_5ms"],
+                 "shed_total": int(counter_delta(before, after, SHED_TOTAL))},
+        "active_requests_before": gauge(before, ACTIVE),
+        "rss_mib_after": round(gauge(after, RSS_BYTES) / 2**20, 1),
+    }
+    # Shed answers are responses with a deadline too, written long before it (overshoot 0): the
+    # overshoot of the accepted calls alone takes them out of the le="0" bucket and up. Only valid
+    # when every shed answer was written within the deadline.
+    shed_calls = shed.get(float("inf"), 0.0)
+    if shed_calls:
+        in_deadline = [le for le in shed if le <= scenario.timeout_ms / 1000]
+        if in_deadline and shed[max(in_deadline)] == shed_calls:
+            accepted = {le: count - shed_calls for le, count in overshoot.items()}
+            figures["overshoot_accepted"] = {**histogram_summary(accepted),
+                                             "in_time": share_at_most(accepted, 0.0)}
+        else:
+            figures["overshoot_accepted"] = None
+    return figures
+
+
+# ------------------------------------------------------------------------------------------------
 # HTTP: the simulator's /stats and the check request
 # ------------------------------------------------------------------------------------------------
 
@@ -375,19 +505,55 @@ class Settings:
     results: list = field(default_factory=list)
 
 
-def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Path) -> list[str]:
+def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Path,
+                admin_port: int | None) -> list[str]:
     listen = f"127.0.0.1:{port}"
     if impl == "fanout":
+        # The admin listener on a free loopback port (its default, 0.0.0.0:8081, may be taken);
+        # a --fanout-arg=--admin-listen=... given by hand comes later and wins.
         return [str(settings.fanout_bin), "--listen", listen,
                 "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca),
-                *settings.fanout_args]
+                "--admin-listen", f"127.0.0.1:{admin_port}", *settings.fanout_args]
     return [str(settings.peer_bin), "--listen", listen,
             "--upstream", f"https://localhost:{sim_port}", "--ca", str(ca)]
+
+
+def admin_port_of(fanout_args: tuple[str, ...], default: int) -> int:
+    """The admin port fanout will use: ours, unless --fanout-arg gave another --admin-listen."""
+    port = default
+    args = list(fanout_args)
+    for i, arg in enumerate(args):
+        value = (arg.split("=", 1)[1] if arg.startswith("--admin-listen=")
+                 else args[i + 1] if arg == "--admin-listen" and i + 1 < len(args) else None)
+        if value is not None:
+            port = None if value == "off" else int(value.rsplit(":", 1)[1])
+    return port
+
+
+def run_wrk_warmup(procs: Processes, settings: Settings, server: subprocess.Popen, impl: str,
+                   connections: int, seconds: float, url: str) -> None:
+    """The warm-up: the same wrk load for a few seconds, its figures discarded."""
+    argv = [settings.wrk, "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s",
+            "--timeout", "10s", "-s", str(WRK_SCRIPT), url]
+    warmup = procs.start("wrk-warmup", argv)
+    try:
+        warmup.wait(timeout=seconds + 60)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"the warm-up wrk still ran {seconds + 60:g} s after it started") from e
+    if warmup.returncode != 0:
+        raise BenchError(f"the warm-up wrk exited with {warmup.returncode}:\n"
+                         f"{procs.log_tail(warmup)}")
+    if server.poll() is not None:
+        raise BenchError(f"{impl} exited with {server.returncode} during the warm-up:\n"
+                         f"{procs.log_tail(server)}")
 
 
 def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) -> dict:
     connections = scenario.quick_connections if settings.quick else scenario.connections
     duration_s = 3 if settings.quick else scenario.duration_s
+    warmup_run_s = QUICK_WARMUP_S if settings.quick else WARMUP_S
+    warmup_pause_s = min(WARMUP_PAUSE_MAX_S,
+                         scenario.timeout_ms / 1000 + WARMUP_PAUSE_AFTER_DEADLINE_S)
     rundir = workdir / f"{scenario.name}-{impl}"
     rundir.mkdir()
     ca = rundir / "sim-ca.pem"
@@ -411,14 +577,29 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         wait_accepting(procs, simulator, "simulator", sim_port, also=ca)
 
         port = free_port()
-        server = procs.start(impl, server_argv(impl, settings, port, sim_port, ca))
+        admin_port = (admin_port_of(settings.fanout_args, free_port())
+                      if impl == "fanout" else None)
+        server = procs.start(impl, server_argv(impl, settings, port, sim_port, ca, admin_port))
         wait_accepting(procs, server, impl, port)
+        if admin_port is not None:
+            wait_accepting(procs, server, f"{impl} admin", admin_port)
 
         sim = SimStats(sim_port, ca)
         try:
             result["check"] = check_one_request(port, scenario, sim)
+            url = f"http://127.0.0.1:{port}{scenario.endpoint}"
+
+            # The warm-up, discarded: upstream connection pools fill and the first connections'
+            # TLS handshakes happen here, not in the measured run. Then a pause just past the
+            # deadline, so its calls cut off at the end are answered before the measured run.
+            rss_before_warmup = memory_mib(server.pid)["VmRSS"]
+            log(f"{scenario.name}/{impl}: warm-up wrk -c {connections} -d {warmup_run_s:g}s, "
+                f"then {warmup_pause_s:g} s pause")
+            run_wrk_warmup(procs, settings, server, impl, connections, warmup_run_s, url)
+            time.sleep(warmup_pause_s)
 
             # Before the load.
+            metrics0 = scrape(admin_port) if admin_port is not None else None
             cpu0, sim_cpu0 = cpu_seconds(server.pid), cpu_seconds(simulator.pid)
             fds_before = open_fds(server.pid)
             rss_before = memory_mib(server.pid)["VmRSS"]
@@ -435,8 +616,7 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
                        BENCH_LATENCY_THRESHOLDS_US=",".join(map(str, late_us)),
                        BENCH_WINDOW_NS=",".join(str(int(t * 1e9)) for t in window))
             wrk_argv = [settings.wrk, "-t", "2", "-c", str(connections), "-d", f"{duration_s}s",
-                        "--timeout", f"{timeout_s}s", "--latency", "-s", str(WRK_SCRIPT),
-                        f"http://127.0.0.1:{port}{scenario.endpoint}"]
+                        "--timeout", f"{timeout_s}s", "--latency", "-s", str(WRK_SCRIPT), url]
             log(f"{scenario.name}/{impl}: wrk -c {connections} -d {duration_s}s "
                 f"{scenario.endpoint} (upstream {scenario.latency_ms} ms)")
             wrk = procs.start("wrk", wrk_argv, env=env)
@@ -447,6 +627,8 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             fds_during = fds_max = upstream_open_during = None
             at_window: list[tuple[float, dict]] = []
             next_sample = started
+            rss_series: list[float] = []
+            next_rss = started if scenario.rss_series else float("inf")
             while wrk.poll() is None:
                 now = time.monotonic()
                 if now > started + duration_s + 60:
@@ -463,7 +645,11 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
                         fds_during = fds
                         upstream_open_during = sim.get()["connections_open"]
                     next_sample = now + 0.5
-                events = [next_sample] + ([window[len(at_window)]] if len(at_window) < 2 else [])
+                if now >= next_rss:
+                    rss_series.append(memory_mib(server.pid)["VmRSS"])
+                    next_rss += 1.0
+                events = ([next_sample, next_rss]
+                          + ([window[len(at_window)]] if len(at_window) < 2 else []))
                 time.sleep(min(0.5, max(0.001, min(events) - time.monotonic())))
             if server.poll() is not None:
                 raise BenchError(f"{impl} exited with {server.returncode} under load:\n"
@@ -472,8 +658,9 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
                 raise BenchError(f"wrk ended after {time.monotonic() - started:.1f} s, "
                                  f"before the measurement window closed")
 
-            # Right after: CPU and the upstream's counters.
+            # Right after: CPU, the upstream's counters and fanout's metrics.
             cpu1, sim_cpu1 = cpu_seconds(server.pid), cpu_seconds(simulator.pid)
+            metrics1 = scrape(admin_port) if admin_port is not None else None
             stats1 = sim.get()
             wrk_out = (rundir / "wrk.log").read_text(errors="replace")
             if wrk.returncode != 0:
@@ -501,6 +688,8 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
     def per_call(value: float, scale: float, digits: int):
         return round(value / window_calls * scale, digits) if window_calls else None
     result.update({
+        "warmup_s": warmup_run_s,
+        "warmup_pause_s": round(warmup_pause_s, 2),
         "duration_s": round(seconds, 2),
         "requests": calls,
         "rps": round(calls / seconds, 1) if seconds else None,
@@ -513,7 +702,8 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
                    "calls": window_calls},
         "cpu_s_per_1000_calls": per_call(w_cpu1 - w_cpu0, 1000, 4),
         "cpu_s": round(cpu1 - cpu0, 2),
-        "rss_mib": {"before": rss_before, "peak": memory["VmHWM"], "after": memory["VmRSS"]},
+        "rss_mib": {"before_warmup": rss_before_warmup, "before": rss_before,
+                    "peak": memory["VmHWM"], "after": memory["VmRSS"]},
         "open_fds": {"before": fds_before, "during": fds_during, "max": fds_max,
                      "after": fds_after},
         "upstream": {
@@ -526,6 +716,10 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         },
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
     })
+    if scenario.rss_series:
+        result["rss_mib_series"] = rss_series
+    if metrics0 is not None and metrics1 is not None:
+        result["server"] = server_figures(metrics0, metrics1, scenario)
     if scenario.overshoot:
         deadline = scenario.timeout_ms
         result["overshoot_ms"] = {k: round(ms(latency[k]) - deadline, 1)
@@ -596,6 +790,13 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
             lines.append(f"{'':<18} overshoot ms p50 {o['p50']} p90 {o['p90']} p99 {o['p99']} "
                          f"max {o['max']}; late >5ms {late['over_5ms']:.2%}, "
                          f">25ms {late['over_25ms']:.2%}")
+        if "server" in r:
+            lines += server_lines(r)
+        if "rss_mib_series" in r:
+            series = r["rss_mib_series"]
+            lines.append(f"{'':<18} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
+                         + (f" (min {min(series):g}, max {max(series):g}, after "
+                            f"{r['rss_mib']['after']:g})" if series else ""))
     if comparisons:
         lines += ["", "fanout / peer:"]
         for c in comparisons:
@@ -608,6 +809,41 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
 
 def fmt(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def pct(share) -> str:
+    return "-" if share is None else f"{share:.2%}"
+
+
+def bound(value) -> str:
+    return "-" if value is None else f"<={value * 1000:g}ms" if isinstance(value, float) else value
+
+
+def server_lines(r: dict) -> list[str]:
+    """fanout's own figures (from /metrics) under its row, against the scenario's target."""
+    pad = " " * 18
+    srv = r["server"]
+    o = srv["overshoot"]
+    lines = [f"{pad} server: overshoot n={o['calls']} in time {pct(o['in_time'])}, <=5ms "
+             f"{pct(o['within_5ms'])}, <=25ms {pct(o['within_25ms'])}, max bucket "
+             f"{bound(o['max_bucket_s'])}; rss after {srv['rss_mib_after']:g} MiB"]
+    if r["scenario"] == "overshoot" and o["calls"]:
+        met = o["within_5ms"] >= 0.99 and o["within_25ms"] == 1.0
+        lines.append(f"{pad} target >=99% <=5ms late, none >25ms: {'met' if met else 'MISSED'}")
+    shed = srv["shed"]
+    if shed["calls"] or shed["shed_total"]:
+        lines.append(f"{pad} server: shed 503 n={shed['calls']} (shed_total {shed['shed_total']}), "
+                     f"<=5ms {pct(shed['within_5ms'])}, max bucket {bound(shed['p_max_bucket_s'])}")
+    accepted = srv.get("overshoot_accepted")
+    if accepted:
+        lines.append(f"{pad} server: accepted n={accepted['calls']} in time "
+                     f"{pct(accepted['in_time'])}, <=5ms {pct(accepted['within_5ms'])}, <=25ms "
+                     f"{pct(accepted['within_25ms'])}, max bucket {bound(accepted['max_bucket_s'])}")
+    if r["scenario"] == "overload" and shed["calls"]:
+        met = shed["within_5ms"] == 1.0
+        lines.append(f"{pad} target shed answers <=5ms: {'met' if met else 'MISSED'}; deadline "
+                     f"and flat memory: see the accepted and rss lines")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use super::{
     ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
     MAX_HEAD_BYTES, MAX_LATENCY_MS, MAX_REQUEST_BODY_BYTES, SLOW_BODY_PAUSE,
