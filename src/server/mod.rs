@@ -23,7 +23,7 @@ use connection::Connection;
 
 /// How long the accept loop pauses after an error that is about the server, not one client (out of file
 /// descriptors: EMFILE, ENFILE). Retrying at once would spin; the pause lets connections close.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Connections the kernel may hold completed but not yet accepted. tokio's `TcpListener::bind` asks for
 /// 1,024; when more clients connect at once (2,000 callers opening their connections together), the
