@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,21 +26,16 @@ REPO = Path(__file__).resolve().parent.parent
 ENDPOINTS = ("/api/all", "/api/first", "/api/within-timeout", "/api/smart")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_accepting(port: int, seconds: float = 10.0) -> None:
+def read_line_with(proc: subprocess.Popen, marker: str, seconds: float = 10.0) -> str:
+    """The first line of `proc`'s stdout containing `marker` (both programs announce their address)."""
     until = time.monotonic() + seconds
     while time.monotonic() < until:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing accepts on port {port}")
+        line = proc.stdout.readline()
+        if marker in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise SystemExit(f"no line with {marker!r} from {proc.args[:2]}")
 
 
 def main() -> int:
@@ -56,17 +50,19 @@ def main() -> int:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            sim_port, port = free_port(), free_port()
+            # Port 0 everywhere, and each program says which port it got: no races for free ports.
             ca = Path(tmp) / "ca.pem"
-            procs.append(subprocess.Popen(
-                [args.fanout_bin, "simulator", "--listen", f"127.0.0.1:{sim_port}", "--failure-rate", "1",
-                 "--failures", "hang", "--write-ca", str(ca)], stdout=subprocess.DEVNULL))
-            wait_accepting(sim_port)
-            procs.append(subprocess.Popen(
-                [args.fanout_bin, "--listen", f"127.0.0.1:{port}",
-                 "--upstream", f"https://localhost:{sim_port}/api/work", "--upstream-ca", str(ca)],
-                stdout=subprocess.DEVNULL))
-            wait_accepting(port)
+            sim = subprocess.Popen(
+                [args.fanout_bin, "simulator", "--listen", "127.0.0.1:0", "--failure-rate", "1",
+                 "--failures", "hang", "--write-ca", str(ca)], stdout=subprocess.PIPE, text=True)
+            procs.append(sim)
+            sim_url = read_line_with(sim, "serving").split()[-1]
+            server = subprocess.Popen(
+                [args.fanout_bin, "--listen", "127.0.0.1:0", "--admin-listen", "off", "--access-log", "off",
+                 "--upstream", sim_url, "--upstream-ca", str(ca)], stdout=subprocess.PIPE, text=True)
+            procs.append(server)
+            start = json.loads(read_line_with(server, '"event":"start"'))
+            port = int(start["listen"].rsplit(":", 1)[1])
             for endpoint in ENDPOINTS:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 times, statuses = [], {}
