@@ -1,6 +1,6 @@
 //! The inbound side: the accept loop, one task per connection, and shutdown.
 //!
-//! Reading order: this file (accept, drain), then [`connection`] (one connection's request loop),
+//! Reading order: this file (accept, drain), then `connection.rs` (one connection's request loop),
 //! [`request`] (what a head means), [`response`] (what we write back).
 
 mod connection;
