@@ -130,6 +130,20 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_asterisk_lists_the_methods_the_server_allows() {
+    let svc = Service::start().await;
+    let (r, mut c) = exchange(&svc, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!((r.status, r.header("allow")), (200, Some("GET, HEAD")));
+    assert_eq!(
+        c.get("/api/within-timeout?timeout=0").await.status,
+        200,
+        "the connection stays usable"
+    );
+    let (r, _) = exchange(&svc, "GET * HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r.status, 400, "the asterisk form is for OPTIONS only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_http_version_gets_505() {
     let svc = Service::start().await;
     let (r, _) = exchange(&svc, "GET /api/all?timeout=5 HTTP/2.0\r\nHost: a\r\n\r\n").await;

@@ -136,6 +136,11 @@ impl Api {
     ///
     /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
     pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
+        // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
+        if head.method == "OPTIONS" && head.target == "*" {
+            let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
+            return Handled::plain(response, None);
+        }
         let Some(target) = head.path_and_query() else {
             let response = Response::error(
                 400,
