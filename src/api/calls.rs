@@ -66,7 +66,7 @@ pub struct Calls {
     /// Cloned into every request started; kept so that more can be started later (smart's hedges).
     reply: Reply,
     /// Each request's report carries its attempt's index as its tag.
-    outcomes: mpsc::UnboundedReceiver<Report>,
+    outcomes: mpsc::UnboundedReceiver<Box<Report>>,
     attempts: Vec<Started>,
     hedged: bool,
     first_success: Option<usize>,
@@ -198,7 +198,7 @@ impl Calls {
         }
         // `self.reply` keeps the channel open, so this waits for an outcome; a request that panicked
         // never sends one and so counts as never finishing.
-        let report = self.outcomes.recv().await?;
+        let report = *self.outcomes.recv().await?;
         self.running -= 1;
         self.ended(
             report.tag,
