@@ -521,7 +521,10 @@ impl Upstream {
     async fn connection(&self, deadline: Instant) -> Result<(Connection, bool), UpstreamError> {
         match self.pool.checkout(deadline).await? {
             Checkout::Reused(conn) => Ok((conn, true)),
-            Checkout::Fresh(slot) => Ok((self.connect(slot, deadline).await?, false)),
+            // Boxed, like the retry below: connecting (DNS, TCP, a TLS handshake) is a large state machine,
+            // and inline it would make every request's task that much larger to allocate, although a warm
+            // pool rarely connects. See `Upstream::start`.
+            Checkout::Fresh(slot) => Ok((Box::pin(self.connect(slot, deadline)).await?, false)),
         }
     }
 
@@ -549,10 +552,13 @@ impl Upstream {
         match self.exchange(conn, request, hard_deadline).await {
             Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
                 Counters::count(&self.pool.counters.stale_retries);
-                let conn = self.connect(dead.into_slot(), deadline).await?;
-                self.exchange(conn, request, hard_deadline)
-                    .await
-                    .map_err(Failed::into_error)
+                let retry = async {
+                    let conn = self.connect(dead.into_slot(), deadline).await?;
+                    self.exchange(conn, request, hard_deadline)
+                        .await
+                        .map_err(Failed::into_error)
+                };
+                Box::pin(retry).await
             }
             result => result.map_err(Failed::into_error),
         }
