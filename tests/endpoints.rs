@@ -13,6 +13,9 @@ use fanout::simulator::{Fault, Reply};
 /// `/api/all`, `/api/first` and `/api/smart` all end in `502` when every request fails like this.
 async fn assert_failure_kind(reply: Reply, timeout_ms: u64, expected_status: u16) {
     let svc = Service::start().await;
+    // Delayed, so the three requests are in flight at once, each on its own new connection: a reset on a
+    // connection reused from the pool would be retried as stale (see `exchange_with_retry`).
+    let reply = reply.after(ms(50));
     svc.sim.script([reply.clone(), reply.clone(), reply]);
     let r = svc.get(&format!("/api/first?timeout={timeout_ms}")).await;
     assert_eq!(r.status, expected_status, "{}", r.text());
@@ -21,7 +24,8 @@ async fn assert_failure_kind(reply: Reply, timeout_ms: u64, expected_status: u16
 /// `endpoint` answers `502` as soon as all three replies failed, long before its 10 s deadline.
 async fn assert_502_as_soon_as_all_failed(endpoint: &str, replies: [Reply; 3]) {
     let svc = Service::start().await;
-    svc.sim.script(replies);
+    // Delayed, so the three requests overlap (see `assert_failure_kind`).
+    svc.sim.script(replies.map(|r| r.after(ms(50))));
     let t = Instant::now();
     let r = svc.get(&format!("{endpoint}?timeout=10000")).await;
     assert_eq!(
@@ -120,8 +124,9 @@ mod first {
     async fn skips_failures_that_come_first() {
         let svc = Service::start().await;
         svc.sim.script([
-            Reply::status(500),
-            Reply::fault(Fault::Reset),
+            // Delayed, so the three requests overlap (see `assert_failure_kind`).
+            Reply::status(500).after(ms(30)),
+            Reply::fault(Fault::Reset).after(ms(30)),
             Reply::ok_time(7).after(ms(100)),
         ]);
         let r = svc.get("/api/first?timeout=5000").await;
@@ -223,9 +228,9 @@ mod within_timeout {
     async fn answers_an_empty_list_when_everything_fails() {
         let svc = Service::start().await;
         svc.sim.script([
-            Reply::status(500),
-            Reply::fault(Fault::Reset),
-            Reply::fault(Fault::MissingTime),
+            Reply::status(500).after(ms(50)),
+            Reply::fault(Fault::Reset).after(ms(50)),
+            Reply::fault(Fault::MissingTime).after(ms(50)),
         ]);
         let r = svc.get("/api/within-timeout?timeout=5000").await;
         assert_eq!((r.status, r.text().as_str()), (200, "[]"));
