@@ -134,7 +134,8 @@ impl Api {
     /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
     /// `trace` is the call's span: each upstream request becomes a child of it.
     ///
-    /// Cancel safety: dropping this future aborts the upstream requests of the call (see [`Calls`]).
+    /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
+    /// caller gone (see `api::calls`).
     pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
         // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
         if head.method == "OPTIONS" && head.target == "*" {

@@ -2,8 +2,9 @@
 //! sockets, pools and retries are the upstream client's business.
 //!
 //! Every strategy holds its deadline the same way: the waiting is wrapped in `timeout_at(deadline, ..)`,
-//! and when the timer fires the strategy returns at once; the API then ends its [`Calls`], which aborts
-//! what is still running. (Strategies borrow the `Calls` so that the API can report its attempts.)
+//! and when the timer fires the strategy returns at once; the API then ends its [`Calls`], which tells the
+//! requests still running that their caller has gone. (Strategies borrow the `Calls` so that the API can
+//! report its attempts.)
 
 use tokio::time::{timeout_at, Duration, Instant};
 

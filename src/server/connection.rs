@@ -77,7 +77,8 @@ impl Connection {
     /// Serves requests until the connection ends.
     ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
-    /// closes it, and the API call in progress, which aborts its upstream requests.
+    /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
+    /// `api::calls`).
     pub(crate) async fn run(mut self) {
         loop {
             let head = match self.next_request().await {

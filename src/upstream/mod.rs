@@ -1,8 +1,9 @@
 //! The outbound side: a small HTTP/1.1 client (plain TCP or TLS) with its own keep-alive pool.
 //!
-//! [`Upstream::fetch`] is the whole interface: one `GET` of the work URL, bounded by the caller's deadline,
-//! answering a [`Work`] or an [`UpstreamError`] that names the outcome. It is called concurrently from many
-//! tasks through an `Arc<Upstream>`.
+//! [`Upstream::start`] is the whole interface: one `GET` of the work URL, run as its own task and bounded by
+//! the caller's deadline, whose outcome (a [`Work`], or an [`UpstreamError`] that names what went wrong)
+//! comes back on a channel the caller owns. [`Upstream::fetch`] is `start` plus a wait, for one answer. Both
+//! are called concurrently from many tasks through an `Arc<Upstream>`.
 //!
 //! # Reading order
 //!
@@ -13,9 +14,9 @@
 //!    reuse (RFC 9112 §6.3 and §9.3), and the chunked decoder.
 //! 5. `payload.rs`: what counts as a successful answer.
 //! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections.
-//! 7. This file: `fetch`, which strings them together, and the stale-connection retry.
+//! 7. This file: `start` and its request task, which string them together, and the stale-connection retry.
 //!
-//! # The life of one fetch
+//! # The life of one request
 //!
 //! checkout (an idle connection, or a slot to open one, waiting for a slot if at the cap) → connect if needed
 //! (resolve, TCP, TLS) → write the request → read the head → read the body → give the connection back to the
@@ -23,10 +24,12 @@
 //!
 //! # Cancel safety
 //!
-//! The caller's future owns the connection for the whole exchange. If that future is dropped (the API call
-//! already has its answer and stops waiting), the connection is dropped with it: the socket closes and its
-//! slot is released. It never reaches the pool half-read, because only `exchange` puts connections back,
-//! and only after reading a response to its end.
+//! The request's task owns the connection for the whole exchange; the caller only holds the receiving end of
+//! the outcome's channel. When the caller drops it (its API call already has an answer, or its deadline
+//! came), a request not yet sent stops and releases its slot; one already on the wire goes on for at most
+//! the linger time to read its response, then returns the connection to the pool, or closes it if time runs
+//! out. A connection never reaches the pool half-read, because only `exchange` puts connections back, and
+//! only after reading a response to its end.
 
 /// Reusable by the server side for chunked request bodies.
 pub(crate) mod chunked;
