@@ -109,20 +109,21 @@ impl Calls {
             self.skipped += n;
             return false;
         }
+        let mut requests = Vec::with_capacity(n);
         for _ in 0..n {
             let traceparent = self.trace.child();
-            let options = RequestOptions {
+            requests.push(RequestOptions {
                 tag: self.attempts.len(),
                 trace: Some(traceparent),
-            };
+            });
             self.attempts.push(Started {
                 span_id: traceparent.parent_id,
                 at: Instant::now(),
                 ended: None,
             });
-            self.upstream
-                .start(self.deadline, options, self.reply.clone());
         }
+        self.upstream
+            .start(self.deadline, requests, self.reply.clone());
         self.running += n;
         true
     }

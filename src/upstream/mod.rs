@@ -412,9 +412,36 @@ impl Upstream {
     ///
     /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
     /// [`Report`], with the request's duration, so that a caller can tell its requests apart.
-    pub fn start(self: &Arc<Self>, deadline: Instant, options: RequestOptions, reply: Reply) {
+    ///
+    /// `start` takes all of a caller's requests at once, one `RequestOptions` each, because of how they are
+    /// spawned. Tokio puts a newly spawned task in its worker's LIFO slot, to run next; a second spawn from
+    /// the same task pushes the first out to the queue other workers steal from, and wakes an idle worker
+    /// to steal it. At light load the wake (a futex, an `epoll_wait` interrupted, caches warmed on another
+    /// core) costs more than the request itself. So each request's task spawns the next before it starts
+    /// its own work: every spawn finds the LIFO slot empty, and the requests start one after the other on
+    /// this worker, microseconds apart. Under load nothing changes: busy workers steal from each other as
+    /// usual. Measured in DESIGN.md ("One wake less per call"): about a fifth of the CPU per call of
+    /// `/api/first` at 64 callers.
+    pub fn start(self: &Arc<Self>, deadline: Instant, requests: Vec<RequestOptions>, reply: Reply) {
         self.start_reaper();
-        tokio::spawn(self.clone().request_task(deadline, options, reply));
+        self.spawn_chain(deadline, requests.into_iter(), reply);
+    }
+
+    /// Spawns the task of the first of `requests`, which spawns the task of the next (see `start`).
+    fn spawn_chain(
+        self: &Arc<Self>,
+        deadline: Instant,
+        mut requests: std::vec::IntoIter<RequestOptions>,
+        reply: Reply,
+    ) {
+        let Some(options) = requests.next() else {
+            return;
+        };
+        let upstream = self.clone();
+        tokio::spawn(async move {
+            upstream.spawn_chain(deadline, requests, reply.clone());
+            upstream.request_task(deadline, options, reply).await
+        });
     }
 
     /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
@@ -432,7 +459,7 @@ impl Upstream {
     ) -> Result<Work, UpstreamError> {
         let (reply, mut outcome) = mpsc::unbounded_channel();
         let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, options, reply);
+        self.start(deadline, vec![options], reply);
         match timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Some(report)) => report.outcome,
