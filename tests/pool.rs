@@ -198,6 +198,43 @@ mod closed_by_the_upstream {
         assert_eq!(svc.sim.connections_accepted(), 30);
     }
 
+    /// Tickets are kept for a burst: 60 connections opened at once (`Connection: close` on every answer)
+    /// bring 2 tickets each, and the next 60 all resume with them. rustls's own store keeps 8 tickets, so
+    /// at most 8 of the second burst would resume; every other one would be a full handshake.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_new_connections_resumes_tls_sessions() {
+        let svc = Service::start_with(
+            SimConfig {
+                close_after: Some(1),
+                ..overlapping_upstream()
+            },
+            |_| {},
+        )
+        .await;
+        async fn burst(svc: &Service) {
+            let calls: Vec<_> = (0..20)
+                .map(|_| {
+                    let addr = svc.addr;
+                    tokio::spawn(async move {
+                        all_three_succeed(&mut Client::connect(addr).await).await;
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.expect("call");
+            }
+        }
+        burst(&svc).await;
+        let (accepted, resumed) = (svc.sim.connections_accepted(), svc.sim.tls_resumed());
+        burst(&svc).await;
+        assert_eq!(svc.sim.connections_accepted() - accepted, 60);
+        let resumed = svc.sim.tls_resumed() - resumed;
+        assert!(
+            resumed >= 54,
+            "only {resumed} of 60 new connections resumed a TLS session"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_scripted_connection_close_retires_only_that_connection() {
         let svc = start(|_| {}).await;

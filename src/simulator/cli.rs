@@ -26,7 +26,8 @@ Usage: fanout simulator [FLAGS]
 
 Serves a simulated upstream (GET /api/work -> {{\"time\": N}}) until SIGINT or SIGTERM,
 and prints its URL. Flags take `--flag VALUE` or `--flag=VALUE`.
-GET /stats answers {{\"connections_accepted\": N, \"connections_open\": N, \"requests\": N}}
+GET /stats answers {{\"connections_accepted\": N, \"connections_open\": N, \"requests\": N,
+\"tls_resumed\": N}}
 (the counters since start; the stats request itself is not counted in `requests`).
 
   --listen ADDR          address to listen on (default {DEFAULT_LISTEN})

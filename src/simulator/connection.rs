@@ -17,6 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -74,6 +75,9 @@ pub(super) async fn serve(
             let handshake = timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             // A failed or stalled handshake leaves nobody to answer: dropping it closes the socket.
             if let Ok(Ok(tls)) = handshake {
+                if tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                    shared.tls_resumed();
+                }
                 Connection::new(tls, shared, open).run().await;
             }
         }

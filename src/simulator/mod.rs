@@ -310,6 +310,11 @@ impl Simulator {
         self.shared.connections_open()
     }
 
+    /// TLS handshakes since start that resumed a session (with a ticket) rather than a full handshake.
+    pub fn tls_resumed(&self) -> u64 {
+        self.shared.tls_resumptions()
+    }
+
     /// Request heads received since start, on any path except `GET /stats`.
     pub fn requests(&self) -> u64 {
         self.shared.requests()

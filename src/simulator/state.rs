@@ -22,6 +22,8 @@ pub(super) struct Shared {
     script: Mutex<VecDeque<Reply>>,
     seen: Mutex<VecDeque<SeenRequest>>,
     accepted: AtomicU64,
+    /// TLS handshakes that resumed an earlier session (a ticket) instead of a full handshake.
+    tls_resumed: AtomicU64,
     open: AtomicU64,
     requests: AtomicU64,
     bell: watch::Sender<()>,
@@ -40,6 +42,7 @@ impl Shared {
             script: Mutex::new(VecDeque::new()),
             seen: Mutex::new(VecDeque::new()),
             accepted: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
             open: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             bell: watch::Sender::new(()),
@@ -98,6 +101,15 @@ impl Shared {
         OpenConnection(self.clone())
     }
 
+    /// Counts a TLS handshake that resumed a session.
+    pub(super) fn tls_resumed(&self) {
+        self.tls_resumed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn tls_resumptions(&self) -> u64 {
+        self.tls_resumed.load(Ordering::SeqCst)
+    }
+
     pub(super) fn connections_accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -111,13 +123,14 @@ impl Shared {
     }
 
     /// The body of `GET /stats`: `{"connections_accepted": N, "connections_open": N,
-    /// "requests": N}`. `connections_open` includes the connection asking.
+    /// "requests": N, "tls_resumed": N}`. `connections_open` includes the connection asking.
     pub(super) fn stats_json(&self) -> Vec<u8> {
         format!(
-            "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}}}",
+            "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}, \"tls_resumed\": {}}}",
             self.connections_accepted(),
             self.connections_open(),
-            self.requests()
+            self.requests(),
+            self.tls_resumptions()
         )
         .into_bytes()
     }

@@ -597,6 +597,7 @@ async fn stats_reports_the_counters_without_counting_itself_or_using_the_script(
                 "connections_accepted": 2,
                 "connections_open": 1, // the one asking
                 "requests": 2,         // /api/work and /elsewhere, not /stats
+                "tls_resumed": 0,
             })
         );
     }
