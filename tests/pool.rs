@@ -35,6 +35,15 @@ async fn start(tweak: impl FnOnce(&mut fanout::config::Config)) -> Service {
     Service::start_with(overlapping_upstream(), tweak).await
 }
 
+/// fanout in front of [`overlapping_upstream`] that closes the connection after every answer.
+async fn closing_after_every_answer() -> Service {
+    let upstream = SimConfig {
+        close_after: Some(1),
+        ..overlapping_upstream()
+    };
+    Service::start_with(upstream, |_| {}).await
+}
+
 /// One `/api/all` on `client` that must succeed with all three upstream answers.
 async fn all_three_succeed(client: &mut Client) -> Vec<u64> {
     let r = client.get("/api/all?timeout=5000").await;
@@ -182,14 +191,7 @@ mod closed_by_the_upstream {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connection_close_on_every_answer_means_a_new_connection_per_request() {
-        let svc = Service::start_with(
-            SimConfig {
-                close_after: Some(1),
-                ..overlapping_upstream()
-            },
-            |_| {},
-        )
-        .await;
+        let svc = closing_after_every_answer().await;
         let mut client = svc.client().await;
         for _ in 0..10 {
             all_three_succeed(&mut client).await;
@@ -203,14 +205,7 @@ mod closed_by_the_upstream {
     /// at most 8 of the second burst would resume; every other one would be a full handshake.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_new_connections_resumes_tls_sessions() {
-        let svc = Service::start_with(
-            SimConfig {
-                close_after: Some(1),
-                ..overlapping_upstream()
-            },
-            |_| {},
-        )
-        .await;
+        let svc = closing_after_every_answer().await;
         async fn burst(svc: &Service) {
             let calls: Vec<_> = (0..20)
                 .map(|_| {
