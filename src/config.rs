@@ -98,7 +98,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// On shutdown, connections still busy after this long are closed.
     pub drain_timeout: Duration,
-    /// Client connections open at once; beyond, new ones wait in the kernel's accept backlog.
+    /// Client connections open at once; beyond, a new one's first request gets `503` and a close.
     pub max_connections: usize,
     /// API calls in flight at once; beyond, calls are shed at once (`503`, or `200 []` from
     /// `/api/within-timeout`) without touching the upstream.
@@ -191,7 +191,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--head-timeout-ms", env: "FANOUT_HEAD_TIMEOUT_MS", value: "MS", default: "10000", help: "time to send a whole request head once started (408 after)" },
     Setting { flag: "--idle-timeout-ms", env: "FANOUT_IDLE_TIMEOUT_MS", value: "MS", default: "60000", help: "idle keep-alive connections are closed after this long" },
     Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
-    Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (more wait in the kernel's backlog)" },
+    Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (beyond, a new one's first request gets 503 and a close)" },
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
 ];

@@ -55,19 +55,22 @@ pub const ROUTES: [&str; 5] = [
     "other",
 ];
 
-/// Why a call was shed. One reason today; a label so that another limit can join without renaming.
+/// Why a call was shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShedReason {
     /// `--max-in-flight` calls were running.
     MaxInFlight,
+    /// `--max-connections` client connections were open: the request came on one over the cap.
+    MaxConnections,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 1] = [ShedReason::MaxInFlight];
+    pub const ALL: [ShedReason; 2] = [ShedReason::MaxInFlight, ShedReason::MaxConnections];
 
     pub fn label(self) -> &'static str {
         match self {
             ShedReason::MaxInFlight => "max_in_flight",
+            ShedReason::MaxConnections => "max_connections",
         }
     }
 }

@@ -60,7 +60,7 @@ async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_up
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_until_one_closes() {
+async fn a_connection_beyond_the_cap_gets_503_and_a_close_until_one_leaves() {
     let svc = Service::start_with(common::quiet_upstream(), |c| c.limits.max_connections = 2).await;
     let mut first = svc.client().await;
     let mut second = svc.client().await;
@@ -70,22 +70,36 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         200
     );
 
-    // The kernel completes the handshake (backlog), but fanout does not take the connection yet.
+    // A third is answered at once, not left waiting: 503, Retry-After, and the connection closed.
     let mut third = svc.client().await;
-    third
-        .send(b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await;
-    let early = tokio::time::timeout(ms(300), third.response()).await;
+    let r = tokio::time::timeout(PATIENCE, third.get("/api/within-timeout?timeout=0"))
+        .await
+        .expect("a connection over the cap is answered, not left in the backlog");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(r.text().contains("overloaded"), "{}", r.text());
+    assert!(third.closed_by_server().await);
+    let shed = svc.admin_get("/metrics").await.text();
     assert!(
-        early.is_err(),
-        "a third connection was served beyond the cap of 2"
+        shed.contains("fanout_calls_shed_total{reason=\"max_connections\"} 1"),
+        "{shed}"
     );
 
+    // The two inside are served as before, and once one leaves its slot is free for a newcomer.
+    assert_eq!(first.get("/api/within-timeout?timeout=0").await.status, 200);
     drop(first);
-    let r = tokio::time::timeout(PATIENCE, third.response())
+    let served = async {
+        loop {
+            let mut c = svc.client().await;
+            if c.get("/api/within-timeout?timeout=0").await.status == 200 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, served)
         .await
-        .expect("served once a slot is free");
-    assert_eq!(r.expect("response").status, 200);
+        .expect("a newcomer is served once a slot is free");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

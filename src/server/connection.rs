@@ -22,6 +22,7 @@ use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
 use crate::api::{Api, Handled};
 use crate::config::Limits;
+use crate::metrics::ShedReason;
 use crate::telemetry::RequestDone;
 use crate::trace::{CallTrace, TRACERESPONSE};
 use crate::upstream::chunked::ChunkedDecoder;
@@ -129,6 +130,33 @@ impl Connection {
                 return self.linger().await;
             }
         }
+    }
+
+    /// Answers a connection accepted over `--max-connections`: its first request (once the head is in,
+    /// within the head timeout) gets `503 overloaded` with `Retry-After` and the connection is closed.
+    /// Nothing reaches the API, and the client hears at once instead of waiting in the kernel's backlog.
+    pub(crate) async fn refuse(mut self) {
+        let head = match self.next_request().await {
+            Next::Request(head) => head,
+            Next::Done => return,
+            Next::Reject(response) => return self.finish(&response, false).await,
+        };
+        let telemetry = self.api.telemetry();
+        telemetry.metrics.shed[ShedReason::MaxConnections as usize].inc();
+        telemetry.log.warn(
+            "call_shed",
+            serde_json::json!({
+                "reason": ShedReason::MaxConnections.label(),
+                "max_connections": self.limits.max_connections,
+            }),
+        );
+        let response = Response::error(
+            503,
+            "overloaded",
+            "too many open connections; retry in a moment",
+        )
+        .with_header("Retry-After", "1");
+        self.finish(&response, head.is_head()).await
     }
 
     /// Writes one response within `write_timeout`; false if the client did not take it.

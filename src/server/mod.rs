@@ -12,8 +12,8 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Duration};
 
@@ -24,6 +24,11 @@ use connection::Connection;
 /// How long the accept loop pauses after an error that is about the server, not one client (out of file
 /// descriptors: EMFILE, ENFILE). Retrying at once would spin; the pause lets connections close.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connections over `--max-connections` being answered `503` at once. Each holds a descriptor until its
+/// request head is in (the head timeout at most) and the answer is out; beyond this many, a connection over
+/// the cap is closed as soon as it is accepted, so a flood cannot turn refusals into a resource of its own.
+pub const MAX_REFUSING: usize = 1024;
 
 /// Connections the kernel may hold completed but not yet accepted. tokio's `TcpListener::bind` asks for
 /// 1,024; when more clients connect at once (2,000 callers opening their connections together), the
@@ -62,22 +67,31 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
-    // One permit per open client connection. At the cap the loop stops accepting, and new connections wait
-    // in the kernel's backlog (then get refused by it) instead of costing us memory and descriptors.
+    // One permit per open client connection. Over the cap a connection is still accepted, but only to
+    // answer its first request `503` and close (see `Connection::refuse`): left in the kernel's backlog it
+    // would wait, unanswered and with no deadline, until another client leaves.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
 
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = accept_within_cap(&listener, &slots) => match accepted {
-                Ok((stream, slot)) => {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
                     // Answers are small and written whole: Nagle's delay would only add latency.
                     let _ = stream.set_nodelay(true);
                     let conn = Connection::new(stream, api.clone(), limits.clone(), stop_rx.clone());
-                    connections.spawn(async move {
-                        conn.run().await;
-                        drop(slot); // the connection is closed: its slot is free
-                    });
+                    if let Ok(slot) = slots.clone().try_acquire_owned() {
+                        connections.spawn(async move {
+                            conn.run().await;
+                            drop(slot); // the connection is closed: its slot is free
+                        });
+                    } else if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                        connections.spawn(async move {
+                            conn.refuse().await;
+                            drop(refusal);
+                        });
+                    } // else dropped: closed at once
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -116,23 +130,6 @@ pub async fn serve(
         );
         connections.shutdown().await;
     }
-}
-
-/// Waits for a connection slot, then for a connection.
-///
-/// Cancel safety: dropped while waiting for the slot, nothing happened; dropped while accepting, the slot is
-/// released and no connection is lost (tokio's `accept` is cancel safe).
-async fn accept_within_cap(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-) -> io::Result<(TcpStream, OwnedSemaphorePermit)> {
-    let slot = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| io::Error::other("connection slots closed"))?;
-    let (stream, _peer) = listener.accept().await?;
-    Ok((stream, slot))
 }
 
 /// Errors that concern only the connection being accepted (it was reset before we took it, say).
