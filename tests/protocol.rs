@@ -175,6 +175,22 @@ async fn expect_100_continue_gets_an_interim_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_expect_100_continue_gets_no_interim_response() {
+    // RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0 request; §15.2: it
+    // MUST NOT send a 1xx response to an HTTP/1.0 client.
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n").await;
+    tokio::time::sleep(common::ms(200)).await; // the head is read alone, as when the server would send 100
+    c.send(b"hi").await;
+    let r = c.response().await.expect("final response");
+    assert_eq!(
+        r.status, 200,
+        "an interim response went to an HTTP/1.0 client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_413_414_and_431() {
     let svc = Service::start().await;
     let (r, _) = exchange(

@@ -196,8 +196,9 @@ impl Connection {
             BodyLength::Length(n) => Body::Length(n),
             BodyLength::Chunked => Body::Chunked(ChunkedDecoder::new(), 0),
         };
-        if head.expect_continue && self.buf.is_empty() {
-            // RFC 9110 §10.1.1: the client waits for this before sending the body.
+        if head.expect_continue && head.minor_version == 1 && self.buf.is_empty() {
+            // RFC 9110 §10.1.1: the client waits for this before sending the body. An HTTP/1.0 request's
+            // expectation "MUST" be ignored, and §15.2: no 1xx response may go to an HTTP/1.0 client.
             let _ = self
                 .stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
