@@ -191,6 +191,36 @@ async fn an_http10_expect_100_continue_gets_no_interim_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_no_content_even_when_refused() {
+    // RFC 9110 §9.3.2: the server MUST NOT send content in the response to HEAD, error responses included.
+    let svc = Service::start().await;
+    let long_target = format!(
+        "HEAD /api/all?pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "x".repeat(9000)
+    );
+    for raw in [
+        "HEAD /api/all?timeout=5 HTTP/1.1\r\n\r\n", // no Host
+        "HEAD /api/all?timeout=5 HTTP/1.1\r\nHost : a\r\n\r\n",
+        "HEAD /api/all?timeout=5 HTTP/2.0\r\nHost: a\r\n\r\n",
+        "HEAD /api/all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+        &long_target,
+    ] {
+        let mut c = svc.client().await;
+        c.send(raw.as_bytes()).await;
+        let r = c.head_response().await.expect("a response");
+        assert!(r.status >= 400, "{raw:.40?}: {}", r.status);
+        assert!(
+            r.header("content-length").is_some_and(|l| l != "0"),
+            "{raw:.40?}: the error's Content-Length is kept"
+        );
+        assert!(
+            c.closed_by_server().await,
+            "{raw:.40?}: content followed the head of a HEAD response"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_413_414_and_431() {
     let svc = Service::start().await;
     let (r, _) = exchange(

@@ -84,7 +84,10 @@ impl Connection {
             let head = match self.next_request().await {
                 Next::Request(head) => head,
                 Next::Done => return,
-                Next::Reject(response) => return self.finish(&response, false).await,
+                Next::Reject(response) => {
+                    let head_only = starts_with_head(&self.buf);
+                    return self.finish(&response, head_only).await;
+                }
             };
             // The deadline counts from here: the head is parsed (the API contract).
             let started = Instant::now();
@@ -319,6 +322,13 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             &format!("malformed request: {e}"),
         )),
     }
+}
+
+/// Whether the request at the front of `buf` (after the empty lines httparse skips) is a `HEAD`. The
+/// response to a `HEAD` "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused included.
+fn starts_with_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+    start.is_some_and(|i| buf[i..].starts_with(b"HEAD "))
 }
 
 fn head_too_large() -> Response {
