@@ -63,6 +63,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let mut close = false;
     let mut keep_alive_token = false;
     let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
     let mut transfer_codings: Vec<String> = Vec::new();
     let mut expect_continue = false;
     let mut traceparents = 0;
@@ -95,6 +96,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
                     .map_err(|_| bad("Content-Length is too large"))?,
             );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
             transfer_codings.extend(
                 value
                     .split(',')
@@ -118,7 +120,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
     }
 
-    let body = if !transfer_codings.is_empty() {
+    // Presence decides, not the value: an empty Transfer-Encoding has no final chunked coding either.
+    let body = if transfer_encoding {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; §6.3 rule 3: with
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
@@ -272,6 +275,10 @@ mod tests {
         );
         assert_eq!(
             body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\n"),
             Err(400)
         );
     }
