@@ -172,10 +172,29 @@ fn bad(message: &str) -> Response {
     Response::error(400, "bad_request", message)
 }
 
-/// Host = uri-host [ ":" port ] (RFC 9110 §7.2); an empty value is allowed (RFC 9112 §3.2).
+/// Host = uri-host [ ":" port ] (RFC 9110 §7.2): an IP-literal in brackets or a reg-name, which has no ":"
+/// (RFC 3986 §3.2.2), then an optional port of digits. An empty value is allowed (RFC 9112 §3.2).
 fn valid_host(v: &str) -> bool {
-    v.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+    let (host_ok, port) = match v.strip_prefix('[') {
+        // IPv6address or IPvFuture, checked loosely: their characters and ":".
+        Some(inner) => match inner.split_once(']') {
+            Some((literal, port)) => (
+                !literal.is_empty() && literal.bytes().all(|b| reg_name(b) || b == b':'),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let end = v.find(':').unwrap_or(v.len());
+            (v[..end].bytes().all(reg_name), &v[end..])
+        }
+    };
+    host_ok
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
 }
 
 #[cfg(test)]
@@ -231,6 +250,14 @@ mod tests {
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(400));
         assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.1\r\nHost: example.com:80\r\n\r\n").is_ok());
+        for bad_host in ["a:8x", "a:1:2", "[::1", "[]", "[::1]x", "a]", "a@b", "a/b"] {
+            assert_eq!(
+                head(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n")),
+                Err(400),
+                "{bad_host}"
+            );
+        }
     }
 
     #[test]
