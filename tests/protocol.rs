@@ -101,6 +101,19 @@ async fn absolute_form_targets_are_accepted() {
     )
     .await;
     assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    // The scheme is case-insensitive (RFC 3986 §3.1), and the authority ends at the first "/", "?" or "#".
+    let (r, _) = exchange(
+        &svc,
+        "GET HTTP://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    let (r, _) = exchange(
+        &svc,
+        "GET http://example.com?x=/api/within-timeout&timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 404, "the path is empty, not /api/within-timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

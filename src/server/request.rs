@@ -44,12 +44,15 @@ impl RequestHead {
         if self.target.starts_with('/') {
             return Some(&self.target);
         }
-        // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests".
-        let rest = self
-            .target
-            .strip_prefix("http://")
-            .or_else(|| self.target.strip_prefix("https://"))?;
-        Some(rest.find('/').map_or("/", |i| &rest[i..]))
+        // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests". The scheme
+        // is case-insensitive (RFC 3986 §3.1), and the authority ends at the first "/", "?" or "#".
+        let (scheme, rest) = self.target.split_once("://")?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return None;
+        }
+        let path = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+        // An empty path is "/" (RFC 9112 §3.2.1); its query is dropped with it, as "/" is no endpoint.
+        Some(if path.starts_with('/') { path } else { "/" })
     }
 }
 
@@ -317,6 +320,12 @@ mod tests {
         assert_eq!(h.path_and_query(), Some("/api/all?timeout=5"));
         let h = head("GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), Some("/"));
+        let h = head("GET HTTPS://example.com/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/api/all"));
+        let h = head("GET http://example.com?a=/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/"));
+        let h = head("GET ftp://example.com/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), None);
         let h = head("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), None);
     }
