@@ -138,6 +138,8 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: [::1\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
+        "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
     ] {
         let (r, mut c) = exchange(&svc, raw).await;
         assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
@@ -165,8 +167,46 @@ async fn options_asterisk_lists_the_methods_the_server_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_http_version_gets_505() {
     let svc = Service::start().await;
-    let (r, _) = exchange(&svc, "GET /api/all?timeout=5 HTTP/2.0\r\nHost: a\r\n\r\n").await;
-    assert_eq!(r.status, 505);
+    for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+        let (r, mut c) = exchange(
+            &svc,
+            &format!("GET /api/all?timeout=5 {version}\r\nHost: a\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 505, "{version}");
+        assert_eq!(r.error_code(), "http_version_not_supported");
+        assert!(c.closed_by_server().await, "{version}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_http1_minor_version_is_served_as_http11() {
+    // RFC 9110 §6.2: a recipient SHOULD process a higher minor version of a major version it implements
+    // as the highest minor version it implements; 505 is for a major version it does not support.
+    let svc = Service::start().await;
+    let (r, mut c) = exchange(
+        &svc,
+        "GET /api/within-timeout?timeout=0 HTTP/1.2\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.version_minor), (200, 1));
+    assert_eq!(r.header("connection"), None, "persistent, as HTTP/1.1");
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+
+    // A version that arrives in pieces is judged once it is whole.
+    for (first, rest, status) in [
+        ("HTTP/1.", "3\r\nHost: a\r\n\r\n", 200),
+        ("HTTP/2", ".0\r\nHost: a\r\n\r\n", 505),
+        ("HTTP/1.1", "1\r\nHost: a\r\n\r\n", 400),
+    ] {
+        let mut c = svc.client().await;
+        c.send(format!("GET /api/within-timeout?timeout=0 {first}").as_bytes())
+            .await;
+        tokio::time::sleep(common::ms(100)).await;
+        c.send(rest.as_bytes()).await;
+        let r = c.response().await.expect("a response");
+        assert_eq!(r.status, status, "{first}{rest:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,16 +311,80 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             "header_fields_too_large",
             &format!("more than {} header fields", limits.max_headers),
         )),
-        Err(httparse::Error::Version) => Err(Response::error(
-            505,
-            "http_version_not_supported",
-            "only HTTP/1.0 and HTTP/1.1 are supported",
-        )),
+        // httparse knows only HTTP/1.0 and HTTP/1.1; see `OtherVersion` for the rest.
+        Err(httparse::Error::Version) => match other_version(buf) {
+            OtherVersion::Http1 { minor_at } => {
+                let mut as_http11 = buf.to_vec();
+                as_http11[minor_at] = b'1';
+                parse(&as_http11, limits)
+            }
+            OtherVersion::Incomplete => Ok(None),
+            OtherVersion::Unsupported => Err(Response::error(
+                505,
+                "http_version_not_supported",
+                "only HTTP/1.0 and HTTP/1.1 are supported",
+            )),
+            OtherVersion::Malformed => Err(Response::error(
+                400,
+                "bad_request",
+                "malformed request: invalid HTTP version",
+            )),
+        },
         Err(e) => Err(Response::error(
             400,
             "bad_request",
             &format!("malformed request: {e}"),
         )),
+    }
+}
+
+/// A request-line version other than HTTP/1.0 and HTTP/1.1 (RFC 9112 §2.3: `HTTP-name "/" DIGIT "." DIGIT`).
+enum OtherVersion {
+    /// HTTP/1.2 to HTTP/1.9: RFC 9110 §6.2, a recipient SHOULD process a higher minor version "as if it were
+    /// in the highest minor version within that major version", HTTP/1.1. The index of the minor digit.
+    Http1 { minor_at: usize },
+    /// Another major version: 505 (RFC 9110 §15.6.6).
+    Unsupported,
+    /// The request line has not all arrived and may still be a valid version.
+    Incomplete,
+    /// Not an HTTP-version at all ("http/1.1", "HTTP/11.0"): an invalid request line, 400 (RFC 9112 §3).
+    Malformed,
+}
+
+fn other_version(buf: &[u8]) -> OtherVersion {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    // httparse accepted the method and target, each followed by one SP: the version follows the second.
+    let Some(at) = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b' ')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+    else {
+        return OtherVersion::Malformed;
+    };
+    let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
+    let version = &line[at..at + end.unwrap_or(line.len() - at)];
+    let fits = version.len() <= 8
+        && version.iter().zip(b"HTTP/0.0").all(|(&b, &p)| {
+            if p == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == p
+            }
+        });
+    match end {
+        _ if !fits => OtherVersion::Malformed,
+        None => OtherVersion::Incomplete,
+        Some(_) if version.len() < 8 => OtherVersion::Malformed,
+        Some(_) if version[5] == b'1' => OtherVersion::Http1 {
+            minor_at: start + at + 7,
+        },
+        Some(_) => OtherVersion::Unsupported,
     }
 }
 
