@@ -123,6 +123,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GARBAGE\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\n\r\n",                          // no Host
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",     // two Hosts
+        "GET /api/all?timeout=5 HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",     // in any version
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost : a\r\n\r\n",               // space before colon
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",     // obsolete line folding
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",          // bare CR
@@ -132,6 +133,8 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nX\0: y\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", // NUL in a value
+        "GET /api/all?timeout=5 HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", // whitespace before the first field
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", // present, chunked not final
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:8x\r\n\r\n",                 // port not digits
@@ -277,6 +280,24 @@ async fn a_head_request_gets_no_content_even_when_refused() {
             "{raw:.40?}: content followed the head of a HEAD response"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_after_connection_close_is_not_answered() {
+    // RFC 9112 §9.6: after a "close" request the server MUST NOT process further requests on the connection.
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    c.send(
+        b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\
+          GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await.expect("the first response");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(
+        c.closed_by_server().await,
+        "the second request was answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
