@@ -137,6 +137,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", // whitespace before the first field
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", // present, chunked not final
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:8x\r\n\r\n",                 // port not digits
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: [::1\r\n\r\n",

@@ -141,6 +141,11 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         if transfer_codings.last().map(String::as_str) != Some("chunked") {
             return Err(bad("the final transfer coding must be chunked"));
         }
+        if transfer_codings.iter().filter(|c| *c == "chunked").count() > 1 {
+            // RFC 9112 §6.1: "A sender MUST NOT apply the chunked transfer coding more than once": the
+            // framing is in doubt, not a coding we do not know.
+            return Err(bad("the chunked transfer coding is applied more than once"));
+        }
         if transfer_codings.len() > 1 {
             // RFC 9112 §6.1: "A server that receives a request message with a transfer coding it does not
             // understand SHOULD respond with 501 (Not Implemented)."
@@ -302,6 +307,10 @@ mod tests {
         assert_eq!(
             body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Err(501)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
         );
         assert_eq!(
             body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
