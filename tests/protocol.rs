@@ -101,6 +101,19 @@ async fn absolute_form_targets_are_accepted() {
     )
     .await;
     assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    // The scheme is case-insensitive (RFC 3986 §3.1), and the authority ends at the first "/", "?" or "#".
+    let (r, _) = exchange(
+        &svc,
+        "GET HTTP://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    let (r, _) = exchange(
+        &svc,
+        "GET http://example.com?x=/api/within-timeout&timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 404, "the path is empty, not /api/within-timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +123,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GARBAGE\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\n\r\n",                          // no Host
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",     // two Hosts
+        "GET /api/all?timeout=5 HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",     // in any version
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost : a\r\n\r\n",               // space before colon
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",     // obsolete line folding
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",          // bare CR
@@ -119,6 +133,17 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nX\0: y\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", // NUL in a value
+        "GET /api/all?timeout=5 HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", // whitespace before the first field
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", // present, chunked not final
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:8x\r\n\r\n",                 // port not digits
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
+        "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
     ] {
         let (r, mut c) = exchange(&svc, raw).await;
         assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
@@ -146,8 +171,46 @@ async fn options_asterisk_lists_the_methods_the_server_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_http_version_gets_505() {
     let svc = Service::start().await;
-    let (r, _) = exchange(&svc, "GET /api/all?timeout=5 HTTP/2.0\r\nHost: a\r\n\r\n").await;
-    assert_eq!(r.status, 505);
+    for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+        let (r, mut c) = exchange(
+            &svc,
+            &format!("GET /api/all?timeout=5 {version}\r\nHost: a\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 505, "{version}");
+        assert_eq!(r.error_code(), "http_version_not_supported");
+        assert!(c.closed_by_server().await, "{version}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_http1_minor_version_is_served_as_http11() {
+    // RFC 9110 §6.2: a recipient SHOULD process a higher minor version of a major version it implements
+    // as the highest minor version it implements; 505 is for a major version it does not support.
+    let svc = Service::start().await;
+    let (r, mut c) = exchange(
+        &svc,
+        "GET /api/within-timeout?timeout=0 HTTP/1.2\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.version_minor), (200, 1));
+    assert_eq!(r.header("connection"), None, "persistent, as HTTP/1.1");
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+
+    // A version that arrives in pieces is judged once it is whole.
+    for (first, rest, status) in [
+        ("HTTP/1.", "3\r\nHost: a\r\n\r\n", 200),
+        ("HTTP/2", ".0\r\nHost: a\r\n\r\n", 505),
+        ("HTTP/1.1", "1\r\nHost: a\r\n\r\n", 400),
+    ] {
+        let mut c = svc.client().await;
+        c.send(format!("GET /api/within-timeout?timeout=0 {first}").as_bytes())
+            .await;
+        tokio::time::sleep(common::ms(100)).await;
+        c.send(rest.as_bytes()).await;
+        let r = c.response().await.expect("a response");
+        assert_eq!(r.status, status, "{first}{rest:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,6 +235,70 @@ async fn expect_100_continue_gets_an_interim_response() {
     assert_eq!(interim.status, 100);
     c.send(b"hi").await;
     assert_eq!(c.response().await.expect("final response").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_expect_100_continue_gets_no_interim_response() {
+    // RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0 request; §15.2: it
+    // MUST NOT send a 1xx response to an HTTP/1.0 client.
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    c.send(b"GET /api/within-timeout?timeout=0 HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n").await;
+    tokio::time::sleep(common::ms(200)).await; // the head is read alone, as when the server would send 100
+    c.send(b"hi").await;
+    let r = c.response().await.expect("final response");
+    assert_eq!(
+        r.status, 200,
+        "an interim response went to an HTTP/1.0 client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_no_content_even_when_refused() {
+    // RFC 9110 §9.3.2: the server MUST NOT send content in the response to HEAD, error responses included.
+    let svc = Service::start().await;
+    let long_target = format!(
+        "HEAD /api/all?pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "x".repeat(9000)
+    );
+    for raw in [
+        "HEAD /api/all?timeout=5 HTTP/1.1\r\n\r\n", // no Host
+        "HEAD /api/all?timeout=5 HTTP/1.1\r\nHost : a\r\n\r\n",
+        "HEAD /api/all?timeout=5 HTTP/2.0\r\nHost: a\r\n\r\n",
+        "HEAD /api/all HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+        &long_target,
+    ] {
+        let mut c = svc.client().await;
+        c.send(raw.as_bytes()).await;
+        let r = c.head_response().await.expect("a response");
+        assert!(r.status >= 400, "{raw:.40?}: {}", r.status);
+        assert!(
+            r.header("content-length").is_some_and(|l| l != "0"),
+            "{raw:.40?}: the error's Content-Length is kept"
+        );
+        assert!(
+            c.closed_by_server().await,
+            "{raw:.40?}: content followed the head of a HEAD response"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_after_connection_close_is_not_answered() {
+    // RFC 9112 §9.6: after a "close" request the server MUST NOT process further requests on the connection.
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    c.send(
+        b"GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\
+          GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await.expect("the first response");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(
+        c.closed_by_server().await,
+        "the second request was answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

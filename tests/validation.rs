@@ -115,6 +115,36 @@ async fn another_method_gets_405_with_allow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecognised_method_gets_501_on_any_target() {
+    // RFC 9110 §9.1: a method the server does not recognise or implement SHOULD get 501; 405 is for a
+    // method it knows but the resource does not support (§15.5.6). Methods are case-sensitive.
+    let svc = Service::start().await;
+    for request in [
+        "BREW /api/all?timeout=100",
+        "get /api/all?timeout=100",
+        "FOO /nope",
+        "FOO *",
+        "CONNECT example.com:443",
+    ] {
+        let mut c = svc.client().await;
+        c.send(format!("{request} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response().await.expect("response");
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (501, "not_implemented"),
+            "{request}"
+        );
+        assert_eq!(
+            c.get("/api/within-timeout?timeout=0").await.status,
+            200,
+            "{request}: the connection stays usable"
+        );
+    }
+    assert_eq!(svc.sim.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_gets_the_get_headers_without_content() {
     let svc = Service::start().await;
     let mut c = svc.client().await;

@@ -25,6 +25,12 @@ use strategies::{Answer, Failure};
 /// The granularity of tokio's timer.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
+/// The methods the server recognises (RFC 9110 §9.3, and PATCH): on an endpoint, those other than GET and
+/// HEAD get 405. CONNECT is left out: a tunnel through a proxy (§9.3.6), not implemented here.
+const KNOWN_METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
+];
+
 /// The four endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -137,6 +143,17 @@ impl Api {
     /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
     /// caller gone (see `api::calls`).
     pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
+        // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
+        // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
+        // case-sensitive: "get" is not GET.
+        if !KNOWN_METHODS.contains(&head.method.as_str()) {
+            let response = Response::error(
+                501,
+                "not_implemented",
+                &format!("the method {} is not implemented", head.method),
+            );
+            return Handled::plain(response, None);
+        }
         // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
         if head.method == "OPTIONS" && head.target == "*" {
             let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");

@@ -85,7 +85,10 @@ impl Connection {
             let head = match self.next_request().await {
                 Next::Request(head) => head,
                 Next::Done => return,
-                Next::Reject(response) => return self.finish(&response, false).await,
+                Next::Reject(response) => {
+                    let head_only = starts_with_head(&self.buf);
+                    return self.finish(&response, head_only).await;
+                }
             };
             // The deadline counts from here: the head is parsed (the API contract).
             let started = Instant::now();
@@ -224,8 +227,9 @@ impl Connection {
             BodyLength::Length(n) => Body::Length(n),
             BodyLength::Chunked => Body::Chunked(ChunkedDecoder::new(), 0),
         };
-        if head.expect_continue && self.buf.is_empty() {
-            // RFC 9110 §10.1.1: the client waits for this before sending the body.
+        if head.expect_continue && head.minor_version == 1 && self.buf.is_empty() {
+            // RFC 9110 §10.1.1: the client waits for this before sending the body. An HTTP/1.0 request's
+            // expectation "MUST" be ignored, and §15.2: no 1xx response may go to an HTTP/1.0 client.
             let _ = self
                 .stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -335,17 +339,88 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             "header_fields_too_large",
             &format!("more than {} header fields", limits.max_headers),
         )),
-        Err(httparse::Error::Version) => Err(Response::error(
-            505,
-            "http_version_not_supported",
-            "only HTTP/1.0 and HTTP/1.1 are supported",
-        )),
+        // httparse knows only HTTP/1.0 and HTTP/1.1; see `OtherVersion` for the rest.
+        Err(httparse::Error::Version) => match other_version(buf) {
+            OtherVersion::Http1 { minor_at } => {
+                let mut as_http11 = buf.to_vec();
+                as_http11[minor_at] = b'1';
+                parse(&as_http11, limits)
+            }
+            OtherVersion::Incomplete => Ok(None),
+            OtherVersion::Unsupported => Err(Response::error(
+                505,
+                "http_version_not_supported",
+                "only HTTP/1.0 and HTTP/1.1 are supported",
+            )),
+            OtherVersion::Malformed => Err(Response::error(
+                400,
+                "bad_request",
+                "malformed request: invalid HTTP version",
+            )),
+        },
         Err(e) => Err(Response::error(
             400,
             "bad_request",
             &format!("malformed request: {e}"),
         )),
     }
+}
+
+/// A request-line version other than HTTP/1.0 and HTTP/1.1 (RFC 9112 §2.3: `HTTP-name "/" DIGIT "." DIGIT`).
+enum OtherVersion {
+    /// HTTP/1.2 to HTTP/1.9: RFC 9110 §6.2, a recipient SHOULD process a higher minor version "as if it were
+    /// in the highest minor version within that major version", HTTP/1.1. The index of the minor digit.
+    Http1 { minor_at: usize },
+    /// Another major version: 505 (RFC 9110 §15.6.6).
+    Unsupported,
+    /// The request line has not all arrived and may still be a valid version.
+    Incomplete,
+    /// Not an HTTP-version at all ("http/1.1", "HTTP/11.0"): an invalid request line, 400 (RFC 9112 §3).
+    Malformed,
+}
+
+fn other_version(buf: &[u8]) -> OtherVersion {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    // httparse accepted the method and target, each followed by one SP: the version follows the second.
+    let Some(at) = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b' ')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+    else {
+        return OtherVersion::Malformed;
+    };
+    let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
+    let version = &line[at..at + end.unwrap_or(line.len() - at)];
+    let fits = version.len() <= 8
+        && version.iter().zip(b"HTTP/0.0").all(|(&b, &p)| {
+            if p == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == p
+            }
+        });
+    match end {
+        _ if !fits => OtherVersion::Malformed,
+        None => OtherVersion::Incomplete,
+        Some(_) if version.len() < 8 => OtherVersion::Malformed,
+        Some(_) if version[5] == b'1' => OtherVersion::Http1 {
+            minor_at: start + at + 7,
+        },
+        Some(_) => OtherVersion::Unsupported,
+    }
+}
+
+/// Whether the request at the front of `buf` (after the empty lines httparse skips) is a `HEAD`. The
+/// response to a `HEAD` "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused included.
+fn starts_with_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+    start.is_some_and(|i| buf[i..].starts_with(b"HEAD "))
 }
 
 fn head_too_large() -> Response {

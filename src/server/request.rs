@@ -44,12 +44,15 @@ impl RequestHead {
         if self.target.starts_with('/') {
             return Some(&self.target);
         }
-        // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests".
-        let rest = self
-            .target
-            .strip_prefix("http://")
-            .or_else(|| self.target.strip_prefix("https://"))?;
-        Some(rest.find('/').map_or("/", |i| &rest[i..]))
+        // absolute-form (RFC 9112 §3.2.2): "a server MUST accept the absolute-form in requests". The scheme
+        // is case-insensitive (RFC 3986 §3.1), and the authority ends at the first "/", "?" or "#".
+        let (scheme, rest) = self.target.split_once("://")?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return None;
+        }
+        let path = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+        // An empty path is "/" (RFC 9112 §3.2.1); its query is dropped with it, as "/" is no endpoint.
+        Some(if path.starts_with('/') { path } else { "/" })
     }
 }
 
@@ -63,6 +66,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let mut close = false;
     let mut keep_alive_token = false;
     let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
     let mut transfer_codings: Vec<String> = Vec::new();
     let mut expect_continue = false;
     let mut traceparents = 0;
@@ -95,6 +99,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
                     .map_err(|_| bad("Content-Length is too large"))?,
             );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
             transfer_codings.extend(
                 value
                     .split(',')
@@ -118,7 +123,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
     }
 
-    let body = if !transfer_codings.is_empty() {
+    // Presence decides, not the value: an empty Transfer-Encoding has no final chunked coding either.
+    let body = if transfer_encoding {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; §6.3 rule 3: with
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
@@ -134,6 +140,11 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         }
         if transfer_codings.last().map(String::as_str) != Some("chunked") {
             return Err(bad("the final transfer coding must be chunked"));
+        }
+        if transfer_codings.iter().filter(|c| *c == "chunked").count() > 1 {
+            // RFC 9112 §6.1: "A sender MUST NOT apply the chunked transfer coding more than once": the
+            // framing is in doubt, not a coding we do not know.
+            return Err(bad("the chunked transfer coding is applied more than once"));
         }
         if transfer_codings.len() > 1 {
             // RFC 9112 §6.1: "A server that receives a request message with a transfer coding it does not
@@ -169,10 +180,29 @@ fn bad(message: &str) -> Response {
     Response::error(400, "bad_request", message)
 }
 
-/// Host = uri-host [ ":" port ] (RFC 9110 §7.2); an empty value is allowed (RFC 9112 §3.2).
+/// Host = uri-host [ ":" port ] (RFC 9110 §7.2): an IP-literal in brackets or a reg-name, which has no ":"
+/// (RFC 3986 §3.2.2), then an optional port of digits. An empty value is allowed (RFC 9112 §3.2).
 fn valid_host(v: &str) -> bool {
-    v.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+    let (host_ok, port) = match v.strip_prefix('[') {
+        // IPv6address or IPvFuture, checked loosely: their characters and ":".
+        Some(inner) => match inner.split_once(']') {
+            Some((literal, port)) => (
+                !literal.is_empty() && literal.bytes().all(|b| reg_name(b) || b == b':'),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let end = v.find(':').unwrap_or(v.len());
+            (v[..end].bytes().all(reg_name), &v[end..])
+        }
+    };
+    host_ok
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
 }
 
 #[cfg(test)]
@@ -228,6 +258,14 @@ mod tests {
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(400));
         assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.1\r\nHost: example.com:80\r\n\r\n").is_ok());
+        for bad_host in ["a:8x", "a:1:2", "[::1", "[]", "[::1]x", "a]", "a@b", "a/b"] {
+            assert_eq!(
+                head(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n")),
+                Err(400),
+                "{bad_host}"
+            );
+        }
     }
 
     #[test]
@@ -271,7 +309,15 @@ mod tests {
             Err(501)
         );
         assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
             body("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            body("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\n"),
             Err(400)
         );
     }
@@ -283,6 +329,12 @@ mod tests {
         assert_eq!(h.path_and_query(), Some("/api/all?timeout=5"));
         let h = head("GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), Some("/"));
+        let h = head("GET HTTPS://example.com/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/api/all"));
+        let h = head("GET http://example.com?a=/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), Some("/"));
+        let h = head("GET ftp://example.com/api/all HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path_and_query(), None);
         let h = head("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), None);
     }
