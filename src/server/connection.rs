@@ -142,7 +142,10 @@ impl Connection {
         let head = match self.next_request().await {
             Next::Request(head) => head,
             Next::Done => return,
-            Next::Reject(response) => return self.finish(&response, false).await,
+            Next::Reject(response) => {
+                let head_only = starts_with_head(&self.buf);
+                return self.finish(&response, head_only).await;
+            }
         };
         let telemetry = self.api.telemetry();
         telemetry.metrics.shed[ShedReason::MaxConnections as usize].inc();
