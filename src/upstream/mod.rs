@@ -337,6 +337,8 @@ pub struct Upstream {
     max_body_bytes: usize,
     idle_timeout: Duration,
     linger: Duration,
+    /// Draws each abandoned request's linger bound (see `request_task`).
+    rng: crate::rng::Rng,
     pool: Arc<Pool>,
     /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
     reaper: OnceLock<Reaper>,
@@ -376,6 +378,7 @@ impl Upstream {
             max_body_bytes: config.max_body_bytes,
             idle_timeout: config.pool_idle_timeout,
             linger: config.linger,
+            rng: crate::rng::Rng::from_clock(),
             pool: Arc::new(Pool::new(config.pool_max_connections, config.pool_max_idle)),
             reaper: OnceLock::new(),
         };
@@ -403,11 +406,11 @@ impl Upstream {
     ///   a half-open connection closed, and nothing reaches the upstream;
     /// - once the request is on the wire, the task goes on for at most `linger` to read the response to its
     ///   end, so the connection can go back to the pool instead of being closed. A response slower than that
-    ///   is abandoned and its connection closed. Finishing costs the upstream nothing more: it already has
-    ///   the request.
+    ///   is abandoned, its connection closed and replaced in the background (`replace_abandoned`). Finishing
+    ///   costs the upstream nothing more: it already has the request.
     ///
-    /// The task is detached on purpose: its owner is this bound. Every wait in it ends by `deadline + linger`
-    /// at the latest, and the task ends sooner once its caller has left. It sends at most one outcome. A
+    /// The task is detached on purpose: its owner is this bound. Every wait for the request ends by
+    /// `deadline + linger` at the latest, and a replacement's connect within one more `linger`. It sends at most one outcome. A
     /// caller must stop waiting at its own deadline: this sends no `Timeout` at that instant.
     ///
     /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
@@ -520,26 +523,56 @@ impl Upstream {
         };
 
         let request = self.request(options.trace);
-        let exchange =
-            self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
-        tokio::pin!(exchange);
-        tokio::select! {
-            // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
-            biased;
-            result = &mut exchange => {
-                send(result);
-                return;
+        let abandoned = {
+            let exchange =
+                self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
+            tokio::pin!(exchange);
+            tokio::select! {
+                // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
+                biased;
+                result = &mut exchange => {
+                    send(result);
+                    return;
+                }
+                () = reply.closed() => {}
             }
-            () = reply.closed() => {}
+            // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
+            // The bound is drawn between half and all of `linger`, so that connections abandoned together
+            // (a burst of hangs) are closed, and replaced below, spread out rather than all at once.
+            let _lingering = Gauge::up(&self.pool.counters.lingering);
+            let half = self.linger.as_micros() as u64 / 2;
+            let bound = Duration::from_micros(half + self.rng.in_range(0, half));
+            match timeout(bound, exchange).await {
+                // Out of time, by the linger bound or by the exchange's own hard deadline: closed, not reused.
+                Err(_) | Ok(Err(UpstreamError::Timeout)) => {
+                    Counters::count(&self.pool.counters.abandoned);
+                    true
+                }
+                Ok(_) => {
+                    Counters::count(&self.pool.counters.finished_in_background);
+                    false
+                }
+            }
+        };
+        // The exchange was dropped with its block: an abandoned connection is closed and its slot free. With no
+        // linger (abort mode) every request left behind is abandoned, hung or not: nothing is replaced then.
+        if abandoned && !self.linger.is_zero() {
+            self.replace_abandoned().await;
         }
-        // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
-        let _lingering = Gauge::up(&self.pool.counters.lingering);
-        match timeout(self.linger, exchange).await {
-            // Out of time, by the linger bound or by the exchange's own hard deadline: closed, not reused.
-            Err(_) | Ok(Err(UpstreamError::Timeout)) => {
-                Counters::count(&self.pool.counters.abandoned)
-            }
-            Ok(_) => Counters::count(&self.pool.counters.finished_in_background),
+    }
+
+    /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
+    /// and nobody is queued for one. An upstream request that hangs costs its connection; without this, the
+    /// next request to need one pays for the handshake on its caller's time, and when hangs come together
+    /// (an upstream stall, or callers in step with each other) so do those handshakes. Bounded by one connect
+    /// timeout of `linger`; a replacement never used is closed by the idle reaper like any other.
+    async fn replace_abandoned(&self) {
+        let Some(slot) = self.pool.try_slot() else {
+            return;
+        };
+        let deadline = Instant::now() + self.linger;
+        if let Ok(conn) = Box::pin(self.connect(slot, deadline)).await {
+            self.pool.put(conn, Instant::now() + self.idle_timeout);
         }
     }
 

@@ -164,6 +164,14 @@ impl Pool {
         }
     }
 
+    /// A slot for a new connection, if one is free at once and no caller is queued for one.
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// Offers back a connection whose exchange completed and whose response allowed reuse.
     ///
     /// It is closed instead if it is already expired, if the pool holds `max_idle` connections (hyper-util's
