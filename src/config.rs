@@ -181,7 +181,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "8192", help: "idle upstream connections kept for reuse" },
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
-    Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish up to this long in the background (between half and all of it), so its connection is reused; one that does not is closed and replaced (0: close at once)" },
+    Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused; one that does not is closed and replaced (0: close at once)" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
     Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },

@@ -537,12 +537,8 @@ impl Upstream {
                 () = reply.closed() => {}
             }
             // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
-            // The bound is drawn between half and all of `linger`, so that connections abandoned together
-            // (a burst of hangs) are closed, and replaced below, spread out rather than all at once.
             let _lingering = Gauge::up(&self.pool.counters.lingering);
-            let half = self.linger.as_micros() as u64 / 2;
-            let bound = Duration::from_micros(half + self.rng.in_range(0, half));
-            match timeout(bound, exchange).await {
+            match timeout(self.linger, exchange).await {
                 // Out of time, by the linger bound or by the exchange's own hard deadline: closed, not reused.
                 Err(_) | Ok(Err(UpstreamError::Timeout)) => {
                     Counters::count(&self.pool.counters.abandoned);
@@ -564,9 +560,13 @@ impl Upstream {
     /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
     /// and nobody is queued for one. An upstream request that hangs costs its connection; without this, the
     /// next request to need one pays for the handshake on its caller's time, and when hangs come together
-    /// (an upstream stall, or callers in step with each other) so do those handshakes. Bounded by one connect
-    /// timeout of `linger`; a replacement never used is closed by the idle reaper like any other.
+    /// (an upstream stall, or callers in step with each other) so do those handshakes. So the replacement
+    /// starts after a pause drawn up to half of `linger`, which spreads the handshakes of connections
+    /// abandoned together. Bounded by that pause and one connect timeout of `linger`; a replacement never
+    /// used is closed by the idle reaper like any other.
     async fn replace_abandoned(&self) {
+        let pause = self.rng.in_range(0, self.linger.as_micros() as u64 / 2);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
         let Some(slot) = self.pool.try_slot() else {
             return;
         };

@@ -456,7 +456,7 @@ async fn a_short_keep_alive_timeout_hint_is_honoured() {
 }
 
 #[tokio::test]
-async fn a_dropped_fetch_whose_body_never_completes_is_abandoned_within_the_linger_time_and_replaced(
+async fn a_dropped_fetch_whose_body_never_completes_is_abandoned_after_the_linger_time_and_replaced(
 ) {
     let (sent_tx, sent) = oneshot::channel();
     let (closed_tx, closed) = oneshot::channel();
@@ -490,14 +490,9 @@ async fn a_dropped_fetch_whose_body_never_completes_is_abandoned_within_the_ling
     closed
         .await
         .expect("the server saw the client close the connection");
-    // The linger bound is drawn between half and all of `linger`.
     assert!(
-        dropped_at.elapsed() >= linger / 2,
-        "closed before half the linger time"
-    );
-    assert!(
-        dropped_at.elapsed() < linger + Duration::from_secs(1),
-        "closed long after the linger time"
+        dropped_at.elapsed() >= linger,
+        "closed before the linger time"
     );
     // Its place is taken by a new connection, opened in the background and kept idle.
     let until = Instant::now() + Duration::from_secs(5);
