@@ -103,6 +103,8 @@ pub struct Limits {
     /// API calls in flight at once; beyond, calls are shed at once (`503`, or `200 []` from
     /// `/api/within-timeout`) without touching the upstream.
     pub max_in_flight: usize,
+    /// After a shed answer, that connection's next request is not read for this long (zero: no pause).
+    pub shed_pause: Duration,
 }
 
 impl Default for Config {
@@ -153,6 +155,8 @@ impl Default for Limits {
             // Each call holds up to 3 upstream connections: 2,560 calls fit the upstream cap of 8,192 with
             // room for requests that finish in the background. 2,000 callers are not overload.
             max_in_flight: 2560,
+            // The `Retry-After: 1` the shed answer carries.
+            shed_pause: Duration::from_secs(1),
         }
     }
 }
@@ -193,6 +197,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
     Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (beyond, a new one's first request gets 503 and a close)" },
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
+    Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "1000", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
 ];
 
@@ -343,6 +348,7 @@ impl Config {
             "--drain-timeout-ms" => l.drain_timeout = millis(v)?,
             "--max-connections" => l.max_connections = number(v, 1, 1 << 20)? as usize,
             "--max-in-flight" => l.max_in_flight = number(v, 1, 1 << 20)? as usize,
+            "--shed-pause-ms" => l.shed_pause = millis(v)?,
             _ => unreachable!("every SETTINGS flag is handled"),
         }
         Ok(())

@@ -59,6 +59,37 @@ async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_up
     );
 }
 
+/// A caller that asks again at once on the connection that was just shed waits about a second (the
+/// `Retry-After` it was given) before its next request is even read; another connection is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_connection_is_not_read_again_for_a_second() {
+    let svc = Service::start_with(common::hanging_upstream(), |c| c.limits.max_in_flight = 1).await;
+    let mut busy = svc.client().await;
+    busy.send(b"GET /api/all?timeout=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    assert!(
+        svc.sim.wait_requests(3, PATIENCE).await,
+        "the admitted call is running"
+    );
+
+    let mut shed = svc.client().await;
+    assert_eq!(shed.get("/api/first?timeout=3000").await.status, 503);
+    let t = Instant::now();
+    shed.send(b"GET /api/first?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    // Meanwhile another caller is answered at once.
+    let other = Instant::now();
+    assert_eq!(svc.get("/api/first?timeout=3000").await.status, 503);
+    assert!(other.elapsed() < ms(500), "took {:?}", other.elapsed());
+    let again = shed.response().await.expect("answered after the pause");
+    assert_eq!(again.status, 503);
+    assert!(
+        t.elapsed() >= ms(900),
+        "the shed connection was read again after {:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_beyond_the_cap_gets_503_and_a_close_until_one_leaves() {
     let svc = Service::start_with(common::quiet_upstream(), |c| c.limits.max_connections = 2).await;

@@ -61,6 +61,8 @@ pub struct Handled {
     pub timeout: Option<Duration>,
     /// The upstream requests the call made.
     pub attempts: Vec<Attempt>,
+    /// Whether the call was shed (admission control): its connection then pauses (`--shed-pause-ms`).
+    pub shed: bool,
 }
 
 impl Handled {
@@ -71,6 +73,7 @@ impl Handled {
             endpoint,
             timeout: None,
             attempts: Vec::new(),
+            shed: false,
         }
     }
 }
@@ -211,6 +214,7 @@ impl Api {
             };
             return Handled {
                 timeout: Some(timeout),
+                shed: true,
                 ..Handled::plain(response, Some(endpoint))
             };
         };
@@ -257,6 +261,7 @@ impl Api {
             endpoint: Some(endpoint),
             timeout: Some(timeout),
             attempts: finished.attempts,
+            shed: false,
         }
     }
 

@@ -111,6 +111,7 @@ impl Connection {
                 endpoint,
                 timeout: call_timeout,
                 attempts,
+                shed,
             } = handled;
             let status = response.status;
             let response = response.with_header(TRACERESPONSE, trace.response_header());
@@ -131,6 +132,21 @@ impl Connection {
             }
             if persistence == Persistence::Close {
                 return self.linger().await;
+            }
+            if shed && !self.limits.shed_pause.is_zero() {
+                // Backpressure. After a shed answer (`503` with `Retry-After: 1`, or `200 []` from
+                // `/api/within-timeout`) this connection's next request is not read for `--shed-pause-ms`.
+                // A caller that asks again at once, ignoring `Retry-After`, waits here instead of costing
+                // another parse and answer while the server is overloaded: without it, 5,000 such callers
+                // kept fanout answering 50,000 shed requests a second, and the calls it had admitted waited
+                // behind them. Other connections are not held up; shutdown ends the pause.
+                tokio::select! {
+                    () = tokio::time::sleep(self.limits.shed_pause) => {}
+                    _ = self.shutdown.changed() => {}
+                }
+                if *self.shutdown.borrow() {
+                    return; // between requests at shutdown: close quietly, as `next_request` would
+                }
             }
         }
     }
