@@ -201,7 +201,7 @@ impl Api {
         // for the deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
         let deadline = started + timeout.saturating_sub(TIMER_RESOLUTION);
         let Some(_admitted) = self.admit() else {
-            self.shed(ShedReason::MaxInFlight);
+            self.shed(ShedReason::MaxInFlight, self.max_in_flight);
             let response = match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.
                 Endpoint::WithinTimeout => Response::json(200, b"[]".to_vec()),
@@ -265,13 +265,14 @@ impl Api {
         }
     }
 
-    /// Counts a shed call, and says so in the log (rate-limited: shedding comes in floods).
-    fn shed(&self, reason: ShedReason) {
+    /// Counts a shed call, and says so in the log (rate-limited: shedding comes in floods) with the limit
+    /// that was reached, under the reason's own name: `{"reason": "max_in_flight", "max_in_flight": 2560}`.
+    pub(crate) fn shed(&self, reason: ShedReason, limit: usize) {
         self.telemetry.metrics.shed[reason as usize].inc();
-        self.telemetry.log.warn(
-            "call_shed",
-            serde_json::json!({ "reason": reason.label(), "max_in_flight": self.max_in_flight }),
-        );
+        let mut fields = serde_json::Map::new();
+        fields.insert("reason".into(), reason.label().into());
+        fields.insert(reason.label().into(), limit.into());
+        self.telemetry.log.warn("call_shed", fields.into());
     }
 }
 

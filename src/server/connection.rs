@@ -85,10 +85,7 @@ impl Connection {
             let head = match self.next_request().await {
                 Next::Request(head) => head,
                 Next::Done => return,
-                Next::Reject(response) => {
-                    let head_only = starts_with_head(&self.buf);
-                    return self.finish(&response, head_only).await;
-                }
+                Next::Reject(response) => return self.reject(&response).await,
             };
             // The deadline counts from here: the head is parsed (the API contract).
             let started = Instant::now();
@@ -158,20 +155,10 @@ impl Connection {
         let head = match self.next_request().await {
             Next::Request(head) => head,
             Next::Done => return,
-            Next::Reject(response) => {
-                let head_only = starts_with_head(&self.buf);
-                return self.finish(&response, head_only).await;
-            }
+            Next::Reject(response) => return self.reject(&response).await,
         };
-        let telemetry = self.api.telemetry();
-        telemetry.metrics.shed[ShedReason::MaxConnections as usize].inc();
-        telemetry.log.warn(
-            "call_shed",
-            serde_json::json!({
-                "reason": ShedReason::MaxConnections.label(),
-                "max_connections": self.limits.max_connections,
-            }),
-        );
+        self.api
+            .shed(ShedReason::MaxConnections, self.limits.max_connections);
         let response = Response::error(
             503,
             "overloaded",
@@ -179,6 +166,13 @@ impl Connection {
         )
         .with_header("Retry-After", "1");
         self.finish(&response, head.is_head()).await
+    }
+
+    /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
+    /// only (RFC 9110 §9.3.2), told from the buffered request line since the head was not parsed.
+    async fn reject(self, response: &Response) {
+        let head_only = starts_with_head(&self.buf);
+        self.finish(response, head_only).await
     }
 
     /// Writes one response within `write_timeout`; false if the client did not take it.
