@@ -22,7 +22,6 @@
 //!
 //! Tests give the logger a memory sink ([`Logger::in_memory`]) instead of stdout and read its lines.
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -30,6 +29,8 @@ use std::time::SystemTime;
 use tokio::time::{Duration, Instant};
 
 use crate::server::date::write_rfc3339;
+
+pub mod writer;
 
 /// Warnings (and errors) let through at once before the limit applies.
 pub const WARN_BURST: u32 = 20;
@@ -185,7 +186,7 @@ impl Logger {
         if level > self.settings.level {
             return;
         }
-        let mut line = self.start_line(level, event);
+        let mut line = line_start(level, event);
         if level <= Level::Warn {
             match self.take_token(event) {
                 None => return,
@@ -213,25 +214,11 @@ impl Logger {
         if !self.settings.access {
             return;
         }
-        let mut line = self.start_line(Level::Info, "access");
+        let mut line = line_start(Level::Info, "access");
         fill(&mut line);
         line.pop();
         line.push('}');
         self.write(line);
-    }
-
-    /// `{"ts":"...","level":"...","event":"...",` with room for the rest.
-    fn start_line(&self, level: Level, event: &str) -> String {
-        let mut line = String::with_capacity(384);
-        line.push_str("{\"ts\":\"");
-        write_rfc3339(&mut line, SystemTime::now());
-        line.push_str("\",\"level\":\"");
-        line.push_str(level.name());
-        line.push_str("\",\"event\":");
-        // Event names are ours, but escape them anyway: a log line must always parse.
-        line.push_str(&serde_json::Value::from(event).to_string());
-        line.push(',');
-        line
     }
 
     /// Takes a token for a warning: `Some(held back before it)` if it may be written, `None` if not.
@@ -267,9 +254,9 @@ impl Logger {
         match &self.settings.sink {
             Sink::Stdout => {
                 line.push('\n');
-                // One write per line under stdout's lock, so lines from many threads never interleave. A
-                // closed stdout loses the line; logging never stops the service.
-                let _ = std::io::stdout().lock().write_all(line.as_bytes());
+                // Whole lines into the writer thread's queue, so lines from many threads never interleave
+                // and no worker waits on stdout (see `writer`).
+                writer::to_stdout(line.as_bytes());
             }
             Sink::Memory(memory) => memory
                 .0
@@ -278,6 +265,20 @@ impl Logger {
                 .push(line),
         }
     }
+}
+
+/// `{"ts":"...","level":"...","event":"...",` with room for the rest.
+fn line_start(level: Level, event: &str) -> String {
+    let mut line = String::with_capacity(384);
+    line.push_str("{\"ts\":\"");
+    write_rfc3339(&mut line, SystemTime::now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(level.name());
+    line.push_str("\",\"event\":");
+    // Event names are ours, but escape them anyway: a log line must always parse.
+    line.push_str(&serde_json::Value::from(event).to_string());
+    line.push(',');
+    line
 }
 
 #[cfg(test)]

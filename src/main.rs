@@ -47,6 +47,8 @@ fn main() -> ExitCode {
         };
         fanout::serve(listener, admin, config, fanout::shutdown::signalled()).await
     });
+    // Log lines are written by a thread of their own (`fanout::log::writer`): let it finish, within reason.
+    fanout::log::writer::flush(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -251,6 +251,12 @@ impl Telemetry {
             "Warning and error log lines held back by the log's rate limit",
             self.log.suppressed_total(),
         );
+        counter(
+            &mut out,
+            "fanout_log_lines_dropped_total",
+            "Log lines dropped because stdout's reader did not keep up (the log says how many where they are missing)",
+            crate::log::writer::stdout_dropped_total(),
+        );
         metrics::process::render(&mut out);
         out
     }
