@@ -49,6 +49,13 @@ pub struct Config {
     pub pool: PoolSettings,
     /// How the in-process simulated upstream behaves (with `--upstream simulated`).
     pub simulated: SimConfig,
+    /// Worker threads of the upstream runtime (`--upstream-threads`); `None` (`auto`): half the CPUs, at
+    /// least 1.
+    /// `Some(0)`: no runtime of its own. See [`Config::worker_threads`].
+    pub upstream_threads: Option<usize>,
+    /// The runtime upstream requests run on, built by `main` from `upstream_threads`; `None`: the
+    /// runtime that calls `serve` (as in the tests).
+    pub upstream_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The upstream client's bounds; the reasons for the defaults are in `upstream/mod.rs`.
@@ -129,6 +136,26 @@ impl Default for Config {
                 failure_rate: 0.1,
                 ..SimConfig::default()
             },
+            upstream_threads: None,
+            upstream_runtime: None,
+        }
+    }
+}
+
+impl Config {
+    /// Worker threads of the API runtime and of the upstream runtime on a machine with `cpus` CPUs:
+    /// `--upstream-threads` (by default half of them, at least 1) for the upstream, the rest (at least 1)
+    /// for the API. With `--upstream-threads 0`, all of them for one runtime doing both.
+    ///
+    /// Why two: see DESIGN.md, "Two runtimes". In short, the API side's tasks (parse a request, answer at
+    /// the deadline) are small and urgent; the upstream side's (TLS, the pool) are larger and can wait a
+    /// millisecond. In one runtime they share the same run queues, and a deadline's answer waits behind
+    /// every upstream request queued before it.
+    pub fn worker_threads(&self, cpus: usize) -> (usize, usize) {
+        let cpus = cpus.max(1);
+        match self.upstream_threads.unwrap_or((cpus / 2).max(1)) {
+            0 => (cpus, 0),
+            upstream => (cpus.saturating_sub(upstream).max(1), upstream),
         }
     }
 }
@@ -186,6 +213,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
     Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused; one that does not is closed and replaced (0: close at once)" },
+    Setting { flag: "--upstream-threads", env: "FANOUT_UPSTREAM_THREADS", value: "N|auto", default: "auto", help: "worker threads of the runtime doing the upstream requests (TLS, the pool); the API's runtime gets the other CPUs, at least 1 (auto: half the CPUs, at least 1; 0: one runtime for both)" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
     Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },
@@ -326,6 +354,8 @@ impl Config {
                 self.pool.max_body_bytes = number(v, 16, 1 << 30)? as usize
             }
             "--upstream-linger-ms" => self.pool.linger = millis(v)?,
+            "--upstream-threads" if v == "auto" => self.upstream_threads = None,
+            "--upstream-threads" => self.upstream_threads = Some(number(v, 0, 1024)? as usize),
             "--sim-latency-ms" => {
                 let (min, max) = v.split_once('-').unwrap_or((v, v));
                 let (min, max) = (number(min, 0, 3_600_000)?, number(max, 0, 3_600_000)?);
@@ -394,6 +424,21 @@ mod tests {
             Command::Run(c) => Ok(*c),
             Command::Help => Err("help".into()),
         }
+    }
+
+    #[test]
+    fn the_cpus_are_split_between_the_api_and_the_upstream_runtimes() {
+        let auto = Config::default();
+        assert_eq!(auto.worker_threads(1), (1, 1), "at least one each");
+        assert_eq!(auto.worker_threads(2), (1, 1));
+        assert_eq!(auto.worker_threads(8), (4, 4));
+        assert_eq!(auto.worker_threads(5), (3, 2));
+        let three = parse(&["--upstream-threads", "3"], &[]).unwrap();
+        assert_eq!(three.worker_threads(8), (5, 3));
+        assert_eq!(three.worker_threads(2), (1, 3), "the API keeps one");
+        let shared = parse(&[], &[("FANOUT_UPSTREAM_THREADS", "0")]).unwrap();
+        assert_eq!(shared.worker_threads(4), (4, 0), "one runtime for both");
+        assert!(parse(&["--upstream-threads", "many"], &[]).is_err());
     }
 
     #[test]

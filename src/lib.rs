@@ -90,6 +90,7 @@ pub async fn serve(
         pool_idle_timeout: config.pool.idle_timeout,
         max_body_bytes: config.pool.max_body_bytes,
         linger: config.pool.linger,
+        runtime: config.upstream_runtime.clone(),
         ..UpstreamConfig::new(url)
     };
     let upstream = Arc::new(Upstream::new(upstream_config)?);

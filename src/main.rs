@@ -1,33 +1,32 @@
-//! The `fanout` binary: read the configuration, bind, and hand over to the library.
+//! The `fanout` binary: read the configuration, build the runtimes, bind, and hand over to the library.
 
 use std::process::ExitCode;
 
 use fanout::config::{self, Command, Config};
+use tokio::runtime::Runtime;
 
 mod healthcheck;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // Before the runtime: a container probe runs every few seconds and needs no threads.
+    // Before any runtime: a container probe runs every few seconds and needs no threads.
     if args.first().map(String::as_str) == Some("healthcheck") {
         return healthcheck::run(&args[1..]);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     if args.first().map(String::as_str) == Some("simulator") {
+        let runtime = match build_runtime("fanout-simulator", cpus) {
+            Ok(runtime) => runtime,
+            Err(e) => return fail(&e),
+        };
         return match runtime.block_on(fanout::simulator::run(&args[1..])) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("simulator: {e}")),
         };
     }
 
-    let config = match Config::from_args_and_env(&args) {
+    let mut config = match Config::from_args_and_env(&args) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
@@ -35,6 +34,23 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(&format!("{e}\nrun `fanout --help` to see every setting")),
     };
+
+    // Two runtimes (DESIGN.md, "Two runtimes"): the API's (the accept loop, the connection tasks, the
+    // deadlines) and the upstream's (the request tasks: TLS, the pool). Both are dropped at the end of
+    // `main`, outside any async context, which is the one place a runtime may be dropped.
+    let (api_threads, upstream_threads) = config.worker_threads(cpus);
+    let runtime = match build_runtime("fanout-api", api_threads) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let upstream_runtime = match upstream_threads {
+        0 => None,
+        n => match build_runtime("fanout-upstream", n) {
+            Ok(runtime) => Some(runtime),
+            Err(e) => return fail(&e),
+        },
+    };
+    config.upstream_runtime = upstream_runtime.as_ref().map(|r| r.handle().clone());
 
     let result = runtime.block_on(async {
         let listener = fanout::server::bind(config.listen)
@@ -53,6 +69,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// A multi-threaded runtime with `threads` workers named `name`.
+fn build_runtime(name: &str, threads: usize) -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime {name}: {e}"))
 }
 
 fn fail(message: &str) -> ExitCode {

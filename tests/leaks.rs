@@ -233,3 +233,57 @@ fn hedged_and_partial_answers_cancel_the_rest_and_leave_nothing_open() {
         &[200, 502, 504],
     ));
 }
+
+#[test]
+fn upstream_requests_on_a_runtime_of_their_own_run_there_and_every_one_ends() {
+    // As the binary runs by default (src/main.rs): the upstream requests on a second runtime.
+    let upstream = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (handle, tasks) = (upstream.handle().clone(), upstream.metrics());
+    one_at_a_time(async move {
+        let hanging = SimConfig {
+            latency_ms: (0, 0),
+            failure_rate: 1.0,
+            failure_kinds: vec![Fault::Hang],
+            ..SimConfig::default()
+        };
+        let svc = start(hanging, |config| config.upstream_runtime = Some(handle)).await;
+        let fds_before = open_fds();
+
+        // One call's 3 requests are tasks of the upstream runtime while they wait.
+        let mut client = Client::connect(svc.addr).await;
+        client
+            .send(b"GET /api/all?timeout=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let until = Instant::now() + PATIENCE;
+        while tasks.num_alive_tasks() < 3 {
+            assert!(
+                Instant::now() < until,
+                "no request task on the upstream runtime"
+            );
+            tokio::time::sleep(ms(5)).await;
+        }
+        assert_eq!(client.response().await.map(|r| r.status), Some(504));
+        drop(client);
+
+        let statuses =
+            make_calls(&svc, |i| format!("/api/all?timeout={}", 5 + i % 36), &[504]).await;
+        assert_eq!(statuses.values().sum::<usize>(), CALLS);
+        assert_nothing_left(&svc, fds_before, Instant::now()).await;
+        // Every request task ends: by its deadline, or after lingering and replacing its connection.
+        let until = Instant::now() + PATIENCE;
+        while tasks.num_alive_tasks() > 0 {
+            assert!(
+                Instant::now() < until,
+                "{} request tasks still alive",
+                tasks.num_alive_tasks()
+            );
+            tokio::time::sleep(ms(20)).await;
+        }
+    });
+    // Outside any async context, where a runtime may be dropped.
+    drop(upstream);
+}

@@ -124,6 +124,8 @@ pub struct UpstreamConfig {
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
     /// connection (see [`Upstream::fetch`]). Zero closes such connections at once.
     pub linger: Duration,
+    /// The runtime the request tasks run on; `None`: the runtime of whoever calls [`Upstream::start`].
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl UpstreamConfig {
@@ -138,6 +140,7 @@ impl UpstreamConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
             linger: DEFAULT_LINGER,
+            runtime: None,
         }
     }
 }
@@ -342,6 +345,8 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
     reaper: OnceLock<Reaper>,
+    /// Where request tasks are spawned (`UpstreamConfig::runtime`).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Upstream {
@@ -381,6 +386,7 @@ impl Upstream {
             rng: crate::rng::Rng::from_clock(),
             pool: Arc::new(Pool::new(config.pool_max_connections, config.pool_max_idle)),
             reaper: OnceLock::new(),
+            runtime: config.runtime,
         };
         upstream.start_reaper();
         Ok(upstream)
@@ -442,10 +448,16 @@ impl Upstream {
             return;
         };
         let upstream = self.clone();
-        tokio::spawn(async move {
+        let task = async move {
             upstream.spawn_chain(deadline, requests, reply.clone());
             upstream.request_task(deadline, options, reply).await
-        });
+        };
+        // The first of a call's requests crosses over to the upstream runtime, if there is one (its
+        // injection queue, and a wake of one of its workers); the next ones are spawned from there.
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
 
     /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
