@@ -50,8 +50,7 @@ pub struct Config {
     /// How the in-process simulated upstream behaves (with `--upstream simulated`).
     pub simulated: SimConfig,
     /// Worker threads of the upstream runtime (`--upstream-threads`); `None` (`auto`): half the CPUs, at
-    /// least 1.
-    /// `Some(0)`: no runtime of its own. See [`Config::worker_threads`].
+    /// least 1; `Some(0)`: none. See [`Config::worker_threads`].
     pub upstream_threads: Option<usize>,
     /// The runtime upstream requests run on, built by `main` from `upstream_threads`; `None`: the
     /// runtime that calls `serve` (as in the tests).
@@ -143,20 +142,19 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Worker threads of the API runtime and of the upstream runtime on a machine with `cpus` CPUs:
-    /// `--upstream-threads` (by default half of them, at least 1) for the upstream, the rest (at least 1)
-    /// for the API. With `--upstream-threads 0`, all of them for one runtime doing both.
+    /// Worker threads of the API runtime and of the upstream runtime on a machine with `cpus` CPUs: one
+    /// per CPU for the API, and `--upstream-threads` (by default half as many, at least 1) for the
+    /// upstream. With `--upstream-threads 0`, no upstream runtime: the API's runtime does both.
     ///
     /// Why two: see DESIGN.md, "Two runtimes". In short, the API side's tasks (parse a request, answer at
     /// the deadline) are small and urgent; the upstream side's (TLS, the pool) are larger and can wait a
-    /// millisecond. In one runtime they share the same run queues, and a deadline's answer waits behind
-    /// every upstream request queued before it.
+    /// millisecond. In one runtime they share the same run queues, and under a burst of calls a deadline's
+    /// answer waits behind every upstream request queued before it. The threads outnumber the CPUs on
+    /// purpose: when both sides are busy, the kernel shares the CPUs between them by thread, so the API
+    /// side keeps two thirds of them.
     pub fn worker_threads(&self, cpus: usize) -> (usize, usize) {
         let cpus = cpus.max(1);
-        match self.upstream_threads.unwrap_or((cpus / 2).max(1)) {
-            0 => (cpus, 0),
-            upstream => (cpus.saturating_sub(upstream).max(1), upstream),
-        }
+        (cpus, self.upstream_threads.unwrap_or((cpus / 2).max(1)))
     }
 }
 
@@ -213,7 +211,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
     Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused; one that does not is closed and replaced (0: close at once)" },
-    Setting { flag: "--upstream-threads", env: "FANOUT_UPSTREAM_THREADS", value: "N|auto", default: "auto", help: "worker threads of the runtime doing the upstream requests (TLS, the pool); the API's runtime gets the other CPUs, at least 1 (auto: half the CPUs, at least 1; 0: one runtime for both)" },
+    Setting { flag: "--upstream-threads", env: "FANOUT_UPSTREAM_THREADS", value: "N|auto", default: "auto", help: "worker threads of the runtime doing the upstream requests (TLS, the pool) when over 100 callers are connected; the API's runtime has one per CPU (auto: half the CPUs, at least 1; 0: no upstream runtime)" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
     Setting { flag: "--max-head-bytes", env: "FANOUT_MAX_HEAD_BYTES", value: "BYTES", default: "16384", help: "largest request head (431 beyond; 414 for a longer request line)" },
@@ -430,14 +428,13 @@ mod tests {
     fn the_cpus_are_split_between_the_api_and_the_upstream_runtimes() {
         let auto = Config::default();
         assert_eq!(auto.worker_threads(1), (1, 1), "at least one each");
-        assert_eq!(auto.worker_threads(2), (1, 1));
-        assert_eq!(auto.worker_threads(8), (4, 4));
-        assert_eq!(auto.worker_threads(5), (3, 2));
+        assert_eq!(auto.worker_threads(2), (2, 1));
+        assert_eq!(auto.worker_threads(8), (8, 4));
+        assert_eq!(auto.worker_threads(5), (5, 2));
         let three = parse(&["--upstream-threads", "3"], &[]).unwrap();
-        assert_eq!(three.worker_threads(8), (5, 3));
-        assert_eq!(three.worker_threads(2), (1, 3), "the API keeps one");
+        assert_eq!(three.worker_threads(2), (2, 3));
         let shared = parse(&[], &[("FANOUT_UPSTREAM_THREADS", "0")]).unwrap();
-        assert_eq!(shared.worker_threads(4), (4, 0), "one runtime for both");
+        assert_eq!(shared.worker_threads(4), (4, 0), "no upstream runtime");
         assert!(parse(&["--upstream-threads", "many"], &[]).is_err());
     }
 

@@ -36,8 +36,9 @@ fn main() -> ExitCode {
     };
 
     // Two runtimes (DESIGN.md, "Two runtimes"): the API's (the accept loop, the connection tasks, the
-    // deadlines) and the upstream's (the request tasks: TLS, the pool). Both are dropped at the end of
-    // `main`, outside any async context, which is the one place a runtime may be dropped.
+    // deadlines) and the upstream's (the request tasks: TLS, the pool), used when many callers are
+    // connected. Both are dropped at the end of `main`, outside any async context, which is the one place a
+    // runtime may be dropped.
     let (api_threads, upstream_threads) = config.worker_threads(cpus);
     let runtime = match build_runtime("fanout-api", api_threads) {
         Ok(runtime) => runtime,

@@ -235,8 +235,9 @@ fn hedged_and_partial_answers_cancel_the_rest_and_leave_nothing_open() {
 }
 
 #[test]
-fn upstream_requests_on_a_runtime_of_their_own_run_there_and_every_one_ends() {
-    // As the binary runs by default (src/main.rs): the upstream requests on a second runtime.
+fn with_over_100_callers_connected_upstream_requests_run_on_the_upstream_runtime_and_every_one_ends(
+) {
+    // As the binary runs by default (src/main.rs): an upstream runtime beside the API's.
     let upstream = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -252,12 +253,28 @@ fn upstream_requests_on_a_runtime_of_their_own_run_there_and_every_one_ends() {
         };
         let svc = start(hanging, |config| config.upstream_runtime = Some(handle)).await;
         let fds_before = open_fds();
+        let call = b"GET /api/all?timeout=300 HTTP/1.1\r\nHost: x\r\n\r\n";
 
-        // One call's 3 requests are tasks of the upstream runtime while they wait.
+        // One caller: the requests run on the API's runtime. They linger there for a second after the
+        // answer, waiting for the upstream; none is on the upstream runtime.
         let mut client = Client::connect(svc.addr).await;
-        client
-            .send(b"GET /api/all?timeout=300 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await;
+        client.send(call).await;
+        assert_eq!(client.response().await.map(|r| r.status), Some(504));
+        assert_eq!(
+            tasks.num_alive_tasks(),
+            0,
+            "a request ran on the upstream runtime"
+        );
+
+        // Over SPREAD_ABOVE callers connected (each answered once, so the accept loop has counted it):
+        // the next call's requests are tasks of the upstream runtime while they wait.
+        let mut idle = Vec::new();
+        for _ in 0..=fanout::api::SPREAD_ABOVE {
+            let mut c = Client::connect(svc.addr).await;
+            assert_eq!(c.get("/nothing-here").await.status, 404);
+            idle.push(c);
+        }
+        client.send(call).await;
         let until = Instant::now() + PATIENCE;
         while tasks.num_alive_tasks() < 3 {
             assert!(
@@ -272,6 +289,7 @@ fn upstream_requests_on_a_runtime_of_their_own_run_there_and_every_one_ends() {
         let statuses =
             make_calls(&svc, |i| format!("/api/all?timeout={}", 5 + i % 36), &[504]).await;
         assert_eq!(statuses.values().sum::<usize>(), CALLS);
+        drop(idle);
         assert_nothing_left(&svc, fds_before, Instant::now()).await;
         // Every request task ends: by its deadline, or after lingering and replacing its connection.
         let until = Instant::now() + PATIENCE;

@@ -20,7 +20,9 @@ use tokio::time::{Duration, Instant};
 
 use crate::telemetry::Telemetry;
 use crate::trace::{CallTrace, SpanId};
-use crate::upstream::{OutcomeKind, Reply, Report, RequestOptions, Upstream, UpstreamError, Work};
+use crate::upstream::{
+    OutcomeKind, Place, Reply, Report, RequestOptions, Upstream, UpstreamError, Work,
+};
 
 /// One upstream request's result.
 pub type Outcome = Result<Work, UpstreamError>;
@@ -76,6 +78,8 @@ pub struct Calls {
     skipped: usize,
     /// What went wrong so far, for the `502` message.
     failures: Vec<String>,
+    /// Which runtime the requests run on.
+    place: Place,
 }
 
 impl Calls {
@@ -84,6 +88,7 @@ impl Calls {
         telemetry: Arc<Telemetry>,
         trace: CallTrace,
         deadline: Instant,
+        place: Place,
     ) -> Calls {
         let (reply, outcomes) = mpsc::unbounded_channel();
         Calls {
@@ -99,6 +104,7 @@ impl Calls {
             running: 0,
             skipped: 0,
             failures: Vec::new(),
+            place,
         }
     }
 
@@ -123,7 +129,7 @@ impl Calls {
             });
         }
         self.upstream
-            .start(self.deadline, requests, self.reply.clone());
+            .start(self.deadline, requests, self.reply.clone(), self.place);
         self.running += n;
         true
     }

@@ -92,6 +92,7 @@ pub async fn serve(
                             drop(refusal);
                         });
                     } // else dropped: closed at once
+                    api.connections_open(connections.len());
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -103,6 +104,7 @@ pub async fn serve(
                 }
             },
             Some(done) = connections.join_next(), if !connections.is_empty() => {
+                api.connections_open(connections.len());
                 if let Err(e) = done {
                     if e.is_panic() {
                         api.telemetry().log.error("connection_panicked", serde_json::json!({

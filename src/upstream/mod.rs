@@ -124,7 +124,8 @@ pub struct UpstreamConfig {
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
     /// connection (see [`Upstream::fetch`]). Zero closes such connections at once.
     pub linger: Duration,
-    /// The runtime the request tasks run on; `None`: the runtime of whoever calls [`Upstream::start`].
+    /// The runtime request tasks run on when started with [`Place::UpstreamRuntime`]; `None`: the runtime
+    /// of whoever calls [`Upstream::start`], always.
     pub runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -143,6 +144,15 @@ impl UpstreamConfig {
             runtime: None,
         }
     }
+}
+
+/// Where [`Upstream::start`] runs a call's request tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// On the caller's runtime, one after the other on the caller's worker (see `start`): no thread to wake.
+    Here,
+    /// On the upstream runtime (`UpstreamConfig::runtime`), if there is one; here if not.
+    UpstreamRuntime,
 }
 
 /// Where a request started with [`Upstream::start`] sends its outcome. Dropping the receiving end tells the
@@ -432,29 +442,43 @@ impl Upstream {
     /// this worker, microseconds apart. Under load nothing changes: busy workers steal from each other as
     /// usual. Measured in DESIGN.md ("One wake less per call"): for `/api/first` at 64 callers, a fifth fewer
     /// context switches and about 8% less CPU per call.
-    pub fn start(self: &Arc<Self>, deadline: Instant, requests: Vec<RequestOptions>, reply: Reply) {
+    ///
+    /// `place` says which runtime the tasks run on (see [`Place`]); the caller knows whether its own
+    /// runtime is better left free for other work.
+    pub fn start(
+        self: &Arc<Self>,
+        deadline: Instant,
+        requests: Vec<RequestOptions>,
+        reply: Reply,
+        place: Place,
+    ) {
         self.start_reaper();
-        self.spawn_chain(deadline, requests.into_iter(), reply);
+        let runtime = match place {
+            Place::UpstreamRuntime => self.runtime.as_ref(),
+            Place::Here => None,
+        };
+        self.spawn_chain(deadline, requests.into_iter(), reply, runtime);
     }
 
-    /// Spawns the task of the first of `requests`, which spawns the task of the next (see `start`).
+    /// Spawns the task of the first of `requests`, which spawns the task of the next (see `start`). The
+    /// first goes to `runtime` if given: it crosses over (that runtime's injection queue, and a wake of one
+    /// of its workers), and the next ones are spawned from there, on that runtime.
     fn spawn_chain(
         self: &Arc<Self>,
         deadline: Instant,
         mut requests: std::vec::IntoIter<RequestOptions>,
         reply: Reply,
+        runtime: Option<&tokio::runtime::Handle>,
     ) {
         let Some(options) = requests.next() else {
             return;
         };
         let upstream = self.clone();
         let task = async move {
-            upstream.spawn_chain(deadline, requests, reply.clone());
+            upstream.spawn_chain(deadline, requests, reply.clone(), None);
             upstream.request_task(deadline, options, reply).await
         };
-        // The first of a call's requests crosses over to the upstream runtime, if there is one (its
-        // injection queue, and a wake of one of its workers); the next ones are spawned from there.
-        match &self.runtime {
+        match runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),
         }
@@ -475,7 +499,7 @@ impl Upstream {
     ) -> Result<Work, UpstreamError> {
         let (reply, mut outcome) = mpsc::unbounded_channel();
         let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, vec![options], reply);
+        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
         match timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Some(report)) => report.outcome,
