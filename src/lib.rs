@@ -22,7 +22,8 @@
 //! The accept loop hands the socket to a connection task. It reads bytes until httparse finds a complete
 //! request head; from that instant the `timeout` parameter's deadline runs. The API picks a strategy,
 //! which starts upstream requests through a `Calls`: one task each, answering on a channel the `Calls`
-//! owns. Each takes a connection from the pool (or opens one), writes `GET /api/work`, reads the response
+//! owns. (With over 100 callers connected those tasks run on a second runtime of their own, so that a
+//! burst of them cannot delay the answers: DESIGN.md, "Two runtimes".) Each takes a connection from the pool (or opens one), writes `GET /api/work`, reads the response
 //! and returns the connection to the pool. The strategy
 //! waits for outcomes until it can decide or the deadline fires, whichever is first, then returns: the
 //! upstream requests still running stop counting for the caller at once. Those already on the wire may
