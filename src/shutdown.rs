@@ -25,6 +25,9 @@ pub async fn signalled() {
             _ = int.recv() => {}
         }
         eprintln!("fanout: second signal: exiting without waiting for the drain");
+        // `exit` runs no destructors: give the log's writer thread a moment for the lines already queued
+        // (the drain's own, say), but no more: this signal means "now".
+        crate::log::writer::flush(std::time::Duration::from_millis(200));
         std::process::exit(130);
     });
 }
