@@ -1,6 +1,7 @@
 //! The `fanout` binary: read the configuration, build the runtimes, bind, and hand over to the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use fanout::config::{self, Command, Config};
 use tokio::runtime::Runtime;
@@ -37,8 +38,8 @@ fn main() -> ExitCode {
 
     // Two runtimes (DESIGN.md, "Two runtimes"): the API's (the accept loop, the connection tasks, the
     // deadlines) and the upstream's (the request tasks: TLS, the pool), used when many callers are
-    // connected. Both are dropped at the end of `main`, outside any async context, which is the one place a
-    // runtime may be dropped.
+    // connected. Both are shut down at the end of `main`, outside any async context, which is the one place
+    // a runtime may be.
     let (api_threads, upstream_threads) = config.worker_threads(cpus);
     let runtime = match build_runtime("fanout-api", api_threads) {
         Ok(runtime) => runtime,
@@ -64,8 +65,14 @@ fn main() -> ExitCode {
         };
         fanout::serve(listener, admin, config, fanout::shutdown::signalled()).await
     });
+    // Tasks still running (upstream requests finishing in the background) are dropped with their runtime;
+    // a DNS lookup stuck on the blocking pool is given a second, not forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(upstream_runtime) = upstream_runtime {
+        upstream_runtime.shutdown_timeout(Duration::from_secs(1));
+    }
     // Log lines are written by a thread of their own (`fanout::log::writer`): let it finish, within reason.
-    fanout::log::writer::flush(std::time::Duration::from_secs(2));
+    fanout::log::writer::flush(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
