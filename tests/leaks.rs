@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{ms, Client, Service, PATIENCE};
+use common::{hanging_upstream, ms, Client, Service, PATIENCE};
 use fanout::simulator::{Fault, SimConfig};
 
 /// API calls per scenario; three scenarios make about 2,000.
@@ -177,12 +177,7 @@ async fn scenario(
 #[test]
 fn calls_cut_off_by_their_deadline_while_the_upstream_hangs_leave_nothing_open() {
     one_at_a_time(scenario(
-        SimConfig {
-            latency_ms: (0, 0),
-            failure_rate: 1.0,
-            failure_kinds: vec![Fault::Hang],
-            ..SimConfig::default()
-        },
+        hanging_upstream(),
         // Hedge early enough that /api/smart's extra requests start (and are cut off) too.
         |config| config.hedge_delay = ms(5),
         |i| {
@@ -245,13 +240,10 @@ fn with_over_100_callers_connected_upstream_requests_run_on_the_upstream_runtime
         .expect("a runtime");
     let (handle, tasks) = (upstream.handle().clone(), upstream.metrics());
     one_at_a_time(async move {
-        let hanging = SimConfig {
-            latency_ms: (0, 0),
-            failure_rate: 1.0,
-            failure_kinds: vec![Fault::Hang],
-            ..SimConfig::default()
-        };
-        let svc = start(hanging, |config| config.upstream_runtime = Some(handle)).await;
+        let svc = start(hanging_upstream(), |config| {
+            config.upstream_runtime = Some(handle)
+        })
+        .await;
         let fds_before = open_fds();
         let call = b"GET /api/all?timeout=300 HTTP/1.1\r\nHost: x\r\n\r\n";
 
