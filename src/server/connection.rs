@@ -393,10 +393,7 @@ enum OtherVersion {
 }
 
 fn other_version(buf: &[u8]) -> OtherVersion {
-    let start = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(buf.len());
+    let start = request_line_start(buf);
     let line = &buf[start..];
     // httparse accepted the method and target, each followed by one SP: the version follows the second.
     let Some(at) = line
@@ -429,11 +426,18 @@ fn other_version(buf: &[u8]) -> OtherVersion {
     }
 }
 
-/// Whether the request at the front of `buf` (after the empty lines httparse skips) is a `HEAD`. The
-/// response to a `HEAD` "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused included.
+/// Whether the request at the front of `buf` is a `HEAD`. The response to a `HEAD` "MUST NOT" carry
+/// content (RFC 9110 §9.3.2), an error for a head we refused included.
 fn starts_with_head(buf: &[u8]) -> bool {
-    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'));
-    start.is_some_and(|i| buf[i..].starts_with(b"HEAD "))
+    buf[request_line_start(buf)..].starts_with(b"HEAD ")
+}
+
+/// Where the request line starts in `buf`: after the empty lines before it, which httparse skips
+/// (RFC 9112 §2.2: a server SHOULD ignore at least one).
+fn request_line_start(buf: &[u8]) -> usize {
+    buf.iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len())
 }
 
 fn head_too_large() -> Response {
