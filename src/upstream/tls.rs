@@ -3,6 +3,7 @@
 //! - Crypto: rustls with the *ring* provider, chosen explicitly (`builder_with_provider`) so nothing depends on
 //!   a process-wide default provider being installed.
 //! - Versions: rustls's safe defaults (TLS 1.3 and 1.2).
+//! - Cipher suites: rustls's, with those hashing with SHA-256 first ([`prefer_sha256`]).
 //! - Trust: the Mozilla root programme as shipped by `webpki-roots` (no dependency on the host's certificate
 //!   store), plus `extra_roots` from the configuration, for the simulator's or a test's own CA.
 //! - ALPN (RFC 7301): we offer only `http/1.1`, so a server that also speaks HTTP/2 knows not to switch.
@@ -16,7 +17,8 @@ use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
     Tls13ClientSessionValue,
 };
-use rustls::{ClientConfig, NamedGroup, RootCertStore};
+use rustls::crypto::hash::HashAlgorithm;
+use rustls::{ClientConfig, NamedGroup, RootCertStore, SupportedCipherSuite};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 
@@ -30,7 +32,9 @@ pub(crate) fn connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsCo
             .map_err(|e| format!("extra TLS root #{i} is not a usable CA certificate: {e}"))?;
     }
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    prefer_sha256(&mut provider.cipher_suites);
+    let provider = Arc::new(provider);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS configuration: {e}"))?
@@ -40,6 +44,26 @@ pub(crate) fn connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsCo
     config.resumption = Resumption::store(Arc::new(SessionStore::new()));
 
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Puts the cipher suites that hash with SHA-256 (AES-128-GCM, then ChaCha20-Poly1305) ahead of those with
+/// SHA-384 (AES-256-GCM), keeping rustls's order otherwise. Servers usually follow the client's order.
+///
+/// Why: a handshake's key schedule is a few dozen HMACs, and every request and answer record is sealed or
+/// opened. rustls lists AES-256-GCM-SHA384 first; ring computes SHA-384 in software, but SHA-256 with the
+/// CPU's SHA extensions where it has them (x86-64 SHA-NI, Armv8). An upstream that hangs makes fanout
+/// replace connections by the thousand, and there SHA-512's block function was the largest single cost
+/// of the upstream threads (5% of the machine in the `overshoot` benchmark, as much again in the
+/// simulator). Both suites are TLS 1.3's mandatory-to-implement or recommended ones (RFC 8446 §9.1), and
+/// AES-128-GCM is what Go, Firefox and Chrome put first.
+fn prefer_sha256(suites: &mut [SupportedCipherSuite]) {
+    suites.sort_by_key(|suite| {
+        let common = match suite {
+            SupportedCipherSuite::Tls13(suite) => &suite.common,
+            SupportedCipherSuite::Tls12(suite) => &suite.common,
+        };
+        common.hash_provider.algorithm() != HashAlgorithm::SHA256
+    });
 }
 
 /// TLS 1.3 session tickets kept for resumption. rustls's own store keeps 8 per server: plenty for a browser,
@@ -118,5 +142,28 @@ impl ClientSessionStore for SessionStore {
             Some((name, tickets)) if name == server_name => tickets.pop_back(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CipherSuite;
+
+    #[test]
+    fn sha256_suites_come_first_and_none_is_lost() {
+        let mut suites = rustls::crypto::ring::default_provider().cipher_suites;
+        let before = suites.len();
+        prefer_sha256(&mut suites);
+        let names: Vec<CipherSuite> = suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(names.len(), before);
+        assert_eq!(names[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let sha384 = names
+            .iter()
+            .position(|n| format!("{n:?}").ends_with("SHA384"))
+            .unwrap();
+        assert!(names[sha384..]
+            .iter()
+            .all(|n| format!("{n:?}").ends_with("SHA384")));
     }
 }
