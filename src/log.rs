@@ -186,13 +186,17 @@ impl Logger {
         if level > self.settings.level {
             return;
         }
-        let mut line = line_start(level, event);
-        if level <= Level::Warn {
-            match self.take_token(event) {
+        // The rate limit first: a warning held back (shedding comes in floods) costs no formatting.
+        let held_back = match level <= Level::Warn {
+            true => match self.take_token(event) {
                 None => return,
-                Some(0) => {}
-                Some(held_back) => line.push_str(&format!("\"suppressed\":{held_back},")),
-            }
+                Some(n) => n,
+            },
+            false => 0,
+        };
+        let mut line = line_start(level, event);
+        if held_back > 0 {
+            line.push_str(&format!("\"suppressed\":{held_back},"));
         }
         match fields {
             serde_json::Value::Object(map) if map.is_empty() => {}
