@@ -270,6 +270,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def steal_seconds() -> float:
+    """Time the hypervisor kept this machine's virtual CPUs from running although they had work
+    (the `steal` column of /proc/stat, summed over all CPUs), in seconds: on a shared VM, stalls that
+    no process here caused or could prevent."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # "cpu user nice system idle iowait irq softirq steal ..."
+    return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
 def memory_mib(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak resident set since start), in MiB."""
     out = {}
@@ -294,6 +303,7 @@ SERVER_DURATION = "fanout_http_server_request_duration_seconds"
 SHED_TOTAL = "fanout_calls_shed_total"
 ACTIVE = "fanout_http_server_active_requests"
 RSS_BYTES = "process_resident_memory_bytes"
+LEAD = "fanout_deadline_lead_seconds"
 SHARE_BOUNDS_S = {"within_5ms": 0.005, "within_25ms": 0.025}
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 Sample = tuple[str, frozenset, float]  # name, labels as (key, value) pairs, value
@@ -387,6 +397,9 @@ def server_figures(before: list[Sample], after: list[Sample], scenario: Scenario
         "active_requests_before": gauge(before, ACTIVE),
         "rss_mib_after": round(gauge(after, RSS_BYTES) / 2**20, 1),
     }
+    lead = gauge(after, LEAD)
+    if lead is not None:  # (fanout builds from before the deadline lead have none)
+        figures["lead_ms_after"] = round(lead * 1000, 2)
     # Shed answers are responses with a deadline too, written long before it (overshoot 0): the
     # overshoot of the accepted calls alone takes them out of the le="0" bucket and up. Only valid
     # when every shed answer was written within the deadline.
@@ -601,6 +614,7 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             # Before the load.
             metrics0 = scrape(admin_port) if admin_port is not None else None
             cpu0, sim_cpu0 = cpu_seconds(server.pid), cpu_seconds(simulator.pid)
+            steal0 = steal_seconds()
             fds_before = open_fds(server.pid)
             rss_before = memory_mib(server.pid)["VmRSS"]
             stats0 = sim.get()
@@ -660,6 +674,7 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
 
             # Right after: CPU, the upstream's counters and fanout's metrics.
             cpu1, sim_cpu1 = cpu_seconds(server.pid), cpu_seconds(simulator.pid)
+            steal1 = steal_seconds()
             metrics1 = scrape(admin_port) if admin_port is not None else None
             stats1 = sim.get()
             wrk_out = (rundir / "wrk.log").read_text(errors="replace")
@@ -715,6 +730,7 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             "connections_open_after": stats2["connections_open"],
         },
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
+        "steal_s": round(steal1 - steal0, 2),
     })
     if scenario.rss_series:
         result["rss_mib_series"] = rss_series

@@ -143,7 +143,7 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
     /// figures read now from their owners.
-    pub fn render(&self, in_flight: usize, pool: PoolStats) -> String {
+    pub fn render(&self, in_flight: usize, lead: Duration, pool: PoolStats) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out);
         gauge(
@@ -151,6 +151,12 @@ impl Telemetry {
             "fanout_http_server_active_requests",
             "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
             in_flight,
+        );
+        gauge(
+            &mut out,
+            "fanout_deadline_lead_seconds",
+            "How long before its deadline a call stops waiting now: the 99th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
+            lead.as_secs_f64(),
         );
 
         family(

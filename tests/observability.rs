@@ -135,6 +135,8 @@ async fn metrics_count_calls_by_route_and_status_and_upstream_requests_by_outcom
         2.0
     );
     assert_eq!(get(&m, "fanout_http_server_active_requests"), 0.0);
+    // A few calls are no load: a call stops waiting one timer tick before its deadline (api::lead).
+    assert_eq!(get(&m, "fanout_deadline_lead_seconds"), 0.001);
     // The pool's own counters, read at scrape time: six requests, at least one connection.
     let connects = get(&m, "fanout_upstream_pool_connects_total");
     let reuses = get(&m, "fanout_upstream_pool_reuses_total");

@@ -1,9 +1,11 @@
 //! The API: routing, the `timeout` parameter, and the four strategies.
 //!
 //! Reading order: [`Api::handle`] (here), then [`query`] (the `timeout` parameter), [`calls`] (starting
-//! upstream requests and collecting their outcomes) and [`strategies`] (one function per endpoint).
+//! upstream requests and collecting their outcomes), [`strategies`] (one function per endpoint) and
+//! [`lead`] (how long before its deadline a call stops waiting).
 
 pub mod calls;
+pub mod lead;
 pub mod query;
 pub mod strategies;
 
@@ -20,10 +22,8 @@ use crate::telemetry::Telemetry;
 use crate::trace::CallTrace;
 use crate::upstream::{Place, PoolStats, Upstream, Work};
 use calls::{Attempt, Calls};
+use lead::Lead;
 use strategies::{Answer, Failure};
-
-/// The granularity of tokio's timer.
-const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// The methods the server recognises (RFC 9110 §9.3, and PATCH): on an endpoint, those other than GET and
 /// HEAD get 405. CONNECT is left out: a tunnel through a proxy (§9.3.6), not implemented here.
@@ -89,6 +89,8 @@ pub struct Api {
     max_in_flight: usize,
     /// Client connections open now, as the accept loop last counted them (see [`SPREAD_ABOVE`]).
     connections: AtomicUsize,
+    /// How long before its deadline a call stops waiting (see [`lead`]).
+    lead: Lead,
 }
 
 /// With more client connections open than this, a call's upstream requests run on the upstream runtime
@@ -122,6 +124,7 @@ impl Api {
             in_flight: AtomicUsize::new(0),
             max_in_flight: config.limits.max_in_flight,
             connections: AtomicUsize::new(0),
+            lead: Lead::new(Instant::now()),
         }
     }
 
@@ -146,7 +149,7 @@ impl Api {
     /// The Prometheus exposition of everything (see `Telemetry::render`).
     pub fn render_metrics(&self) -> String {
         self.telemetry
-            .render(self.in_flight(), self.upstream.stats())
+            .render(self.in_flight(), self.lead.current(), self.upstream.stats())
     }
 
     /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
@@ -216,9 +219,9 @@ impl Api {
                 return Handled::plain(response, Some(endpoint));
             }
         };
-        // Aim one timer tick early: tokio's timer fires on whole milliseconds, rounding up, so a timer set
-        // for the deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
-        let deadline = started + timeout.saturating_sub(TIMER_RESOLUTION);
+        // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
+        // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
+        let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout));
         let Some(_admitted) = self.admit() else {
             self.shed(ShedReason::MaxInFlight, self.max_in_flight);
             let response = match endpoint {
@@ -280,6 +283,12 @@ impl Api {
                 &format!("every upstream request failed: {why}"),
             ),
         };
+        // A call that waited until its strategy's deadline: how late it is ready to be written sets the
+        // lead for the calls to come.
+        let now = Instant::now();
+        if now >= deadline {
+            self.lead.record(now - deadline, now);
+        }
         Handled {
             response,
             endpoint: Some(endpoint),
