@@ -44,6 +44,8 @@ pub struct Config {
     pub max_timeout_ms: u64,
     /// `/api/smart` fires its two extra requests after this long without a success.
     pub hedge_delay: Duration,
+    /// The most a call's timer is aimed before its deadline (see `api::lead`).
+    pub max_deadline_lead: Duration,
     pub limits: Limits,
     /// Bounds on the upstream client and its connection pool.
     pub pool: PoolSettings,
@@ -128,6 +130,7 @@ impl Default for Config {
             extra_roots: Vec::new(),
             max_timeout_ms: 60_000,
             hedge_delay: Duration::from_millis(300),
+            max_deadline_lead: crate::api::lead::DEFAULT_MAX,
             limits: Limits::default(),
             pool: PoolSettings::default(),
             // Like the real upstream, which "often fails": 1 request in 10 fails, in any of the ways.
@@ -206,6 +209,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },
     Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
     Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS", default: "300", help: "/api/smart fires 2 more requests after this long without a success" },
+    Setting { flag: "--max-deadline-lead-ms", env: "FANOUT_MAX_DEADLINE_LEAD_MS", value: "MS", default: "20", help: "under load a call stops waiting up to this long (at most a tenth of its timeout) before its deadline, as late as answers lately were ready, so that it is written in time; 1 to 100 (1: always 1 ms, the timer's resolution)" },
     Setting { flag: "--upstream-max-connections", env: "FANOUT_UPSTREAM_MAX_CONNECTIONS", value: "N", default: "8192", help: "open upstream connections at most; beyond, requests wait for one within their deadline" },
     Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "8192", help: "idle upstream connections kept for reuse" },
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
@@ -343,6 +347,9 @@ impl Config {
             "--upstream-ca" => self.extra_roots = read_roots(v)?,
             "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
             "--hedge-delay-ms" => self.hedge_delay = millis(v)?,
+            "--max-deadline-lead-ms" => {
+                self.max_deadline_lead = Duration::from_millis(number(v, 1, 100)?)
+            }
             "--upstream-max-connections" => {
                 self.pool.max_connections = number(v, 1, 1 << 20)? as usize
             }
@@ -445,6 +452,7 @@ mod tests {
         assert_eq!(c.upstream, UpstreamChoice::Url(DEFAULT_UPSTREAM.into()));
         assert_eq!(c.max_timeout_ms, 60_000);
         assert_eq!(c.hedge_delay, Duration::from_millis(300));
+        assert_eq!(c.max_deadline_lead, Duration::from_millis(20));
     }
 
     #[test]

@@ -86,3 +86,76 @@ async fn many_concurrent_calls_all_keep_their_deadline() {
         );
     }
 }
+
+/// The value of one unlabelled gauge or counter in a `/metrics` page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// The deadline lead (`api::lead`): after a second in which answers were ready late, calls stop waiting
+/// earlier, so that their answers are written by their deadlines. The lateness is made here by blocking
+/// the runtime's one thread while 110 deadlines pass.
+#[tokio::test(flavor = "current_thread")]
+async fn after_a_second_of_late_answers_calls_stop_waiting_earlier() {
+    let svc = Service::start_with(common::hanging_upstream(), |_| {}).await;
+    let addr = svc.addr;
+    let calls: Vec<_> = (0..110)
+        .map(|_| {
+            tokio::spawn(async move {
+                common::Client::connect(addr)
+                    .await
+                    .get("/api/all?timeout=1000")
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    // Every call's head is parsed, so every deadline is at most a second away...
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &svc.admin_get("/metrics").await.text(),
+        "fanout_http_server_active_requests",
+    ) < 110.0
+    {
+        assert!(Instant::now() < until, "the 110 calls did not all arrive");
+        tokio::task::yield_now().await;
+    }
+    // ...and all of them pass while nothing runs: each answer is ready at least 50 ms late.
+    std::thread::sleep(Duration::from_millis(1050));
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 504);
+    }
+    assert_eq!(
+        metric(
+            &svc.admin_get("/metrics").await.text(),
+            "fanout_deadline_lead_seconds"
+        ),
+        0.001,
+        "the lead changes only once the second is over"
+    );
+
+    // Once the second is over, the next call that ends sets the lead: the most it may be, 20 ms.
+    let until = Instant::now() + Duration::from_secs(5);
+    let lead = loop {
+        assert_eq!(svc.get("/api/all?timeout=0").await.status, 504);
+        let page = svc.admin_get("/metrics").await.text();
+        let lead = metric(&page, "fanout_deadline_lead_seconds");
+        if lead > 0.001 || Instant::now() > until {
+            break lead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lead, 0.02);
+
+    // A call now stops waiting 20 ms (a tenth of its timeout) before its deadline.
+    let t = Instant::now();
+    assert_eq!(svc.get("/api/all?timeout=200").await.status, 504);
+    let took = t.elapsed();
+    assert!(
+        took >= ms(179) && took < ms(195),
+        "took {took:?}, not about 180 ms"
+    );
+}

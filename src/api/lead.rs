@@ -14,7 +14,8 @@
 //! those answers would have been ready by their deadlines. It rises at once but falls by at most half a
 //! second, and a second with fewer delays halves it, so a machine that is no longer loaded soon gets the
 //! whole wait back. A call aims its timer the lead before its deadline, never less than [`FLOOR`] before
-//! and never more than [`MAX`] or a tenth of its timeout ([`Lead::for_timeout`]).
+//! and never more than `--max-deadline-lead-ms` ([`DEFAULT_MAX`]) or a tenth of its timeout
+//! ([`Lead::for_timeout`]). With `--max-deadline-lead-ms 1` the lead is the floor, always.
 //!
 //! Why the 99.9th and not the 99th: measured in the `overshoot` benchmark (500 callers in lockstep,
 //! `timeout=250`), with the 99th the lead settled at about 5 ms and 96-97.5% of answers were in time;
@@ -37,9 +38,13 @@ use tokio::time::{Duration, Instant};
 /// deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
 pub const FLOOR: Duration = Duration::from_millis(1);
 
-/// The most lead, whatever the delays: a machine that wakes tasks later than this is overloaded past
-/// what an earlier timer should hide, and the overshoot histogram and its alert show it.
-pub const MAX: Duration = Duration::from_millis(20);
+/// The most lead by default, whatever the delays (`--max-deadline-lead-ms`): a machine that wakes tasks
+/// later than this is overloaded past what an earlier timer should hide, and the overshoot histogram and
+/// its alert show it. 20 ms is 2% of a one-second timeout; a tenth of the timeout bounds it for short ones.
+pub const DEFAULT_MAX: Duration = Duration::from_millis(20);
+
+/// The largest `--max-deadline-lead-ms`: the delays are counted in buckets up to this.
+pub const LARGEST_MAX: Duration = Duration::from_millis(100);
 
 /// The delays of at least this many calls in a second set the lead for the next; fewer halve it.
 pub const MIN_SAMPLES: u64 = 100;
@@ -50,8 +55,9 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// The width of a histogram bucket, in µs: the lead is a whole number of these.
 const STEP_US: u64 = 250;
 
-/// Buckets `[i * STEP_US, (i + 1) * STEP_US)` up to [`MAX`]; the last holds every delay at or over it.
-const BUCKETS: usize = (MAX.as_micros() as u64 / STEP_US) as usize + 1;
+/// Buckets `[i * STEP_US, (i + 1) * STEP_US)` up to [`LARGEST_MAX`]; the last holds every delay at or over
+/// it.
+const BUCKETS: usize = (LARGEST_MAX.as_micros() as u64 / STEP_US) as usize + 1;
 
 /// The lead now, and this second's delays.
 pub struct Lead {
@@ -63,15 +69,19 @@ pub struct Lead {
     delays: [AtomicU64; BUCKETS],
     /// The lead, in µs.
     lead_us: AtomicU64,
+    /// The most it may be, in µs (`--max-deadline-lead-ms`).
+    max_us: u64,
 }
 
 impl Lead {
-    pub fn new(now: Instant) -> Lead {
+    /// A lead of [`FLOOR`] to start with, and at most `max` (between [`FLOOR`] and [`LARGEST_MAX`]).
+    pub fn new(now: Instant, max: Duration) -> Lead {
         Lead {
             epoch: now,
             window_end_us: AtomicU64::new(micros(WINDOW)),
             delays: std::array::from_fn(|_| AtomicU64::new(0)),
             lead_us: AtomicU64::new(micros(FLOOR)),
+            max_us: micros(max.clamp(FLOOR, LARGEST_MAX)),
         }
     }
 
@@ -127,7 +137,7 @@ impl Lead {
         } else {
             half
         };
-        let lead_us = lead_us.clamp(micros(FLOOR), micros(MAX));
+        let lead_us = lead_us.clamp(micros(FLOOR), self.max_us);
         self.lead_us.store(lead_us, Ordering::Relaxed);
     }
 }
@@ -154,27 +164,27 @@ mod tests {
 
     #[test]
     fn starts_at_the_floor() {
-        let lead = Lead::new(Instant::now());
+        let lead = Lead::new(Instant::now(), DEFAULT_MAX);
         assert_eq!(lead.for_timeout(250 * MS), FLOOR);
     }
 
     #[test]
     fn becomes_the_99_9th_percentile_of_the_last_seconds_delays() {
         let start = Instant::now();
-        let lead = Lead::new(start);
+        let lead = Lead::new(start, DEFAULT_MAX);
         // 1998 quick answers and 2 that waited 30 ms: the 99.9th percentile is the quick ones' bucket.
         after_a_second_of(&lead, start, &[(1998, 2 * MS), (2, 30 * MS)]);
         assert_eq!(lead.current(), Duration::from_micros(2250));
         // One more slow one and the percentile is among the slow ones, which are over the bound.
         let start = start + 1001 * MS;
         after_a_second_of(&lead, start, &[(1997, 2 * MS), (3, 30 * MS)]);
-        assert_eq!(lead.current(), MAX);
+        assert_eq!(lead.current(), DEFAULT_MAX);
     }
 
     #[test]
     fn rises_at_once_and_falls_by_at_most_half_a_second() {
         let start = Instant::now();
-        let lead = Lead::new(start);
+        let lead = Lead::new(start, DEFAULT_MAX);
         after_a_second_of(&lead, start, &[(200, 8 * MS)]);
         assert_eq!(lead.current(), Duration::from_micros(8250));
         after_a_second_of(&lead, start + 1001 * MS, &[(200, Duration::ZERO)]);
@@ -186,7 +196,7 @@ mod tests {
     #[test]
     fn is_at_most_a_tenth_of_the_timeout_and_at_least_the_floor() {
         let start = Instant::now();
-        let lead = Lead::new(start);
+        let lead = Lead::new(start, DEFAULT_MAX);
         after_a_second_of(&lead, start, &[(200, 8 * MS)]);
         assert_eq!(lead.for_timeout(250 * MS), Duration::from_micros(8250));
         assert_eq!(lead.for_timeout(50 * MS), 5 * MS);
@@ -196,7 +206,7 @@ mod tests {
     #[test]
     fn a_second_with_too_few_delays_halves_it_down_to_the_floor() {
         let start = Instant::now();
-        let lead = Lead::new(start);
+        let lead = Lead::new(start, DEFAULT_MAX);
         after_a_second_of(&lead, start, &[(200, 8 * MS)]);
         let next = start + 1001 * MS;
         after_a_second_of(&lead, next, &[(MIN_SAMPLES - 1, 8 * MS)]);
@@ -210,7 +220,7 @@ mod tests {
     #[test]
     fn a_delay_recorded_after_the_second_counts_in_the_next_one() {
         let start = Instant::now();
-        let lead = Lead::new(start);
+        let lead = Lead::new(start, DEFAULT_MAX);
         for _ in 0..MIN_SAMPLES {
             lead.record(8 * MS, start + 1500 * MS); // each one after the first window's end
         }
@@ -218,5 +228,13 @@ mod tests {
         assert_eq!(lead.current(), FLOOR);
         lead.roll_over(start + 2501 * MS);
         assert_eq!(lead.current(), Duration::from_micros(8250));
+    }
+
+    #[test]
+    fn a_max_of_one_millisecond_keeps_it_at_the_floor() {
+        let start = Instant::now();
+        let lead = Lead::new(start, FLOOR);
+        after_a_second_of(&lead, start, &[(200, 8 * MS)]);
+        assert_eq!(lead.for_timeout(250 * MS), FLOOR);
     }
 }

@@ -124,7 +124,7 @@ impl Api {
             in_flight: AtomicUsize::new(0),
             max_in_flight: config.limits.max_in_flight,
             connections: AtomicUsize::new(0),
-            lead: Lead::new(Instant::now()),
+            lead: Lead::new(Instant::now(), config.max_deadline_lead),
         }
     }
 
