@@ -155,7 +155,7 @@ impl Telemetry {
         gauge(
             &mut out,
             "fanout_deadline_lead_seconds",
-            "How long before its deadline a call stops waiting now: the 99th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
+            "How long before its deadline a call stops waiting now: the 99.9th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
             lead.as_secs_f64(),
         );
 

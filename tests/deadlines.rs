@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ms, Service};
+use common::{get, ms, samples, Service};
 
 /// How late an answer may be in these tests (the benchmark's target is far tighter).
 const SLACK: Duration = Duration::from_millis(60);
@@ -87,12 +87,9 @@ async fn many_concurrent_calls_all_keep_their_deadline() {
     }
 }
 
-/// The value of one unlabelled gauge or counter in a `/metrics` page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+/// One sample of the service's `/metrics` page.
+async fn metric(svc: &Service, key: &str) -> f64 {
+    get(&samples(&svc.admin_get("/metrics").await.text()), key)
 }
 
 /// The deadline lead (`api::lead`): after a second in which answers were ready late, calls stop waiting
@@ -115,11 +112,7 @@ async fn after_a_second_of_late_answers_calls_stop_waiting_earlier() {
         .collect();
     // Every call's head is parsed, so every deadline is at most a second away...
     let until = Instant::now() + Duration::from_secs(10);
-    while metric(
-        &svc.admin_get("/metrics").await.text(),
-        "fanout_http_server_active_requests",
-    ) < 110.0
-    {
+    while metric(&svc, "fanout_http_server_active_requests").await < 110.0 {
         assert!(Instant::now() < until, "the 110 calls did not all arrive");
         tokio::task::yield_now().await;
     }
@@ -129,10 +122,7 @@ async fn after_a_second_of_late_answers_calls_stop_waiting_earlier() {
         assert_eq!(call.await.unwrap(), 504);
     }
     assert_eq!(
-        metric(
-            &svc.admin_get("/metrics").await.text(),
-            "fanout_deadline_lead_seconds"
-        ),
+        metric(&svc, "fanout_deadline_lead_seconds").await,
         0.001,
         "the lead changes only once the second is over"
     );
@@ -141,8 +131,7 @@ async fn after_a_second_of_late_answers_calls_stop_waiting_earlier() {
     let until = Instant::now() + Duration::from_secs(5);
     let lead = loop {
         assert_eq!(svc.get("/api/all?timeout=0").await.status, 504);
-        let page = svc.admin_get("/metrics").await.text();
-        let lead = metric(&page, "fanout_deadline_lead_seconds");
+        let lead = metric(&svc, "fanout_deadline_lead_seconds").await;
         if lead > 0.001 || Instant::now() > until {
             break lead;
         }

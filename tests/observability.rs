@@ -9,20 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use common::{ms, Service, PATIENCE};
+use common::{get, ms, samples, Service, PATIENCE};
 use fanout::simulator::{Fault, Reply, SimConfig};
 use serde_json::Value;
-
-/// The samples of a Prometheus text page: `name{labels}` (as written) to value.
-fn samples(page: &str) -> HashMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Scrapes until `ready` holds for the samples (or `PATIENCE` is up), and returns the last scrape.
 async fn scrape_until(
@@ -43,11 +32,6 @@ async fn scrape_until(
         }
         tokio::time::sleep(ms(10)).await;
     }
-}
-
-fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
 }
 
 fn server_count(route: &str, status: u16) -> String {

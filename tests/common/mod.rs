@@ -2,6 +2,7 @@
 //! TLS, and a raw HTTP/1.1 client that shows exactly what went over the wire.
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,6 +20,23 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// The samples of a Prometheus text page: `name{labels}` (as written) to value.
+pub fn samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One sample of [`samples`]; the test fails if it is missing.
+pub fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
 }
 
 /// A simulator whose every request hangs: only the deadline can end a call.
