@@ -57,6 +57,10 @@ pub struct Config {
     /// The runtime upstream requests run on, built by `main` from `upstream_threads`; `None`: the
     /// runtime that calls `serve` (as in the tests).
     pub upstream_runtime: Option<tokio::runtime::Handle>,
+    /// The runtime that serves a connection while its calls are being shed, built by `main` beside the
+    /// upstream's (DESIGN.md, "Shedding on a runtime of its own"); `None`: shed connections stay where
+    /// they are (as in the tests).
+    pub shed_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The upstream client's bounds; the reasons for the defaults are in `upstream/mod.rs`.
@@ -140,6 +144,7 @@ impl Default for Config {
             },
             upstream_threads: None,
             upstream_runtime: None,
+            shed_runtime: None,
         }
     }
 }
@@ -183,8 +188,9 @@ impl Default for Limits {
             // Each call holds up to 3 upstream connections: 2,560 calls fit the upstream cap of 8,192 with
             // room for requests that finish in the background. 2,000 callers are not overload.
             max_in_flight: 2560,
-            // The `Retry-After: 1` the shed answer carries.
-            shed_pause: Duration::from_secs(1),
+            // No pause: it would be part of the caller's next answer time (DESIGN.md, "Shedding on a
+            // runtime of its own").
+            shed_pause: Duration::ZERO,
         }
     }
 }
@@ -227,7 +233,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
     Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (beyond, a new one's first request gets 503 and a close)" },
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
-    Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "1000", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
+    Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "0", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
 ];
 

@@ -136,7 +136,14 @@ pub async fn serve(
     // matter most during the drain).
     let (stop_admin, admin_stop) = oneshot::channel::<()>();
     let api_server = async {
-        server::serve(listener, api.clone(), config.limits.clone(), shutdown).await;
+        server::serve(
+            listener,
+            api.clone(),
+            config.limits.clone(),
+            config.shed_runtime.clone(),
+            shutdown,
+        )
+        .await;
         let _ = stop_admin.send(());
     };
     let admin_server = async {

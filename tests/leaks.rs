@@ -233,11 +233,7 @@ fn hedged_and_partial_answers_cancel_the_rest_and_leave_nothing_open() {
 fn with_over_100_callers_connected_upstream_requests_run_on_the_upstream_runtime_and_every_one_ends(
 ) {
     // As the binary runs by default (src/main.rs): an upstream runtime beside the API's.
-    let upstream = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let upstream = common::runtime(1);
     let (handle, tasks) = (upstream.handle().clone(), upstream.metrics());
     one_at_a_time(async move {
         let svc = start(hanging_upstream(), |config| {

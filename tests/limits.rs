@@ -59,35 +59,119 @@ async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_up
     );
 }
 
-/// A caller that asks again at once on the connection that was just shed waits about a second (the
-/// `Retry-After` it was given) before its next request is even read; another connection is answered at once.
+/// A caller that asks again at once on the connection that was just shed is answered at once by default;
+/// with `--shed-pause-ms` it waits that long before its next request is even read, while another
+/// connection is answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shed_connection_is_not_read_again_for_a_second() {
-    let svc = Service::start_with(common::hanging_upstream(), |c| c.limits.max_in_flight = 1).await;
-    let mut busy = svc.client().await;
-    busy.send(b"GET /api/all?timeout=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+async fn a_shed_connection_is_read_again_at_once_or_after_the_shed_pause() {
+    for pause in [None, Some(ms(1000))] {
+        let svc = Service::start_with(common::hanging_upstream(), |c| {
+            c.limits.max_in_flight = 1;
+            if let Some(pause) = pause {
+                c.limits.shed_pause = pause;
+            }
+        })
         .await;
-    assert!(
-        svc.sim.wait_requests(3, PATIENCE).await,
-        "the admitted call is running"
-    );
+        let mut busy = svc.client().await;
+        busy.send(b"GET /api/all?timeout=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        assert!(
+            svc.sim.wait_requests(3, PATIENCE).await,
+            "the admitted call is running"
+        );
 
-    let mut shed = svc.client().await;
-    assert_eq!(shed.get("/api/first?timeout=3000").await.status, 503);
-    let t = Instant::now();
-    shed.send(b"GET /api/first?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        let mut shed = svc.client().await;
+        assert_eq!(shed.get("/api/first?timeout=3000").await.status, 503);
+        let t = Instant::now();
+        shed.send(b"GET /api/first?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        // Meanwhile another caller is answered at once.
+        let other = Instant::now();
+        assert_eq!(svc.get("/api/first?timeout=3000").await.status, 503);
+        assert!(other.elapsed() < ms(500), "took {:?}", other.elapsed());
+        let again = shed.response().await.expect("answered");
+        assert_eq!(again.status, 503);
+        match pause {
+            None => assert!(t.elapsed() < ms(500), "answered after {:?}", t.elapsed()),
+            Some(pause) => assert!(
+                t.elapsed() >= pause - ms(100),
+                "the shed connection was read again after {:?}",
+                t.elapsed()
+            ),
+        }
+    }
+}
+
+/// As the binary runs by default (src/main.rs): a connection whose call was shed is served on the shed
+/// runtime, answered there at once for as long as there is no place, and moves back to the API's runtime
+/// with a place taken for it when one is free. At shutdown a parked connection closes like any other.
+#[test]
+fn a_shed_connection_waits_on_the_shed_runtime_and_comes_back_when_a_place_is_free() {
+    let shed_runtime = common::runtime(1);
+    let (handle, tasks) = (shed_runtime.handle().clone(), shed_runtime.metrics());
+    let api_runtime = common::runtime(2);
+    api_runtime.block_on(async move {
+        let mut svc = Service::start_with(common::hanging_upstream(), |c| {
+            c.limits.max_in_flight = 1;
+            c.shed_runtime = Some(handle);
+        })
         .await;
-    // Meanwhile another caller is answered at once.
-    let other = Instant::now();
-    assert_eq!(svc.get("/api/first?timeout=3000").await.status, 503);
-    assert!(other.elapsed() < ms(500), "took {:?}", other.elapsed());
-    let again = shed.response().await.expect("answered after the pause");
-    assert_eq!(again.status, 503);
-    assert!(
-        t.elapsed() >= ms(900),
-        "the shed connection was read again after {:?}",
-        t.elapsed()
-    );
+        let parked = |n: usize| {
+            let tasks = tasks.clone();
+            async move {
+                let until = Instant::now() + PATIENCE;
+                while tasks.num_alive_tasks() != n {
+                    if Instant::now() > until {
+                        return false;
+                    }
+                    tokio::time::sleep(ms(5)).await;
+                }
+                true
+            }
+        };
+        assert_eq!(tasks.num_alive_tasks(), 0, "nothing is shed yet");
+        let mut busy = svc.client().await;
+        busy.send(b"GET /api/all?timeout=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        assert!(svc.sim.wait_requests(3, PATIENCE).await, "admitted");
+
+        let mut shed = svc.client().await;
+        assert_eq!(shed.get("/api/all?timeout=3000").await.status, 503);
+        assert!(
+            parked(1).await,
+            "the shed connection is on the shed runtime"
+        );
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = shed.get("/api/within-timeout?timeout=3000").await;
+            assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+            assert!(t.elapsed() < ms(500), "answered after {:?}", t.elapsed());
+        }
+        assert_eq!(svc.sim.requests(), 3, "shed calls reach no upstream");
+
+        // The admitted call ends at its deadline; the parked connection's next call takes the place.
+        assert_eq!(busy.response().await.map(|r| r.status), Some(504));
+        let r = shed.get("/api/all?timeout=100").await;
+        assert_eq!(r.status, 504, "admitted this time, and timed out");
+        assert_eq!(svc.sim.requests(), 6, "its requests reached the upstream");
+        assert!(parked(0).await, "it is back on the API's runtime");
+
+        // Parked again; then shutdown closes it, between requests, and its task ends.
+        let mut busy = svc.client().await;
+        busy.send(b"GET /api/all?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        assert!(svc.sim.wait_requests(9, PATIENCE).await, "admitted");
+        assert_eq!(shed.get("/api/first?timeout=3000").await.status, 503);
+        assert!(parked(1).await, "parked again");
+        svc.begin_stop();
+        assert!(shed.closed_by_server().await, "closed at shutdown");
+        assert!(parked(0).await, "its task ended");
+        assert_eq!(busy.response().await.map(|r| r.status), Some(504));
+        svc.stop().await.expect("a clean stop");
+    });
+    // Outside any async context, where a runtime may be dropped.
+    drop(api_runtime);
+    drop(shed_runtime);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,7 +61,8 @@ pub struct Handled {
     pub timeout: Option<Duration>,
     /// The upstream requests the call made.
     pub attempts: Vec<Attempt>,
-    /// Whether the call was shed (admission control): its connection then pauses (`--shed-pause-ms`).
+    /// Whether the call was shed (admission control): its connection then moves to the shed runtime, or
+    /// pauses (`--shed-pause-ms`).
     pub shed: bool,
 }
 
@@ -85,7 +86,7 @@ pub struct Api {
     max_timeout_ms: u64,
     hedge_delay: Duration,
     /// Admission control: calls in flight now, and the most allowed.
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
     /// Client connections open now, as the accept loop last counted them (see [`SPREAD_ABOVE`]).
     connections: AtomicUsize,
@@ -104,11 +105,11 @@ pub struct Api {
 /// light load (DESIGN.md, "Two runtimes").
 pub const SPREAD_ABOVE: usize = 100;
 
-/// Counts one admitted call in flight for as long as it lives (drop guard: every way a call ends
-/// releases its place, a dropped future included).
-struct Admitted<'a>(&'a AtomicUsize);
+/// A place for one call, taken by [`Api::admit`]: counts the call in flight for as long as it lives (drop
+/// guard: every way a call ends releases its place, a dropped future included).
+pub struct Admitted(Arc<AtomicUsize>);
 
-impl Drop for Admitted<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -121,7 +122,7 @@ impl Api {
             telemetry,
             max_timeout_ms: config.max_timeout_ms,
             hedge_delay: config.hedge_delay,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: config.limits.max_in_flight,
             connections: AtomicUsize::new(0),
             lead: Lead::new(Instant::now(), config.max_deadline_lead),
@@ -154,20 +155,28 @@ impl Api {
 
     /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
     /// would only make it miss its deadline, and the upstream is spared work nobody could use in time.
-    fn admit(&self) -> Option<Admitted<'_>> {
+    pub fn admit(&self) -> Option<Admitted> {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(Admitted(&self.in_flight))
+        Some(Admitted(self.in_flight.clone()))
     }
 
     /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
-    /// `trace` is the call's span: each upstream request becomes a child of it.
+    /// `trace` is the call's span: each upstream request becomes a child of it. `admitted`: a place
+    /// already taken for it (on the shed runtime, see `server/connection.rs`); `None`: one is taken here
+    /// if the request is a call.
     ///
     /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
     /// caller gone (see `api::calls`).
-    pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
+    pub async fn handle(
+        &self,
+        head: &RequestHead,
+        started: Instant,
+        trace: &CallTrace,
+        admitted: Option<Admitted>,
+    ) -> Handled {
         // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
         // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
         // case-sensitive: "get" is not GET.
@@ -222,7 +231,7 @@ impl Api {
         // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
         let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout));
-        let Some(_admitted) = self.admit() else {
+        let Some(_admitted) = admitted.or_else(|| self.admit()) else {
             self.shed(ShedReason::MaxInFlight, self.max_in_flight);
             let response = match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.

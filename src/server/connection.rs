@@ -11,16 +11,21 @@
 //! | the answer                     | the request's deadline    | the strategy answers in time  |
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 
 use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
-use crate::api::{Api, Handled};
+use crate::api::{Admitted, Api, Handled};
 use crate::config::Limits;
 use crate::metrics::ShedReason;
 use crate::telemetry::RequestDone;
@@ -41,6 +46,42 @@ enum Body {
     Chunked(ChunkedDecoder, u64),
 }
 
+/// How serving a connection on one runtime ended.
+enum Served {
+    /// The connection is closed, or is to be dropped.
+    Done,
+    /// Its call was just shed: go on serving it on the shed runtime, for as long as calls would be shed.
+    /// A client that asks again at once after its `503` (ignoring `Retry-After`) is answered at once,
+    /// there, and its flood of requests cannot queue ahead of the deadlines and answers of the calls that
+    /// were admitted, which stay on the API's runtime (DESIGN.md, "Shedding on a runtime of its own").
+    Shed,
+    /// On the shed runtime: a request has come and there was a place for a call; it is taken for this
+    /// request (so that many parked connections cannot all move back for one free place). It is served,
+    /// and the connection with it, back on the API's runtime. `Instant`: when its head was parsed.
+    Admissible(Pending),
+}
+
+/// A request read and not yet answered: its head, when that was parsed, and the place taken for it if any.
+type Pending = (RequestHead, Instant, Option<Admitted>);
+
+/// A spawned task that is aborted when its handle is dropped: the owner of a connection moved to the shed
+/// runtime stays its owner (an abort of the owner reaches it).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// What reading the next request gave.
 enum Next {
     Request(RequestHead),
@@ -57,6 +98,8 @@ pub(crate) struct Connection {
     api: Arc<Api>,
     limits: Arc<Limits>,
     shutdown: watch::Receiver<bool>,
+    /// Where the connection is served while its calls are shed (see [`Served::Shed`]); `None`: here.
+    shed_runtime: Option<Handle>,
 }
 
 impl Connection {
@@ -65,6 +108,7 @@ impl Connection {
         api: Arc<Api>,
         limits: Arc<Limits>,
         shutdown: watch::Receiver<bool>,
+        shed_runtime: Option<Handle>,
     ) -> Self {
         Connection {
             stream,
@@ -72,28 +116,73 @@ impl Connection {
             api,
             limits,
             shutdown,
+            shed_runtime,
         }
     }
 
     /// Serves requests until the connection ends.
     ///
+    /// While its calls are being shed, the connection is served on the shed runtime instead (when there is
+    /// one): see [`Served::Shed`]. This task stays its owner there, waiting for it to come back.
+    ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
     /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
-    /// `api::calls`).
+    /// `api::calls`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]).
     pub(crate) async fn run(mut self) {
+        let mut next = None;
         loop {
-            let head = match self.next_request().await {
-                Next::Request(head) => head,
-                Next::Done => return,
-                Next::Reject(response) => return self.reject(&response).await,
+            match self.serve(next.take(), false).await {
+                Served::Shed => {}
+                Served::Done | Served::Admissible(..) => return,
+            }
+            let Some(runtime) = self.shed_runtime.clone() else {
+                return; // `serve` says `Shed` only when there is a shed runtime
             };
-            // The deadline counts from here: the head is parsed (the API contract).
-            let started = Instant::now();
+            let fut = async move {
+                let served = self.serve(None, true).await;
+                (self, served)
+            };
+            let parked = AbortOnDrop(runtime.spawn(fut));
+            match parked.await {
+                Ok((conn, Served::Admissible(pending))) => {
+                    self = conn;
+                    next = Some(pending);
+                }
+                // Closed there, or the shed runtime is gone (the process is ending).
+                _ => return,
+            }
+        }
+    }
+
+    /// Serves requests, beginning with `next` if given, until the connection ends or (see [`Served`]) it
+    /// should move to or from the shed runtime. `parked`: this is the shed runtime.
+    async fn serve(&mut self, mut next: Option<Pending>, parked: bool) -> Served {
+        loop {
+            let (head, started, admitted) = match next.take() {
+                Some(pending) => pending,
+                None => match self.next_request().await {
+                    // The deadline counts from here: the head is parsed (the API contract).
+                    Next::Request(head) => (head, Instant::now(), None),
+                    Next::Done => return Served::Done,
+                    Next::Reject(response) => {
+                        self.reject(&response).await;
+                        return Served::Done;
+                    }
+                },
+            };
+            if parked {
+                if let Some(admitted) = self.api.admit() {
+                    return Served::Admissible((head, started, Some(admitted)));
+                }
+            }
             // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
             let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
             let (handled, body_failed) = match self.discard_body(&head).await {
                 Err(response) => (Handled::plain(response, None), true),
-                Ok(()) => (self.api.handle(&head, started, &trace).await, false),
+                Ok(()) => (
+                    self.api.handle(&head, started, &trace, admitted).await,
+                    false,
+                ),
             };
 
             let persistence = if body_failed || !head.keep_alive || *self.shutdown.borrow() {
@@ -125,24 +214,30 @@ impl Connection {
                 attempts: &attempts,
             });
             if !written {
-                return;
+                return Served::Done;
             }
             if persistence == Persistence::Close {
-                return self.linger().await;
+                self.linger().await;
+                return Served::Done;
             }
-            if shed && !self.limits.shed_pause.is_zero() {
-                // Backpressure. After a shed answer (`503` with `Retry-After: 1`, or `200 []` from
-                // `/api/within-timeout`) this connection's next request is not read for `--shed-pause-ms`.
-                // A caller that asks again at once, ignoring `Retry-After`, waits here instead of costing
-                // another parse and answer while the server is overloaded: without it, 5,000 such callers
-                // kept fanout answering 50,000 shed requests a second, and the calls it had admitted waited
-                // behind them. Other connections are not held up; shutdown ends the pause.
+            if !shed {
+                continue;
+            }
+            if !parked && self.shed_runtime.is_some() {
+                return Served::Shed;
+            }
+            if !self.limits.shed_pause.is_zero() {
+                // Backpressure, if configured. After a shed answer (`503` with `Retry-After: 1`, or `200 []`
+                // from `/api/within-timeout`) this connection's next request is not read for
+                // `--shed-pause-ms`. A caller that asks again at once, ignoring `Retry-After`, waits here
+                // instead of costing another parse and answer; but the wait is part of its next answer's
+                // time, so it is off by default (DESIGN.md, "Shedding on a runtime of its own").
                 tokio::select! {
                     () = tokio::time::sleep(self.limits.shed_pause) => {}
                     _ = self.shutdown.changed() => {}
                 }
                 if *self.shutdown.borrow() {
-                    return; // between requests at shutdown: close quietly, as `next_request` would
+                    return Served::Done; // between requests at shutdown: close quietly, as `next_request` would
                 }
             }
         }
@@ -170,7 +265,7 @@ impl Connection {
 
     /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
     /// only (RFC 9110 §9.3.2), told from the buffered request line since the head was not parsed.
-    async fn reject(self, response: &Response) {
+    async fn reject(&mut self, response: &Response) {
         let head_only = starts_with_head(&self.buf);
         self.finish(response, head_only).await
     }
@@ -297,14 +392,14 @@ impl Connection {
     }
 
     /// Writes the last response with `Connection: close`, then closes without losing it.
-    async fn finish(mut self, response: &Response, head_only: bool) {
+    async fn finish(&mut self, response: &Response, head_only: bool) {
         if self.write(response, head_only, Persistence::Close).await {
             self.linger().await;
         }
     }
 
     /// Closes after the last response without losing it.
-    async fn linger(mut self) {
+    async fn linger(&mut self) {
         // Half-close, then read until the client closes too (or the linger bound), so the response is not
         // destroyed by a reset. See LINGER.
         let _ = self.stream.shutdown().await;

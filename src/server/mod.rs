@@ -13,6 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Duration};
@@ -53,10 +54,13 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
 /// stops accepting, closes idle connections, lets busy ones finish their request (each bounded by its
 /// deadline) and returns when all are done or `limits.drain_timeout` has passed.
+///
+/// `shed_runtime`, if given, serves connections while their calls are shed (see `connection.rs`).
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
     limits: Limits,
+    shed_runtime: Option<Handle>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = Arc::new(limits);
@@ -80,7 +84,13 @@ pub async fn serve(
                 Ok((stream, _peer)) => {
                     // Answers are small and written whole: Nagle's delay would only add latency.
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection::new(stream, api.clone(), limits.clone(), stop_rx.clone());
+                    let conn = Connection::new(
+                        stream,
+                        api.clone(),
+                        limits.clone(),
+                        stop_rx.clone(),
+                        shed_runtime.clone(),
+                    );
                     if let Ok(slot) = slots.clone().try_acquire_owned() {
                         connections.spawn(async move {
                             conn.run().await;

@@ -15,6 +15,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+/// A multi-threaded runtime with `threads` workers, as `src/main.rs` builds them, for tests that run the
+/// service on more than one runtime (each to be dropped outside any async context).
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 /// Longest any single test step may wait before the test fails (not a sleep: an upper bound).
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
