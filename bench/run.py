@@ -64,7 +64,8 @@ class Scenario:
     shape: str = "array"  # "array" (of {"time": N}) or "object" ({"time": N})
     # Report latency relative to the deadline (overshoot_ms, late shares).
     overshoot: bool = False
-    # Sample the server's resident memory every second of the measured run (rss_mib_series).
+    # Sample the server's resident memory every second of the measured run (rss_mib_series), and
+    # report the shed answers' latency as wrk saw it (client_shed).
     rss_series: bool = False
 
     @property
@@ -129,6 +130,8 @@ SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
 # Overshoot shares: responses later than these many ms past the deadline.
 LATE_MS = (5, 25)
+# In `overload`, the share of shed answers wrk saw within these many ms (client_shed).
+SHED_MS = (5, 25)
 
 # The warm-up wrk run before each measured one (seconds; --quick uses the second).
 WARMUP_S, QUICK_WARMUP_S = 3.0, 1.0
@@ -625,9 +628,10 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             started = time.monotonic()
             window = (started + warmup_s, started + duration_s - tail_s)
             late_us = [(scenario.timeout_ms + ms) * 1000 for ms in LATE_MS]
+            shed_us = [ms * 1000 for ms in SHED_MS] if scenario.rss_series else []
             timeout_s = max(10, duration_s + 5)  # > the run: every latency lands in the histogram
             env = dict(os.environ,
-                       BENCH_LATENCY_THRESHOLDS_US=",".join(map(str, late_us)),
+                       BENCH_LATENCY_THRESHOLDS_US=",".join(map(str, late_us + shed_us)),
                        BENCH_WINDOW_NS=",".join(str(int(t * 1e9)) for t in window))
             wrk_argv = [settings.wrk, "-t", "2", "-c", str(connections), "-d", f"{duration_s}s",
                         "--timeout", f"{timeout_s}s", "--latency", "-s", str(WRK_SCRIPT), url]
@@ -732,15 +736,25 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
         "steal_s": round(steal1 - steal0, 2),
     })
+    at_most = {row["us"]: row["count"] for row in report["at_most"]}
     if scenario.rss_series:
         result["rss_mib_series"] = rss_series
+        # No admitted call can be answered within 25 ms here (every upstream request takes 100 ms or
+        # more, and none fails), so the answers that fast are shed ones: their share of the 503s.
+        shed = statuses.get("503", 0)
+        result["client_shed"] = {
+            "calls": shed,
+            **{f"within_{bound}ms": round(at_most[bound * 1000] / shed, 5) if shed else None
+               for bound in SHED_MS},
+            "later_than_deadline_25ms": round(
+                (calls - at_most[(scenario.timeout_ms + 25) * 1000]) / calls, 5) if calls else None,
+        }
     if metrics0 is not None and metrics1 is not None:
         result["server"] = server_figures(metrics0, metrics1, scenario)
     if scenario.overshoot:
         deadline = scenario.timeout_ms
         result["overshoot_ms"] = {k: round(ms(latency[k]) - deadline, 1)
                                   for k in ("p50", "p90", "p99", "max")}
-        at_most = {row["us"]: row["count"] for row in report["at_most"]}
         result["late_share"] = {
             f"over_{late}ms": round((calls - at_most[(deadline + late) * 1000]) / calls, 5)
             if calls else None
@@ -808,6 +822,11 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
                          f">25ms {late['over_25ms']:.2%}")
         if "server" in r:
             lines += server_lines(r)
+        if r.get("client_shed", {}).get("calls"):
+            c = r["client_shed"]
+            lines.append(f"{'':<18} client: shed 503 n={c['calls']} <=5ms {pct(c['within_5ms'])}, "
+                         f"<=25ms {pct(c['within_25ms'])}; answers >25ms past the deadline "
+                         f"{pct(c['later_than_deadline_25ms'])}")
         if "rss_mib_series" in r:
             series = r["rss_mib_series"]
             lines.append(f"{'':<18} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
