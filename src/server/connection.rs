@@ -138,20 +138,33 @@ impl Connection {
             let Some(runtime) = self.shed_runtime.clone() else {
                 return; // `serve` says `Shed` only when there is a shed runtime
             };
-            let fut = async move {
-                let served = self.serve(None, true).await;
-                (self, served)
-            };
-            let parked = AbortOnDrop(runtime.spawn(fut));
+            let parked = AbortOnDrop(runtime.spawn(async move {
+                let mut conn = self.rehome().ok()?;
+                let served = conn.serve(None, true).await;
+                Some((conn, served))
+            }));
             match parked.await {
-                Ok((conn, Served::Admissible(pending))) => {
-                    self = conn;
-                    next = Some(pending);
-                }
+                Ok(Some((conn, Served::Admissible(pending)))) => match conn.rehome() {
+                    Ok(conn) => {
+                        self = conn;
+                        next = Some(pending);
+                    }
+                    Err(_) => return,
+                },
                 // Closed there, or the shed runtime is gone (the process is ending).
                 _ => return,
             }
         }
+    }
+
+    /// Registers the socket with the I/O driver of the runtime this runs on, instead of the one it was
+    /// registered with. Without it, each request of a connection parked on the shed runtime would be seen by
+    /// the API runtime's driver, polled by the API's workers, and handed over to the shed worker with a
+    /// cross-thread wake: the flood would still cost the API's side. Two `epoll_ctl` calls; an error (the
+    /// kernel out of memory for the registration) closes the connection.
+    fn rehome(self) -> std::io::Result<Connection> {
+        let stream = TcpStream::from_std(self.stream.into_std()?)?;
+        Ok(Connection { stream, ..self })
     }
 
     /// Serves requests, beginning with `next` if given, until the connection ends or (see [`Served`]) it
