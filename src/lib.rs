@@ -29,7 +29,9 @@
 //! upstream requests still running stop counting for the caller at once. Those already on the wire may
 //! finish in the background for a bounded time (`--upstream-linger-ms`) so that their connections go back
 //! to the pool instead of costing a new TLS handshake. The connection task writes the answer and waits for
-//! the next request.
+//! the next request. A call over `--max-in-flight` is answered at once without any of this, and its connection is
+//! served on a third, low-priority runtime until a call on it is admitted again (DESIGN.md, "Shedding on a
+//! runtime of its own").
 
 pub mod admin;
 pub mod api;
