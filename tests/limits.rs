@@ -61,14 +61,22 @@ async fn calls_beyond_the_in_flight_cap_are_shed_at_once_without_touching_the_up
 
 /// A caller that asks again at once on the connection that was just shed is answered at once by default;
 /// with `--shed-pause-ms` it waits that long before its next request is even read, while another
-/// connection is answered at once.
+/// connection is answered at once. The same with a shed runtime (here the test's own): the pause comes
+/// before the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shed_connection_is_read_again_at_once_or_after_the_shed_pause() {
-    for pause in [None, Some(ms(1000))] {
+    for (pause, shed_runtime) in [
+        (None, false),
+        (Some(ms(1000)), false),
+        (Some(ms(1000)), true),
+    ] {
         let svc = Service::start_with(common::hanging_upstream(), |c| {
             c.limits.max_in_flight = 1;
             if let Some(pause) = pause {
                 c.limits.shed_pause = pause;
+            }
+            if shed_runtime {
+                c.shed_runtime = Some(tokio::runtime::Handle::current());
             }
         })
         .await;
@@ -153,7 +161,10 @@ fn a_shed_connection_waits_on_the_shed_runtime_and_comes_back_when_a_place_is_fr
         assert_eq!(busy.response().await.map(|r| r.status), Some(504));
         let r = shed.get("/api/all?timeout=100").await;
         assert_eq!(r.status, 504, "admitted this time, and timed out");
-        assert_eq!(svc.sim.requests(), 6, "its requests reached the upstream");
+        assert!(
+            svc.sim.wait_requests(6, PATIENCE).await,
+            "its requests reached the upstream"
+        );
         assert!(parked(0).await, "it is back on the API's runtime");
 
         // Parked again; then shutdown closes it, between requests, and its task ends.

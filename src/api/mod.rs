@@ -105,9 +105,26 @@ pub struct Api {
 /// light load (DESIGN.md, "Two runtimes").
 pub const SPREAD_ABOVE: usize = 100;
 
+/// What [`Api::prepare`] decided.
+pub enum Prepared {
+    /// The answer, given without the upstream: an error, or the call shed.
+    Answer(Handled),
+    /// A call admitted: [`Api::run`] answers it.
+    Call(Call),
+}
+
+/// An admitted call, ready to run: its place is held until it is answered or dropped.
+pub struct Call {
+    endpoint: Endpoint,
+    timeout: Duration,
+    /// The strategy's deadline: `started + timeout` less the lead.
+    deadline: Instant,
+    _admitted: Admitted,
+}
+
 /// A place for one call, taken by [`Api::admit`]: counts the call in flight for as long as it lives (drop
 /// guard: every way a call ends releases its place, a dropped future included).
-pub struct Admitted(Arc<AtomicUsize>);
+struct Admitted(Arc<AtomicUsize>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
@@ -155,7 +172,7 @@ impl Api {
 
     /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
     /// would only make it miss its deadline, and the upstream is spared work nobody could use in time.
-    pub fn admit(&self) -> Option<Admitted> {
+    fn admit(&self) -> Option<Admitted> {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -164,19 +181,22 @@ impl Api {
     }
 
     /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
-    /// `trace` is the call's span: each upstream request becomes a child of it. `admitted`: a place
-    /// already taken for it (on the shed runtime, see `server/connection.rs`); `None`: one is taken here
-    /// if the request is a call.
+    /// `trace` is the call's span: each upstream request becomes a child of it.
     ///
     /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
     /// caller gone (see `api::calls`).
-    pub async fn handle(
-        &self,
-        head: &RequestHead,
-        started: Instant,
-        trace: &CallTrace,
-        admitted: Option<Admitted>,
-    ) -> Handled {
+    pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
+        match self.prepare(head, started) {
+            Prepared::Answer(handled) => handled,
+            Prepared::Call(call) => self.run(call, trace).await,
+        }
+    }
+
+    /// The part of [`Api::handle`] that needs no waiting: routing, the `timeout` parameter, and admission.
+    /// Either the answer (an error, or the call shed), or a call admitted, its place taken, for
+    /// [`Api::run`]. The shed runtime (`server/connection.rs`) uses it alone: it answers there what needs
+    /// no upstream, and hands an admitted call back to the API's runtime.
+    pub fn prepare(&self, head: &RequestHead, started: Instant) -> Prepared {
         // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
         // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
         // case-sensitive: "get" is not GET.
@@ -186,12 +206,12 @@ impl Api {
                 "not_implemented",
                 &format!("the method {} is not implemented", head.method),
             );
-            return Handled::plain(response, None);
+            return Prepared::Answer(Handled::plain(response, None));
         }
         // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
         if head.method == "OPTIONS" && head.target == "*" {
             let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
-            return Handled::plain(response, None);
+            return Prepared::Answer(Handled::plain(response, None));
         }
         let Some(target) = head.path_and_query() else {
             let response = Response::error(
@@ -199,7 +219,7 @@ impl Api {
                 "bad_request",
                 "the request target must be a path such as /api/all?timeout=500",
             );
-            return Handled::plain(response, None);
+            return Prepared::Answer(Handled::plain(response, None));
         };
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let Some(endpoint) = Endpoint::from_path(path) else {
@@ -208,7 +228,7 @@ impl Api {
                 "not_found",
                 "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
             );
-            return Handled::plain(response, None);
+            return Prepared::Answer(Handled::plain(response, None));
         };
         // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
         // methods the resource supports in Allow.
@@ -219,19 +239,19 @@ impl Api {
                 &format!("{path} supports GET (and HEAD) only"),
             )
             .with_header("Allow", "GET, HEAD");
-            return Handled::plain(response, Some(endpoint));
+            return Prepared::Answer(Handled::plain(response, Some(endpoint)));
         }
         let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
             Ok(ms) => Duration::from_millis(ms),
             Err(message) => {
                 let response = Response::error(400, "bad_request", &message);
-                return Handled::plain(response, Some(endpoint));
+                return Prepared::Answer(Handled::plain(response, Some(endpoint)));
             }
         };
         // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
         let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout));
-        let Some(_admitted) = admitted.or_else(|| self.admit()) else {
+        let Some(admitted) = self.admit() else {
             self.shed(ShedReason::MaxInFlight, self.max_in_flight);
             let response = match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.
@@ -243,12 +263,28 @@ impl Api {
                 )
                 .with_header("Retry-After", "1"),
             };
-            return Handled {
+            return Prepared::Answer(Handled {
                 timeout: Some(timeout),
                 shed: true,
                 ..Handled::plain(response, Some(endpoint))
-            };
+            });
         };
+        Prepared::Call(Call {
+            endpoint,
+            timeout,
+            deadline,
+            _admitted: admitted,
+        })
+    }
+
+    /// Runs an admitted call to its answer (see [`Api::handle`]). Cancel safety: as `handle`.
+    pub async fn run(&self, call: Call, trace: &CallTrace) -> Handled {
+        let Call {
+            endpoint,
+            timeout,
+            deadline,
+            _admitted,
+        } = call;
         let place = match self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
             true => Place::UpstreamRuntime,
             false => Place::Here,

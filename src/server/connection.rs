@@ -1,6 +1,7 @@
 //! One client connection: read a request, answer it, and again, until either side is done.
 //!
-//! The task owns the socket and a buffer of bytes received but not yet used. Requests are handled one at a
+//! The task owns the socket and a buffer of bytes received but not yet used (while the connection's calls
+//! are shed, a task on the shed runtime holds them for it: see `Served::Shed`). Requests are handled one at a
 //! time, so pipelined requests (sent before the previous answer arrived) wait in the buffer and are answered
 //! in order, as RFC 9112 §9.3.2 requires. Every wait has a bound:
 //!
@@ -25,7 +26,7 @@ use tokio::time::{timeout, timeout_at, Duration, Instant};
 
 use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
-use crate::api::{Admitted, Api, Handled};
+use crate::api::{Api, Call, Handled, Prepared};
 use crate::config::Limits;
 use crate::metrics::ShedReason;
 use crate::telemetry::RequestDone;
@@ -55,14 +56,15 @@ enum Served {
     /// there, and its flood of requests cannot queue ahead of the deadlines and answers of the calls that
     /// were admitted, which stay on the API's runtime (DESIGN.md, "Shedding on a runtime of its own").
     Shed,
-    /// On the shed runtime: a request has come and there was a place for a call; it is taken for this
-    /// request (so that many parked connections cannot all move back for one free place). It is served,
-    /// and the connection with it, back on the API's runtime. `Instant`: when its head was parsed.
-    Admissible(Pending),
+    /// On the shed runtime: a call was admitted, its place taken there (so that many parked connections
+    /// cannot all move back for one free place; `Api::prepare` takes it only for a valid call, after its
+    /// body). It is run and answered, and the connection served, back on the API's runtime.
+    Admissible(Box<Pending>),
 }
 
-/// A request read and not yet answered: its head, when that was parsed, and the place taken for it if any.
-type Pending = (RequestHead, Instant, Option<Admitted>);
+/// A call admitted on the shed runtime and not yet run: its head, when that was parsed, its span, and the
+/// call (its place held).
+type Pending = (RequestHead, Instant, CallTrace, Call);
 
 /// A spawned task that is aborted when its handle is dropped: the owner of a connection moved to the shed
 /// runtime stays its owner (an abort of the owner reaches it).
@@ -127,7 +129,8 @@ impl Connection {
     ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
     /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
-    /// `api::calls`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]).
+    /// `api::calls`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
+    /// dropped, socket and all, the next time the shed worker would have polled it, moments later.
     pub(crate) async fn run(mut self) {
         let mut next = None;
         loop {
@@ -147,10 +150,12 @@ impl Connection {
                 Ok(Some((conn, Served::Admissible(pending)))) => match conn.rehome() {
                     Ok(conn) => {
                         self = conn;
-                        next = Some(pending);
+                        next = Some(*pending);
                     }
                     Err(_) => return,
                 },
+                // A panic there is this task's: the accept loop logs it (`connection_panicked`).
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Closed there, or the shed runtime is gone (the process is ending).
                 _ => return,
             }
@@ -171,31 +176,37 @@ impl Connection {
     /// should move to or from the shed runtime. `parked`: this is the shed runtime.
     async fn serve(&mut self, mut next: Option<Pending>, parked: bool) -> Served {
         loop {
-            let (head, started, admitted) = match next.take() {
-                Some(pending) => pending,
-                None => match self.next_request().await {
-                    // The deadline counts from here: the head is parsed (the API contract).
-                    Next::Request(head) => (head, Instant::now(), None),
-                    Next::Done => return Served::Done,
-                    Next::Reject(response) => {
-                        self.reject(&response).await;
-                        return Served::Done;
-                    }
-                },
-            };
-            if parked {
-                if let Some(admitted) = self.api.admit() {
-                    return Served::Admissible((head, started, Some(admitted)));
+            let (head, started, trace, prepared, body_failed) = match next.take() {
+                Some((head, started, trace, call)) => {
+                    (head, started, trace, Prepared::Call(call), false)
                 }
-            }
-            // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
-            let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
-            let (handled, body_failed) = match self.discard_body(&head).await {
-                Err(response) => (Handled::plain(response, None), true),
-                Ok(()) => (
-                    self.api.handle(&head, started, &trace, admitted).await,
-                    false,
-                ),
+                None => {
+                    let head = match self.next_request().await {
+                        Next::Request(head) => head,
+                        Next::Done => return Served::Done,
+                        Next::Reject(response) => {
+                            self.reject(&response).await;
+                            return Served::Done;
+                        }
+                    };
+                    // The deadline counts from here: the head is parsed (the API contract).
+                    let started = Instant::now();
+                    // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
+                    let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
+                    let (prepared, body_failed) = match self.discard_body(&head).await {
+                        Err(response) => (Prepared::Answer(Handled::plain(response, None)), true),
+                        Ok(()) => (self.api.prepare(&head, started), false),
+                    };
+                    (head, started, trace, prepared, body_failed)
+                }
+            };
+            let handled = match prepared {
+                Prepared::Answer(handled) => handled,
+                // On the shed runtime an admitted call is not run: it goes back, its place held.
+                Prepared::Call(call) if parked => {
+                    return Served::Admissible(Box::new((head, started, trace, call)))
+                }
+                Prepared::Call(call) => self.api.run(call, &trace).await,
             };
 
             let persistence = if body_failed || !head.keep_alive || *self.shutdown.borrow() {
@@ -236,9 +247,6 @@ impl Connection {
             if !shed {
                 continue;
             }
-            if !parked && self.shed_runtime.is_some() {
-                return Served::Shed;
-            }
             if !self.limits.shed_pause.is_zero() {
                 // Backpressure, if configured. After a shed answer (`503` with `Retry-After: 1`, or `200 []`
                 // from `/api/within-timeout`) this connection's next request is not read for
@@ -252,6 +260,9 @@ impl Connection {
                 if *self.shutdown.borrow() {
                     return Served::Done; // between requests at shutdown: close quietly, as `next_request` would
                 }
+            }
+            if !parked && self.shed_runtime.is_some() {
+                return Served::Shed;
             }
         }
     }

@@ -67,7 +67,8 @@ pub async fn serve(
     // One sender, a receiver per connection: `true` means "finish the current request, then close".
     let (stop_tx, stop_rx) = watch::channel(false);
     // Owns every connection task: finished ones are reaped in the loop, the rest are awaited or aborted
-    // at shutdown, so none outlives `serve`.
+    // at shutdown, so none outlives `serve` (a connection parked on the shed runtime is aborted with its
+    // owner, and dropped there at the shed worker's next turn).
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
