@@ -328,3 +328,74 @@ async fn a_client_that_never_reads_cannot_hold_a_task_forever() {
         "the server kept a connection that never reads"
     );
 }
+
+/// A parked connection's socket is on the shed runtime's own I/O driver (`rehome`): it is answered while
+/// every worker of the API's runtime is stuck. (Left on the API runtime's driver, its request would wait
+/// for that runtime to poll again.) The client is a plain blocking socket on this thread, so that it
+/// needs neither runtime.
+#[test]
+fn a_parked_connection_is_answered_while_the_api_runtime_is_stuck() {
+    use std::io::{Read, Write};
+    let shed_runtime = common::runtime(1);
+    let (handle, tasks) = (shed_runtime.handle().clone(), shed_runtime.metrics());
+    let api_runtime = common::runtime(1);
+    let (svc, mut busy) = api_runtime.block_on(async move {
+        let svc = Service::start_with(common::hanging_upstream(), |c| {
+            c.limits.max_in_flight = 1;
+            c.shed_runtime = Some(handle);
+        })
+        .await;
+        let mut busy = svc.client().await;
+        busy.send(b"GET /api/all?timeout=4000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        assert!(svc.sim.wait_requests(3, PATIENCE).await, "admitted");
+        (svc, busy)
+    });
+
+    let mut shed = std::net::TcpStream::connect(svc.addr).expect("connect");
+    shed.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let call = b"GET /api/first?timeout=3000 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let answer = |shed: &mut std::net::TcpStream| {
+        shed.write_all(call).expect("send");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The 503's body is the last thing in it: read until the JSON object has closed.
+        while !got.ends_with(b"}") {
+            let n = shed.read(&mut chunk).expect("an answer in time");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert!(answer(&mut shed).starts_with("HTTP/1.1 503"));
+    let until = Instant::now() + PATIENCE;
+    while tasks.num_alive_tasks() != 1 {
+        assert!(Instant::now() < until, "the shed connection is not parked");
+        std::thread::sleep(ms(5));
+    }
+
+    // The API runtime's one worker blocks for 3 s (a task that never yields), once it has started to.
+    let (stuck_tx, stuck_rx) = std::sync::mpsc::channel();
+    api_runtime.spawn(async move {
+        stuck_tx.send(()).expect("the test waits");
+        std::thread::sleep(ms(3000));
+    });
+    stuck_rx
+        .recv_timeout(PATIENCE)
+        .expect("the worker is stuck");
+    let t = Instant::now();
+    assert!(answer(&mut shed).starts_with("HTTP/1.1 503"));
+    assert!(
+        t.elapsed() < ms(1500),
+        "answered after {:?}: the parked socket waited for the API's runtime",
+        t.elapsed()
+    );
+
+    api_runtime.block_on(async move {
+        drop(shed);
+        assert_eq!(busy.response().await.map(|r| r.status), Some(504));
+        svc.stop().await.expect("a clean stop");
+    });
+    drop(api_runtime);
+    drop(shed_runtime);
+}
