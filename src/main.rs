@@ -91,9 +91,19 @@ fn main() -> ExitCode {
 
 /// A multi-threaded runtime with `threads` workers named `name`.
 fn build_runtime(name: &str, threads: usize) -> Result<Runtime, String> {
+    build_runtime_with(name, threads, || {})
+}
+
+/// The same, with `on_start` run on each worker thread as it starts.
+fn build_runtime_with(
+    name: &str,
+    threads: usize,
+    on_start: impl Fn() + Send + Sync + 'static,
+) -> Result<Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
+        .on_thread_start(on_start)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime {name}: {e}"))
@@ -102,29 +112,29 @@ fn build_runtime(name: &str, threads: usize) -> Result<Runtime, String> {
 /// The shed runtime: one worker, at nice 10. Its thread gives way to the other runtimes' whenever they have
 /// work, so a flood of requests that are shed uses only the CPU the admitted calls leave: in `overload`
 /// (5,000 callers), admitted calls in time went from 95.1-98.6% at nice 0 to 99.999-100% at nice 10, in
-/// three alternated pairs (DESIGN.md, "Shedding on a runtime of its own"). On Linux the nice value is per thread; raising it needs no
-/// privilege, and if it fails the runtime works as well, only without the priority.
+/// three alternated pairs (DESIGN.md, "Shedding on a runtime of its own"). On Linux the nice value is per
+/// thread; raising it needs no privilege, and if it fails the runtime works as well, only without the
+/// priority.
 fn build_shed_runtime() -> Result<Runtime, String> {
-    const SHED_NICE: i32 = 10;
-    extern "C" {
-        // From the C library std links anyway (glibc or musl), as `setpriority(2)` declares it.
-        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    build_runtime_with("fanout-shed", 1, lower_this_threads_priority)
+}
+
+/// Sets the calling thread's nice value to 10 (Linux only: elsewhere `who` 0 would renice the whole
+/// process).
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        const SHED_NICE: i32 = 10;
+        const PRIO_PROCESS: i32 = 0;
+        extern "C" {
+            // From the C library std links anyway (glibc or musl), as `setpriority(2)` declares it.
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+        }
+        // SAFETY: a plain system call on the calling thread (`who` 0), with no memory passed.
+        unsafe {
+            setpriority(PRIO_PROCESS, 0, SHED_NICE);
+        }
     }
-    const PRIO_PROCESS: i32 = 0;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("fanout-shed")
-        .on_thread_start(|| {
-            // Only on Linux is the nice value per thread; elsewhere `who` 0 would renice the whole process.
-            #[cfg(target_os = "linux")]
-            // SAFETY: a plain system call on the calling thread (`who` 0), with no memory passed.
-            unsafe {
-                setpriority(PRIO_PROCESS, 0, SHED_NICE);
-            }
-        })
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime fanout-shed: {e}"))
 }
 
 fn fail(message: &str) -> ExitCode {
