@@ -92,13 +92,17 @@ impl Default for PoolSettings {
 }
 
 /// Bounds on what a client may make the server hold. Each one has a reason next to its default.
+/// The largest `--max-headers` accepted: the parser's header slots are an array of this size on the stack
+/// (32 KiB, left uninitialised), instead of a heap allocation for every request.
+pub const MAX_HEADERS_CEILING: usize = 1024;
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Request line plus headers, in bytes; more gets `431` (or `414` when the request line alone is longer).
     pub max_head_bytes: usize,
     /// Request target, in bytes; longer gets `414`.
     pub max_uri_bytes: usize,
-    /// Header fields in one request; more gets `431`.
+    /// Header fields in one request; more gets `431`. At most [`MAX_HEADERS_CEILING`].
     pub max_headers: usize,
     /// A request body (which no endpoint uses) is read and discarded up to this size; a larger one gets `413`.
     pub max_body_bytes: u64,
@@ -381,7 +385,7 @@ impl Config {
             },
             "--max-head-bytes" => l.max_head_bytes = number(v, 1024, 1 << 20)? as usize,
             "--max-uri-bytes" => l.max_uri_bytes = number(v, 64, 1 << 20)? as usize,
-            "--max-headers" => l.max_headers = number(v, 8, 1024)? as usize,
+            "--max-headers" => l.max_headers = number(v, 8, MAX_HEADERS_CEILING as u64)? as usize,
             "--max-body-bytes" => l.max_body_bytes = number(v, 0, 1 << 30)?,
             "--head-timeout-ms" => l.head_timeout = millis(v)?,
             "--idle-timeout-ms" => l.idle_timeout = millis(v)?,
@@ -494,6 +498,14 @@ mod tests {
         assert!(parse(&["--upstream-ca", "/no/such/file"], &[])
             .unwrap_err()
             .contains("cannot read"));
+        // The header slots are a stack array of MAX_HEADERS_CEILING: no setting may ask for more.
+        let most = MAX_HEADERS_CEILING.to_string();
+        let c = parse(&["--max-headers", &most], &[]).unwrap();
+        assert_eq!(c.limits.max_headers, MAX_HEADERS_CEILING);
+        let more = (MAX_HEADERS_CEILING + 1).to_string();
+        assert!(parse(&["--max-headers", &more], &[])
+            .unwrap_err()
+            .contains("from 8 to 1024"));
     }
 
     #[test]

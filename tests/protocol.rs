@@ -332,6 +332,20 @@ async fn limits_answer_413_414_and_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_count_limit_is_exact() {
+    // The default --max-headers is 64, Host included: 64 fields are parsed, the 65th is refused.
+    let svc = Service::start().await;
+    let request = |extra: usize| {
+        let fields: String = (0..extra).map(|i| format!("X-{i}: y\r\n")).collect();
+        format!("GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n{fields}\r\n")
+    };
+    let (r, _) = exchange(&svc, &request(63)).await;
+    assert_eq!(r.status, 200, "64 fields are within the limit");
+    let (r, _) = exchange(&svc, &request(64)).await;
+    assert_eq!(r.status, 431, "65 fields are one too many");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leading_empty_lines_are_ignored() {
     let svc = Service::start().await;
     let (r, _) = exchange(

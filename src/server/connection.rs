@@ -13,6 +13,7 @@
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +28,7 @@ use tokio::time::{timeout, timeout_at, Duration, Instant};
 use super::request::{self, BodyLength, RequestHead};
 use super::response::{Persistence, Response};
 use crate::api::{Api, Call, Handled, Prepared};
-use crate::config::Limits;
+use crate::config::{Limits, MAX_HEADERS_CEILING};
 use crate::metrics::ShedReason;
 use crate::telemetry::RequestDone;
 use crate::trace::{CallTrace, TRACERESPONSE};
@@ -443,10 +444,14 @@ impl Connection {
 
 /// Parses the head at the front of `buf`: `Ok(None)` while it is incomplete, `Ok(Some((head, length)))`
 /// once it is whole, `Err(response)` if it is malformed or breaks a limit.
+///
+/// The header slots live on the stack, uninitialised, and httparse fills only those it uses: a `vec!` of
+/// them cost a 2 KiB allocation per request at the default 64, too big for the allocator's per-thread cache.
 fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS_CEILING];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(len)) => {
             if len > limits.max_head_bytes {
                 return Err(head_too_large());

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Instant};
@@ -25,7 +25,8 @@ use super::response::{self, Framing, Head};
 use super::UpstreamError;
 
 /// How much we ask the socket for per read. The whole answer (head and a `{"time": N}` body) is usually a few
-/// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering.
+/// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering. The chunk is on the
+/// stack, and only the bytes that came are copied to the heap (see `Connection::fill`).
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Most 1xx interim responses skipped before the final one. We never send `Expect: 100-continue`, so a
@@ -95,7 +96,7 @@ pub(crate) async fn connect(
     };
     Ok(Connection {
         stream,
-        buf: Vec::with_capacity(READ_CHUNK),
+        buf: Vec::new(),
         received: false,
         slot,
     })
@@ -223,13 +224,26 @@ impl Connection {
         }
     }
 
-    /// Reads once from the stream into `buf`; `Ok(0)` means the peer closed its side.
+    /// Reads once from the stream onto the end of `buf`; `Ok(0)` means the peer closed its side.
     ///
-    /// Cancel safety: `read_buf` is cancel safe (if its future is dropped, no bytes were taken from the
-    /// stream), so a deadline firing here loses nothing; it is the exchange as a whole that is abandoned.
+    /// The read goes into a chunk on the stack, made afresh in each poll (so it is never part of the
+    /// future), and only what arrived is appended to `buf`: a few hundred bytes, a size the allocator serves
+    /// from its per-thread cache. Reading straight into `buf` reserved 8 KiB on the heap for every request,
+    /// because a body leaves with the buffer it was read into: three allocations per call too big for that
+    /// cache, each taking a lock shared with the other workers (DESIGN.md, "Fewer large allocations").
+    ///
+    /// Cancel safety: `poll_read` takes no bytes from the stream unless it is ready, and then they are
+    /// appended in the same poll; so a deadline firing here loses nothing, and it is the exchange as a whole
+    /// that is abandoned.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, UpstreamError> {
-        self.buf.reserve(READ_CHUNK);
-        let n = match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+        let read = std::future::poll_fn(|cx| {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
+            std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut chunk))?;
+            self.buf.extend_from_slice(chunk.filled());
+            Poll::Ready(Ok::<_, io::Error>(chunk.filled().len()))
+        });
+        let n = match timeout_at(deadline, read).await {
             Err(_elapsed) => return Err(UpstreamError::Timeout),
             Ok(result) => result.map_err(UpstreamError::Io)?,
         };

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::connection::READ_CHUNK;
 use super::*;
 
 // ---- the scripted upstream ----
@@ -286,6 +287,33 @@ async fn an_oversize_head_is_a_protocol_error_and_the_connection_is_dropped() {
     );
     assert_eq!(error.label(), "invalid_payload");
     assert_eq!(up.stats(), stats(1, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_body_longer_than_one_read_arrives_whole_and_the_connection_is_reused() {
+    // Three reads' worth (READ_CHUNK each) under the default 64 KiB limit, by length and chunked, each
+    // written in one go so the client's reads split it wherever the socket does.
+    let padding = "x".repeat(3 * READ_CHUNK);
+    let body = format!("{{\"time\":7,\"padding\":\"{padding}\"}}");
+    let by_length = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (first, rest) = body.split_at(READ_CHUNK + 5);
+    let chunked = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+        first.len(),
+        rest.len()
+    );
+    for response in [by_length, chunked] {
+        let server = serve_always(Box::leak(response.into_bytes().into_boxed_slice())).await;
+        let up = client(&server.url());
+        for _ in 0..2 {
+            let work = up.fetch(generous()).await.expect("the whole body");
+            assert_eq!((work.time, work.json.len()), (7, body.len()));
+        }
+        assert_eq!(up.stats(), stats(1, 1, 1, 1), "one connection, reused");
+    }
 }
 
 #[tokio::test]
