@@ -91,11 +91,11 @@ impl Default for PoolSettings {
     }
 }
 
-/// Bounds on what a client may make the server hold. Each one has a reason next to its default.
 /// The largest `--max-headers` accepted: the parser's header slots are an array of this size on the stack
 /// (32 KiB, left uninitialised), instead of a heap allocation for every request.
 pub const MAX_HEADERS_CEILING: usize = 1024;
 
+/// Bounds on what a client may make the server hold. Each one has a reason next to its default.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Request line plus headers, in bytes; more gets `431` (or `414` when the request line alone is longer).

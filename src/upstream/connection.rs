@@ -7,10 +7,12 @@
 //! A [`Connection`] carries its slot (a semaphore permit counting it against `pool_max_connections`), so the
 //! slot is released exactly when the socket is closed: by dropping the `Connection`, wherever that happens.
 
+use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -236,10 +238,10 @@ impl Connection {
     /// appended in the same poll; so a deadline firing here loses nothing, and it is the exchange as a whole
     /// that is abandoned.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, UpstreamError> {
-        let read = std::future::poll_fn(|cx| {
-            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let read = poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut chunk = ReadBuf::uninit(&mut chunk);
-            std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut chunk))?;
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut chunk))?;
             self.buf.extend_from_slice(chunk.filled());
             Poll::Ready(Ok::<_, io::Error>(chunk.filled().len()))
         });

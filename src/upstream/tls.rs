@@ -54,8 +54,8 @@ pub(crate) fn connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsCo
 /// CPU's SHA extensions where it has them (x86-64 SHA-NI, Armv8). An upstream that hangs makes fanout
 /// replace connections by the thousand, and there SHA-512's block function was the largest single cost
 /// of the upstream thread (2.7% of the machine in the `overshoot` benchmark, as much again in the
-/// simulator; SHA-256 is 0.5% on each side). Both suites are TLS 1.3's mandatory-to-implement or recommended ones (RFC 8446 §9.1), and
-/// AES-128-GCM is what Go, Firefox and Chrome put first.
+/// simulator; SHA-256 is 0.5% on each side). Both suites are TLS 1.3's mandatory-to-implement or
+/// recommended ones (RFC 8446 §9.1), and AES-128-GCM is what Go, Firefox and Chrome put first.
 fn prefer_sha256(suites: &mut [SupportedCipherSuite]) {
     suites.sort_by_key(|suite| {
         let common = match suite {
