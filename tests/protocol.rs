@@ -114,6 +114,12 @@ async fn absolute_form_targets_are_accepted() {
     )
     .await;
     assert_eq!(r.status, 404, "the path is empty, not /api/within-timeout");
+    // RFC 9110 §4.2.1 and §4.2.4: no host, or userinfo, make the target invalid.
+    for target in ["http:///api/all", "http://user:pw@example.com/api/all"] {
+        let raw = format!("GET {target}?timeout=0 HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let (r, _) = exchange(&svc, &raw).await;
+        assert_eq!(r.status, 400, "{target}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +148,11 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: [::1\r\n\r\n",
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a%zz\r\n\r\n",                // not pct-encoded
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: [hello]\r\n\r\n",             // neither IPv6 nor IPvFuture
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\u{a0}\r\n\r\n",             // a no-break space is not OWS
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\u{a0}\r\n\r\nhello",
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n0\r\n\r\n",
         "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
         "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
     ] {

@@ -50,7 +50,12 @@ impl RequestHead {
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
             return None;
         }
-        let path = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        // RFC 9110 §4.2.1: an http(s) URI with an empty host "MUST" be rejected as invalid; §4.2.4: userinfo
+        // (`user@`) "SHOULD" be treated as an error. `valid_host` refuses the "@".
+        if authority.is_empty() || authority.starts_with(':') || !valid_host(authority) {
+            return None;
+        }
         // An empty path is "/" (RFC 9112 §3.2.1); its query is dropped with it, as "/" is no endpoint.
         Some(if path.starts_with('/') { path } else { "/" })
     }
@@ -73,14 +78,14 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let mut traceparent = None;
 
     for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("\u{fffd}").trim();
+        let value = ows_trim(std::str::from_utf8(h.value).unwrap_or("\u{fffd}"));
         if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
             if !valid_host(value) {
                 return Err(bad("the Host header is not a valid host[:port]"));
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
+            for token in value.split(',').map(ows_trim) {
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
@@ -103,7 +108,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             transfer_codings.extend(
                 value
                     .split(',')
-                    .map(|c| c.trim().to_ascii_lowercase())
+                    .map(|c| ows_trim(c).to_ascii_lowercase())
                     .filter(|c| !c.is_empty()),
             );
         } else if h.name.eq_ignore_ascii_case("expect") {
@@ -176,6 +181,12 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     })
 }
 
+/// Strips optional whitespace, which in HTTP is only SP and HTAB (RFC 9110 §5.6.3). Not `str::trim`: that
+/// strips Unicode spaces too, and would read `Content-Length: 5` followed by a no-break space as a valid 5.
+fn ows_trim(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
 fn bad(message: &str) -> Response {
     Response::error(400, "bad_request", message)
 }
@@ -183,19 +194,14 @@ fn bad(message: &str) -> Response {
 /// Host = uri-host [ ":" port ] (RFC 9110 §7.2): an IP-literal in brackets or a reg-name, which has no ":"
 /// (RFC 3986 §3.2.2), then an optional port of digits. An empty value is allowed (RFC 9112 §3.2).
 fn valid_host(v: &str) -> bool {
-    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
     let (host_ok, port) = match v.strip_prefix('[') {
-        // IPv6address or IPvFuture, checked loosely: their characters and ":".
         Some(inner) => match inner.split_once(']') {
-            Some((literal, port)) => (
-                !literal.is_empty() && literal.bytes().all(|b| reg_name(b) || b == b':'),
-                port,
-            ),
+            Some((literal, port)) => (valid_ip_literal(literal), port),
             None => return false,
         },
         None => {
             let end = v.find(':').unwrap_or(v.len());
-            (v[..end].bytes().all(reg_name), &v[end..])
+            (valid_reg_name(&v[..end]), &v[end..])
         }
     };
     host_ok
@@ -203,6 +209,52 @@ fn valid_host(v: &str) -> bool {
             || port
                 .strip_prefix(':')
                 .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits.
+fn valid_reg_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else if unreserved_or_sub_delim(b[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// IP-literal = "[" ( IPv6address / IPvFuture ) "]" (RFC 3986 §3.2.2), without the brackets. IPvFuture is
+/// "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ).
+fn valid_ip_literal(literal: &str) -> bool {
+    if literal.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
+    }
+    let Some(future) = literal.strip_prefix(['v', 'V']) else {
+        return false;
+    };
+    future.split_once('.').is_some_and(|(version, rest)| {
+        !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_hexdigit())
+            && !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| unreserved_or_sub_delim(b) || b == b':')
+    })
+}
+
+/// unreserved / sub-delims (RFC 3986 §2.2-2.3).
+fn unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 #[cfg(test)]
@@ -259,7 +311,13 @@ mod tests {
         assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: example.com:80\r\n\r\n").is_ok());
-        for bad_host in ["a:8x", "a:1:2", "[::1", "[]", "[::1]x", "a]", "a@b", "a/b"] {
+        assert!(head("GET / HTTP/1.1\r\nHost: a%2Db\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.1\r\nHost: [v1.fe:x]\r\n\r\n").is_ok());
+        assert!(head("GET / HTTP/1.1\r\nHost: [::ffff:10.0.0.1]\r\n\r\n").is_ok());
+        let not_ows = ["a\u{a0}", "\u{a0}", "\u{3000}a"];
+        let bad_grammar = ["a%zz", "a%2", "[hello]", "[v.x]", "[v1.]", "[::1%eth0]"];
+        let bad_syntax = ["a:8x", "a:1:2", "[::1", "[]", "[::1]x", "a]", "a@b", "a/b"];
+        for bad_host in not_ows.iter().chain(&bad_grammar).chain(&bad_syntax) {
             assert_eq!(
                 head(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n")),
                 Err(400),
@@ -323,6 +381,32 @@ mod tests {
     }
 
     #[test]
+    fn only_sp_and_htab_are_optional_whitespace() {
+        // A no-break space (U+00A0) or an ideographic one (U+3000) around a framing value makes it invalid,
+        // not a 5 or a chunked: a proxy that reads it so would frame the message differently.
+        for value in ["5\u{a0}", "\u{3000}5", "\u{2003}5"] {
+            assert_eq!(
+                head(&format!(
+                    "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: {value}\r\n\r\n"
+                )),
+                Err(400),
+                "{value:?}"
+            );
+        }
+        for value in ["chunked\u{a0}", "\u{2003}chunked"] {
+            assert_eq!(
+                head(&format!(
+                    "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {value}\r\n\r\n"
+                )),
+                Err(400),
+                "{value:?}"
+            );
+        }
+        let tabbed = head("GET / HTTP/1.1\r\nHost: a\r\nContent-Length:\t5\t\r\n\r\n").unwrap();
+        assert_eq!(tabbed.body, BodyLength::Length(5));
+    }
+
+    #[test]
     fn absolute_form_targets_give_their_path() {
         let h = head("GET http://example.com:8080/api/all?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
@@ -337,6 +421,15 @@ mod tests {
         assert_eq!(h.path_and_query(), None);
         let h = head("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(h.path_and_query(), None);
+        for invalid in [
+            "http:///api/all",
+            "http://:80/api/all",
+            "http://u:p@a/api/all",
+            "http://[x]/api/all",
+        ] {
+            let h = head(&format!("GET {invalid} HTTP/1.1\r\nHost: x\r\n\r\n")).unwrap();
+            assert_eq!(h.path_and_query(), None, "{invalid}");
+        }
     }
 
     #[test]
