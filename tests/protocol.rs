@@ -343,6 +343,27 @@ async fn limits_answer_413_414_and_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_long_target_gets_414_whatever_else_is_wrong() {
+    let svc = Service::start().await;
+    let pad = |n| "x".repeat(n);
+    // An empty line first (which is skipped) must not count as the end of the request line.
+    let after_empty_line = format!("\r\nGET /{} HTTP/1.1\r\nHost: t\r\n\r\n", pad(30000));
+    let (r, _) = exchange(&svc, &after_empty_line).await;
+    assert_eq!(r.status, 414);
+    // A long target and a large head: the target is what cannot be parsed.
+    let both = format!(
+        "GET /{} HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        pad(9000),
+        pad(8000)
+    );
+    let (r, _) = exchange(&svc, &both).await;
+    assert_eq!(r.status, 414);
+    // No space in sight: a method longer than any known is not implemented (RFC 9112 §3).
+    let (r, _) = exchange(&svc, &format!("{} / HTTP/1.1\r\n\r\n", pad(20000))).await;
+    assert_eq!(r.status, 501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_count_limit_is_exact() {
     // The default --max-headers is 64, Host included: 64 fields are parsed, the 65th is refused.
     let svc = Service::start().await;

@@ -453,20 +453,37 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(len)) => {
-            if len > limits.max_head_bytes {
-                return Err(head_too_large());
-            }
+            // The target first: RFC 9112 §3 says a target too long to parse "MUST" get 414, also when the
+            // head is too large as well.
             if req.path.is_some_and(|p| p.len() > limits.max_uri_bytes) {
                 return Err(uri_too_long(limits));
+            }
+            if len > limits.max_head_bytes {
+                return Err(head_too_large());
             }
             request::interpret(&req).map(|head| Some((head, len)))
         }
         Ok(httparse::Status::Partial) => {
-            let request_line_done = buf.contains(&b'\n');
-            if !request_line_done && buf.len() > limits.max_uri_bytes + 32 {
+            // The request line, after the empty lines httparse skips, as far as it has arrived.
+            let line = &buf[request_line_start(buf)..];
+            let line_end = line.iter().position(|&b| b == b'\n');
+            if line_end.is_none() && line.len() > limits.max_uri_bytes + 32 {
+                if !line.contains(&b' ') {
+                    // RFC 9112 §3: a method longer than any implemented "SHOULD" get 501.
+                    return Err(Response::error(
+                        501,
+                        "not_implemented",
+                        "the method is longer than any this server implements",
+                    ));
+                }
                 Err(uri_too_long(limits))
             } else if buf.len() > limits.max_head_bytes {
-                Err(head_too_large())
+                let target = line_end.map_or(&[][..], |end| request_target(&line[..end]));
+                if target.len() > limits.max_uri_bytes {
+                    Err(uri_too_long(limits))
+                } else {
+                    Err(head_too_large())
+                }
             } else {
                 Ok(None)
             }
@@ -562,6 +579,18 @@ fn request_line_start(buf: &[u8]) -> usize {
     buf.iter()
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .unwrap_or(buf.len())
+}
+
+/// The target of a whole request line: between its first and its last space (httparse has not judged
+/// the line yet, so it may be anything).
+fn request_target(line: &[u8]) -> &[u8] {
+    match (
+        line.iter().position(|&b| b == b' '),
+        line.iter().rposition(|&b| b == b' '),
+    ) {
+        (Some(first), Some(last)) if first < last => &line[first + 1..last],
+        _ => &[],
+    }
 }
 
 fn head_too_large() -> Response {
