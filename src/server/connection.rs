@@ -11,6 +11,7 @@
 //! | the rest of the head and body  | `head_timeout`            | `408`, close                  |
 //! | the answer                     | the request's deadline    | the strategy answers in time  |
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
+//! | ... or a `100 Continue`        | `write_timeout`           | drop the connection           |
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -195,7 +196,10 @@ impl Connection {
                     // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
                     let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
                     let (prepared, body_failed) = match self.discard_body(&head).await {
-                        Err(response) => (Prepared::Answer(Handled::plain(response, None)), true),
+                        Err(BodyFailed::Answer(response)) => {
+                            (Prepared::Answer(Handled::plain(response, None)), true)
+                        }
+                        Err(BodyFailed::NotReading) => return Served::Done,
                         Ok(()) => (self.api.prepare(&head, started), false),
                     };
                     (head, started, trace, prepared, body_failed)
@@ -302,9 +306,14 @@ impl Connection {
         head_only: bool,
         persistence: Persistence,
     ) -> bool {
-        let bytes = response.encode(head_only, persistence);
+        self.send(&response.encode(head_only, persistence)).await
+    }
+
+    /// Writes `bytes` within `write_timeout`; false if the client did not take them. Every write to the
+    /// client goes through here, so a client that stops reading cannot hold the connection.
+    async fn send(&mut self, bytes: &[u8]) -> bool {
         matches!(
-            timeout(self.limits.write_timeout, self.stream.write_all(&bytes)).await,
+            timeout(self.limits.write_timeout, self.stream.write_all(bytes)).await,
             Ok(Ok(()))
         )
     }
@@ -344,8 +353,8 @@ impl Connection {
     }
 
     /// Reads and throws away a request body; no endpoint uses one, but it must be consumed to find the next
-    /// request. An `Err` is the response to send before closing.
-    async fn discard_body(&mut self, head: &RequestHead) -> Result<(), Response> {
+    /// request.
+    async fn discard_body(&mut self, head: &RequestHead) -> Result<(), BodyFailed> {
         let max = self.limits.max_body_bytes;
         let too_large = || {
             Response::error(
@@ -356,17 +365,16 @@ impl Connection {
         };
         let mut body = match head.body {
             BodyLength::None => return Ok(()),
-            BodyLength::Length(n) if n > max => return Err(too_large()),
+            BodyLength::Length(n) if n > max => return Err(too_large().into()),
             BodyLength::Length(n) => Body::Length(n),
             BodyLength::Chunked => Body::Chunked(ChunkedDecoder::new(), 0),
         };
         if head.expect_continue && head.minor_version == 1 && self.buf.is_empty() {
             // RFC 9110 §10.1.1: the client waits for this before sending the body. An HTTP/1.0 request's
             // expectation "MUST" be ignored, and §15.2: no 1xx response may go to an HTTP/1.0 client.
-            let _ = self
-                .stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await;
+            if !self.send(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                return Err(BodyFailed::NotReading);
+            }
         }
         let until = Instant::now() + self.limits.head_timeout;
         let mut decoded = Vec::new();
@@ -388,7 +396,7 @@ impl Connection {
                     self.buf.drain(..used);
                     *total += decoded.len() as u64;
                     if *total > max {
-                        return Err(too_large());
+                        return Err(too_large().into());
                     }
                     if decoder.is_done() {
                         return Ok(());
@@ -399,18 +407,17 @@ impl Connection {
             match timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => {
-                    return Err(Response::error(
-                        400,
-                        "bad_request",
-                        "the request body ended early",
-                    ))
+                    return Err(
+                        Response::error(400, "bad_request", "the request body ended early").into(),
+                    )
                 }
                 Err(_) => {
                     return Err(Response::error(
                         408,
                         "request_timeout",
                         "the request body was not received in time",
-                    ))
+                    )
+                    .into())
                 }
             }
         }
@@ -439,6 +446,20 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+/// Why a request body was not read to its end.
+enum BodyFailed {
+    /// Send this, then close.
+    Answer(Response),
+    /// The client did not take `100 Continue` within `write_timeout`: it would not take an answer either.
+    NotReading,
+}
+
+impl From<Response> for BodyFailed {
+    fn from(response: Response) -> Self {
+        BodyFailed::Answer(response)
     }
 }
 
