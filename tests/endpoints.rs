@@ -13,8 +13,8 @@ use fanout::simulator::{Fault, Reply};
 /// `/api/all`, `/api/first` and `/api/smart` all end in `502` when every request fails like this.
 async fn assert_failure_kind(reply: Reply, timeout_ms: u64, expected_status: u16) {
     let svc = Service::start().await;
-    // Delayed, so the three requests are in flight at once, each on its own new connection: a reset on a
-    // connection reused from the pool would be retried as stale (see `exchange_with_retry`).
+    // Delayed, so the three requests are in flight at once, each on its own new connection. (A reset at
+    // once on a connection reused from the pool would be retried as stale: see `exchange_with_retry`.)
     let reply = reply.after(ms(50));
     svc.sim.script([reply.clone(), reply.clone(), reply]);
     let r = svc.get(&format!("/api/first?timeout={timeout_ms}")).await;
@@ -51,6 +51,32 @@ mod all {
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(r.times(), vec![2, 3, 1]);
         assert_eq!(svc.sim.requests(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_on_a_reused_connection_is_a_failure_not_a_fourth_request() {
+        let svc = Service::start().await;
+        // A first call leaves its three connections in the pool.
+        svc.sim
+            .script([1, 2, 3].map(|t| Reply::ok_time(t).after(ms(50))));
+        assert_eq!(svc.get("/api/all?timeout=5000").await.status, 200);
+        let connections = svc.sim.connections_accepted();
+        // Reset 30 ms after it came: the upstream had the request (a stale connection fails at once).
+        svc.sim.script([
+            Reply::fault(Fault::Reset).after(ms(30)),
+            Reply::status(500).after(ms(40)),
+            Reply::status(404).after(ms(50)),
+        ]);
+        let t = Instant::now();
+        let r = svc.get("/api/all?timeout=5000").await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+        assert_eq!(svc.sim.requests(), 6, "no request was sent again");
+        assert_eq!(
+            svc.sim.connections_accepted(),
+            connections,
+            "the second call reused the pool"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,8 +338,8 @@ mod smart {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_502_as_soon_as_all_three_failed() {
-        // Not a reset here: on the connection the first request left in the pool, a reset before any
-        // byte looks exactly like a stale connection and is retried (see `exchange_with_retry` in `upstream`).
+        // Not a reset here: on the connection the first request left in the pool, a reset at once, before
+        // any byte, looks exactly like a stale connection and is retried (`exchange_with_retry` in `upstream`).
         assert_502_as_soon_as_all_failed(
             "/api/smart",
             [

@@ -18,7 +18,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{timeout_at, Duration, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -34,6 +34,11 @@ pub(crate) const READ_CHUNK: usize = 8 * 1024;
 /// Most 1xx interim responses skipped before the final one. We never send `Expect: 100-continue`, so a
 /// well-behaved server sends none or one; the cap stops a server that loops.
 pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Added to two round trips for how soon after its request a connection must fail to count as closed
+/// before the server read the request ([`Connection::closed_before_read`]): time for our task to be
+/// scheduled and see the close. Far below any real answer's time (the upstream takes 100 ms and more).
+pub(crate) const STALE_SLACK: Duration = Duration::from_millis(10);
 
 /// The byte stream under HTTP: a TCP socket, or TLS over one.
 pub(crate) enum Stream {
@@ -51,6 +56,10 @@ pub(crate) struct Connection {
     /// Whether the current exchange has received any byte yet. Cleared when a request is sent; the stale
     /// retry in `mod.rs` only retries a request that got nothing back.
     received: bool,
+    /// When the current request was sent.
+    sent_at: Instant,
+    /// How long the TCP handshake took: one round trip, as measured when the connection was opened.
+    round_trip: Duration,
     /// This connection's place under `pool_max_connections`, released when the connection is dropped.
     slot: OwnedSemaphorePermit,
 }
@@ -72,16 +81,17 @@ pub(crate) async fn connect(
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
     let mut tcp = None;
     for addr in addrs {
+        let started = Instant::now();
         match timeout_at(deadline, TcpStream::connect(addr)).await {
             Err(_elapsed) => return Err(UpstreamError::Timeout),
             Ok(Ok(stream)) => {
-                tcp = Some(stream);
+                tcp = Some((stream, started.elapsed()));
                 break;
             }
             Ok(Err(e)) => last_error = io::Error::new(e.kind(), format!("{addr}: {e}")),
         }
     }
-    let tcp = tcp.ok_or(UpstreamError::Connect(last_error))?;
+    let (tcp, round_trip) = tcp.ok_or(UpstreamError::Connect(last_error))?;
     // A request goes out in one write and we wait for its answer: Nagle's algorithm would only add delay.
     tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
 
@@ -100,6 +110,8 @@ pub(crate) async fn connect(
         stream,
         buf: Vec::new(),
         received: false,
+        sent_at: Instant::now(),
+        round_trip,
         slot,
     })
 }
@@ -115,6 +127,7 @@ impl Connection {
         deadline: Instant,
     ) -> Result<(), UpstreamError> {
         self.received = false;
+        self.sent_at = Instant::now();
         let write = async {
             self.stream.write_all(request).await?;
             self.stream.flush().await
@@ -253,9 +266,14 @@ impl Connection {
         Ok(n)
     }
 
-    /// No byte of a response has arrived since the request was sent: for the stale-connection retry.
-    pub(crate) fn nothing_received(&self) -> bool {
-        !self.received
+    /// Whether a failure now means the server closed the connection before it read the request, for the
+    /// stale-connection retry in `mod.rs`: no byte of a response came, and no more than two round trips
+    /// (and [`STALE_SLACK`]) have passed since the request went out. A server that closed an idle
+    /// connection just as the request was sent shows its close (or the reset its kernel answers the request
+    /// with) within one round trip; a close that comes later came from a server that had the request, and
+    /// is that request's failure (`reset` in the API contract), not a reason to send it again.
+    pub(crate) fn closed_before_read(&self) -> bool {
+        !self.received && self.sent_at.elapsed() <= 2 * self.round_trip + STALE_SLACK
     }
 
     /// Bytes arrived after the end of the response. The server is talking out of turn (or we misframed):

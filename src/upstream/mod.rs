@@ -632,11 +632,13 @@ impl Upstream {
     ///
     /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the
     /// close can cross our request on the wire. If a *reused* connection failed before a single byte of
-    /// response came back, that is the likely story: try once more on a fresh connection, reusing the dead
-    /// one's slot, if the caller's `deadline` allows. We cannot tell it apart from a server that did process
-    /// the request and then reset the connection, which is why RFC 9112 §9.3.1 allows this only for
-    /// idempotent requests such as this GET. A fresh connection that fails is the upstream's failure, not
-    /// staleness, and a response that started and broke off is never retried. Every wait is bounded by
+    /// response came back, and within two round trips of the request going out
+    /// (`Connection::closed_before_read`), that is the likely story: try once more on a fresh connection,
+    /// reusing the dead one's slot, if the caller's `deadline` allows. So soon, we cannot tell it apart from
+    /// a server that read the request and reset the connection at once, which is why RFC 9112 §9.3.1 allows
+    /// this only for idempotent requests such as this GET. A reset that comes later is the upstream's
+    /// failure, as the API contract says, and so is a fresh connection's; a response that started and broke
+    /// off is never retried. Every wait is bounded by
     /// `hard_deadline` (the caller's deadline plus the linger time). The retry sends the same bytes, trace
     /// context included: for the caller it is the same attempt.
     ///
@@ -759,7 +761,8 @@ impl fmt::Debug for Upstream {
 
 /// How an exchange failed, as far as the stale retry cares.
 enum Failed {
-    /// An I/O error before any response byte arrived; the connection comes back so its slot can be reused.
+    /// An I/O error before any response byte arrived, so soon that the server cannot have read the request;
+    /// the connection comes back so its slot can be reused.
     BeforeResponse(UpstreamError, Connection),
     /// Anything else: the connection (if any) is already dropped.
     Other(UpstreamError),
@@ -768,7 +771,9 @@ enum Failed {
 impl Failed {
     fn classify(error: UpstreamError, conn: Connection) -> Failed {
         match error {
-            UpstreamError::Io(_) if conn.nothing_received() => Failed::BeforeResponse(error, conn),
+            UpstreamError::Io(_) if conn.closed_before_read() => {
+                Failed::BeforeResponse(error, conn)
+            }
             _ => Failed::Other(error),
         }
     }

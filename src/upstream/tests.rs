@@ -612,6 +612,27 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_fresh_
 }
 
 #[tokio::test]
+async fn a_reused_connection_closed_a_while_after_the_request_is_its_failure_not_retried() {
+    // The server had the request for 50 ms, far more than two round trips on loopback: it did not close an
+    // idle connection, it failed this request (a `reset` in the API contract), and it is not sent again.
+    let server = serve(|_, mut stream| async move {
+        if read_request(&mut stream).await.is_some()
+            && stream.write_all(OK_TIME_7).await.is_ok()
+            && read_request(&mut stream).await.is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await; // and close
+        }
+    })
+    .await;
+    let up = client(&server.url());
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    let error = up.fetch(generous()).await.expect_err("closed");
+    assert!(matches!(error, UpstreamError::Io(_)), "{error:?}");
+    let s = up.stats();
+    assert_eq!((server.accepts(), s.reuses, s.stale_retries), (1, 1, 0));
+}
+
+#[tokio::test]
 async fn a_fresh_connection_closed_before_answering_is_not_retried() {
     let server = serve(|_, mut stream| async move {
         let _ = read_request(&mut stream).await; // and close
