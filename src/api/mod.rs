@@ -1,8 +1,8 @@
 //! The API: routing, the `timeout` parameter, and the four strategies.
 //!
-//! Reading order: [`Api::handle`] (here), then [`query`] (the `timeout` parameter), [`calls`] (starting
-//! upstream requests and collecting their outcomes), [`strategies`] (one function per endpoint) and
-//! [`lead`] (how long before its deadline a call stops waiting).
+//! Reading order: [`Api::prepare`] and [`Api::run`] (here), then [`query`] (the `timeout` parameter),
+//! [`calls`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
+//! endpoint) and [`lead`] (how long before its deadline a call stops waiting).
 
 pub mod calls;
 pub mod lead;
@@ -180,22 +180,11 @@ impl Api {
         Some(Admitted(self.in_flight.clone()))
     }
 
-    /// Answers one request. `started` is when its head was parsed: the deadline counts from there.
-    /// `trace` is the call's span: each upstream request becomes a child of it.
-    ///
-    /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
-    /// caller gone (see `api::calls`).
-    pub async fn handle(&self, head: &RequestHead, started: Instant, trace: &CallTrace) -> Handled {
-        match self.prepare(head, started) {
-            Prepared::Answer(handled) => handled,
-            Prepared::Call(call) => self.run(call, trace).await,
-        }
-    }
-
-    /// The part of [`Api::handle`] that needs no waiting: routing, the `timeout` parameter, and admission.
-    /// Either the answer (an error, or the call shed), or a call admitted, its place taken, for
-    /// [`Api::run`]. The shed runtime (`server/connection.rs`) uses it alone: it answers there what needs
-    /// no upstream, and hands an admitted call back to the API's runtime.
+    /// The first half of answering one request, which needs no waiting: routing, the `timeout` parameter,
+    /// and admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
+    /// for [`Api::run`]. `started` is when its head was parsed: the deadline counts from there. The two
+    /// halves are apart because the shed runtime (`server/connection.rs`) runs only this one: it answers
+    /// there what needs no upstream, and hands an admitted call back to the API's runtime.
     pub fn prepare(&self, head: &RequestHead, started: Instant) -> Prepared {
         // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
         // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
@@ -277,7 +266,11 @@ impl Api {
         })
     }
 
-    /// Runs an admitted call to its answer (see [`Api::handle`]). Cancel safety: as `handle`.
+    /// Runs an admitted call to its answer. `trace` is the call's span: each upstream request becomes a
+    /// child of it.
+    ///
+    /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
+    /// caller gone (see `api::calls`).
     pub async fn run(&self, call: Call, trace: &CallTrace) -> Handled {
         let Call {
             endpoint,
