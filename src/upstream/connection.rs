@@ -38,7 +38,7 @@ pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
 /// Added to two round trips for how soon after its request a connection must fail to count as closed
 /// before the server read the request ([`Connection::closed_before_read`]): time for our task to be
 /// scheduled and see the close. Far below any real answer's time (the upstream takes 100 ms and more).
-pub(crate) const STALE_SLACK: Duration = Duration::from_millis(10);
+const STALE_SLACK: Duration = Duration::from_millis(10);
 
 /// The byte stream under HTTP: a TCP socket, or TLS over one.
 pub(crate) enum Stream {

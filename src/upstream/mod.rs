@@ -761,8 +761,9 @@ impl fmt::Debug for Upstream {
 
 /// How an exchange failed, as far as the stale retry cares.
 enum Failed {
-    /// An I/O error before any response byte arrived, so soon that the server cannot have read the request;
-    /// the connection comes back so its slot can be reused.
+    /// An I/O error before any response byte arrived, so soon after the request that it is taken for a
+    /// close that crossed it (`Connection::closed_before_read`); the connection comes back so its slot can
+    /// be reused.
     BeforeResponse(UpstreamError, Connection),
     /// Anything else: the connection (if any) is already dropped.
     Other(UpstreamError),
