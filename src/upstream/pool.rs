@@ -14,17 +14,20 @@
 //! 4. **Expire idle ones.** A connection idle for longer than the idle timeout (or the server's `Keep-Alive`
 //!    hint) is closed by a background reaper, so we never keep sockets the server has given up on.
 //! 5. **A cap on open connections.** Each connection, active or idle, holds a permit of one semaphore; a
-//!    caller that finds no idle connection and no free permit waits for one, in arrival order (tokio's
-//!    `Semaphore` is fair), for no longer than its deadline.
+//!    caller that finds no idle connection and no free permit waits, for no longer than its deadline, for
+//!    whichever comes first: a connection handed over by an exchange that just completed (the longest
+//!    waiter gets it), or a permit freed by a connection that closed (tokio's `Semaphore` is fair). At the
+//!    cap, connections pass from one request to the next without a new handshake.
 //!
 //! The lock is a `std::sync::Mutex`, not tokio's: it is never held across an `.await`, only for a push or a
 //! pop, and a std mutex is cheaper and cannot be held by a task that went to sleep.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
@@ -57,19 +60,29 @@ pub(crate) enum Checkout {
 enum Next<'a> {
     /// Look at this idle connection.
     Check(Idle),
-    /// Queue for a slot.
-    /// (Counted in `waiting` until the wait ends, however it ends: slot, deadline, or future dropped.)
-    Wait(Gauge<'a>),
+    /// Queue for a slot, or for a connection handed over by [`Pool::put`] on this channel.
+    /// (Counted in `waiting` until the wait ends, however it ends: slot, connection, deadline, or future
+    /// dropped.)
+    Wait(Gauge<'a>, oneshot::Receiver<Idle>),
+}
+
+/// What the pool's lock guards.
+#[derive(Default)]
+struct Shelf {
+    /// Idle connections, the most recently returned last.
+    idle: Vec<Idle>,
+    /// Callers waiting at the cap, the longest waiting first. A caller that gave up leaves its sender
+    /// behind, closed; `put` skips it.
+    waiters: VecDeque<oneshot::Sender<Idle>>,
 }
 
 pub(crate) struct Pool {
-    /// Idle connections, the most recently returned last.
-    idle: Mutex<Vec<Idle>>,
+    shelf: Mutex<Shelf>,
     /// One permit per open (or opening) connection, idle or active.
     slots: Arc<Semaphore>,
     max_connections: usize,
     max_idle: usize,
-    /// Callers queued for a slot right now. See [`Pool::put`] for why the pool needs to know.
+    /// Callers queued for a slot right now: [`Pool::try_slot`] leaves slots to them.
     waiting: AtomicUsize,
     pub(crate) counters: Counters,
 }
@@ -112,7 +125,7 @@ impl Drop for Gauge<'_> {
 impl Pool {
     pub(crate) fn new(max_connections: usize, max_idle: usize) -> Pool {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            shelf: Mutex::new(Shelf::default()),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             max_idle,
@@ -121,22 +134,27 @@ impl Pool {
         }
     }
 
-    /// An idle connection to reuse, or a slot to open a new one, waiting for a slot if all are taken.
+    /// An idle connection to reuse, or a slot to open a new one, waiting for either if all slots are taken.
     ///
-    /// Cancel safety: while waiting it owns nothing but its place in the semaphore's queue, which dropping
-    /// gives up. Once it returns, the caller owns the connection or slot.
+    /// Cancel safety: while waiting it owns its place in the semaphore's queue and the receiving end of its
+    /// handover channel, which dropping gives up. A connection handed over in the instant the caller left is
+    /// closed with the channel. Once it returns, the caller owns the connection or slot.
     pub(crate) async fn checkout(&self, deadline: Instant) -> Result<Checkout, UpstreamError> {
         loop {
             // Decide under the lock, act outside it.
             let next = {
-                let mut idle = self.lock_idle();
-                match idle.pop() {
+                let mut shelf = self.lock_shelf();
+                match shelf.idle.pop() {
                     Some(candidate) => Next::Check(candidate),
                     None => match self.slots.clone().try_acquire_owned() {
                         Ok(slot) => return Ok(Checkout::Fresh(slot)),
-                        // Registered under the same lock that `put` checks it under, so a connection returned
-                        // right after we found the list empty is not parked in it while we wait.
-                        Err(_no_permit) => Next::Wait(Gauge::up(&self.waiting)),
+                        // Queued under the same lock that `put` looks at the queue under, so a connection
+                        // returned right after we found the list empty comes to us, not to the list.
+                        Err(_no_permit) => {
+                            let (handover, receiver) = oneshot::channel();
+                            shelf.waiters.push_back(handover);
+                            Next::Wait(Gauge::up(&self.waiting), receiver)
+                        }
                     },
                 }
             };
@@ -149,16 +167,34 @@ impl Pool {
                     // Expired, or closed by the server: dropping it closes the socket and frees its slot.
                     drop(candidate);
                 }
-                Next::Wait(_waiting) => {
+                Next::Wait(_waiting, mut handover) => {
                     Counters::count(&self.counters.slot_waits);
-                    return match timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-                        Err(_elapsed) => Err(UpstreamError::Timeout),
-                        Ok(Ok(slot)) => Ok(Checkout::Fresh(slot)),
-                        // We never close the semaphore; a closed one would mean the pool is gone.
-                        Ok(Err(_closed)) => Err(UpstreamError::Io(std::io::Error::other(
-                            "connection pool closed",
-                        ))),
+                    let wait = async {
+                        tokio::select! {
+                            // `put` never drops a sender it took from the queue without sending.
+                            Ok(idle) = &mut handover => {
+                                Counters::count(&self.counters.reuses);
+                                Ok(Checkout::Reused(idle.conn))
+                            }
+                            slot = self.slots.clone().acquire_owned() => match slot {
+                                Ok(slot) => Ok(Checkout::Fresh(slot)),
+                                // We never close the semaphore; a closed one would mean the pool is gone.
+                                Err(_closed) => Err(UpstreamError::Io(std::io::Error::other(
+                                    "connection pool closed",
+                                ))),
+                            },
+                        }
                     };
+                    let result = timeout_at(deadline, wait)
+                        .await
+                        .unwrap_or(Err(UpstreamError::Timeout));
+                    // A slot (or the deadline) won, but a connection may have been handed over in the
+                    // meantime: it goes back to the pool rather than being closed.
+                    handover.close();
+                    if let Ok(idle) = handover.try_recv() {
+                        self.put(idle.conn, idle.expires);
+                    }
+                    return result;
                 }
             }
         }
@@ -174,22 +210,32 @@ impl Pool {
 
     /// Offers back a connection whose exchange completed and whose response allowed reuse.
     ///
-    /// It is closed instead if it is already expired, if the pool holds `max_idle` connections (hyper-util's
-    /// rule too: the idle list stays bounded, the newcomer goes), or if callers are queued for a slot. In that
-    /// last case the cap is reached and closing this connection hands its slot to the longest waiter, in
-    /// arrival order; that caller then opens a new connection. Handing the socket itself to the waiter would
-    /// save a handshake but needs a second queue, and the cap is a safety limit, not an operating point.
+    /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
+    /// handshake. (Until this was measured, `put` closed it so that its slot went to the waiter, who then
+    /// opened a new connection; with the cap reached under overload that meant one handshake per request,
+    /// and the handshakes' CPU made requests late enough to keep the pool at the cap: DESIGN.md, "The rules
+    /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
+    /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
         let refused = {
-            let mut idle = self.lock_idle();
-            if expires <= Instant::now()
-                || idle.len() >= self.max_idle
-                || self.waiting.load(Ordering::Relaxed) > 0
-            {
-                Some(conn)
-            } else {
-                idle.push(Idle { conn, expires });
-                None
+            let mut shelf = self.lock_shelf();
+            let mut idle = Idle { conn, expires };
+            loop {
+                if idle.expires <= Instant::now() {
+                    break Some(idle);
+                }
+                match shelf.waiters.pop_front() {
+                    Some(waiter) => match waiter.send(idle) {
+                        Ok(()) => break None,
+                        // That caller gave up: try the next one.
+                        Err(back) => idle = back,
+                    },
+                    None if shelf.idle.len() >= self.max_idle => break Some(idle),
+                    None => {
+                        shelf.idle.push(idle);
+                        break None;
+                    }
+                }
             }
         };
         drop(refused); // outside the lock: closing a socket is a system call
@@ -199,12 +245,14 @@ impl Pool {
     pub(crate) fn reap(&self) {
         let now = Instant::now();
         let expired: Vec<Idle> = {
-            let mut idle = self.lock_idle();
+            let mut shelf = self.lock_shelf();
             // partition keeps the order, so the list stays most-recent-last.
-            let (keep, expired) = std::mem::take(&mut *idle)
+            let (keep, expired) = std::mem::take(&mut shelf.idle)
                 .into_iter()
                 .partition(|i| i.expires > now);
-            *idle = keep;
+            shelf.idle = keep;
+            // Senders of callers that gave up, so the queue does not grow while nobody calls `put`.
+            shelf.waiters.retain(|w| !w.is_closed());
             expired
         };
         drop(expired); // outside the lock
@@ -218,17 +266,17 @@ impl Pool {
             stale_retries: c.stale_retries.load(Ordering::Relaxed),
             slot_waits: c.slot_waits.load(Ordering::Relaxed),
             open: self.max_connections - self.slots.available_permits(),
-            idle: self.lock_idle().len(),
+            idle: self.lock_shelf().idle.len(),
             lingering: c.lingering.load(Ordering::Relaxed),
             finished_in_background: c.finished_in_background.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
         }
     }
 
-    /// The idle list, even if a thread panicked while holding the lock: every critical section is a single
-    /// push, pop or swap of the whole Vec, so a poisoned lock still guards a consistent list.
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The idle list and the queue, even if a thread panicked while holding the lock: every critical section
+    /// is a single push, pop or swap, so a poisoned lock still guards a consistent shelf.
+    fn lock_shelf(&self) -> MutexGuard<'_, Shelf> {
+        self.shelf.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -764,7 +764,8 @@ async fn the_deadline_holds_when_the_server_never_answers() {
 }
 
 #[tokio::test]
-async fn at_the_connection_cap_callers_wait_in_order_and_no_longer_than_their_deadline() {
+async fn at_the_connection_cap_callers_wait_in_order_no_longer_than_their_deadline_and_get_the_connection_itself(
+) {
     let gate = Arc::new(Semaphore::new(0)); // the server answers one request per permit
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let server_gate = gate.clone();
@@ -823,10 +824,11 @@ async fn at_the_connection_cap_callers_wait_in_order_and_no_longer_than_their_de
     assert_eq!(order, ["A", "C", "D"]);
     let s = up.stats();
     assert_eq!(
-        (s.open, s.idle, s.slot_waits),
-        (1, 1, 3),
-        "never more than one connection; the last one kept"
+        (s.open, s.idle, s.slot_waits, s.connects),
+        (1, 1, 3, 1),
+        "never more than one connection, handed from A to C to D without a new handshake; the last one kept"
     );
+    assert_eq!(server.accepts(), 1);
 }
 
 // ---- construction and errors ----
