@@ -119,6 +119,8 @@ pub struct Limits {
     /// API calls in flight at once; beyond, calls are shed at once (`503`, or `200 []` from
     /// `/api/within-timeout`) without touching the upstream.
     pub max_in_flight: usize,
+    /// Runtime lag over which the in-flight limit falls below `max_in_flight` (zero: never; `api::limit`).
+    pub overload_lag: Duration,
     /// After a shed answer, that connection's next request is not read for this long (zero: no pause).
     pub shed_pause: Duration,
 }
@@ -194,6 +196,7 @@ impl Default for Limits {
             max_in_flight: 2560,
             // No pause: it would be part of the caller's next answer time (DESIGN.md, "Shedding on a
             // runtime of its own").
+            overload_lag: crate::api::limit::DEFAULT_LAG,
             shed_pause: Duration::ZERO,
         }
     }
@@ -237,6 +240,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--write-timeout-ms", env: "FANOUT_WRITE_TIMEOUT_MS", value: "MS", default: "10000", help: "time to write one response before the connection is dropped" },
     Setting { flag: "--max-connections", env: "FANOUT_MAX_CONNECTIONS", value: "N", default: "8192", help: "client connections open at once (beyond, a new one's first request gets 503 and a close)" },
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
+    Setting { flag: "--overload-lag-ms", env: "FANOUT_OVERLOAD_LAG_MS", value: "MS", default: "50", help: "when tasks run this much later than their timers (worst in 0.5 s) and the in-flight limit is reached, it falls by a tenth, down to an eighth of --max-in-flight; under half of this it grows back by 2% of it each 0.5 s (0: the limit is --max-in-flight, always, and nothing is probed)" },
     Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "0", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
 ];
@@ -393,6 +397,7 @@ impl Config {
             "--drain-timeout-ms" => l.drain_timeout = millis(v)?,
             "--max-connections" => l.max_connections = number(v, 1, 1 << 20)? as usize,
             "--max-in-flight" => l.max_in_flight = number(v, 1, 1 << 20)? as usize,
+            "--overload-lag-ms" => l.overload_lag = millis(v)?,
             "--shed-pause-ms" => l.shed_pause = millis(v)?,
             _ => unreachable!("every SETTINGS flag is handled"),
         }

@@ -156,11 +156,39 @@ pub async fn serve(
             .await;
         }
     };
-    // The health watcher runs beside them and ends with them (dropped by the select).
+    // The in-flight limit's probe on the upstream runtime, if there is one; aborted when `serve` ends. With
+    // `--overload-lag-ms 0` the limit is fixed and nothing is probed.
+    let follow_lag = !config.limits.overload_lag.is_zero();
+    let upstream_runtime = config.upstream_runtime.as_ref().filter(|_| follow_lag);
+    let _upstream_probe = upstream_runtime.map(|runtime| {
+        let limit = api.limit().clone();
+        AbortOnDrop(
+            runtime
+                .spawn(async move { limit.probe().await })
+                .abort_handle(),
+        )
+    });
+    // The health watcher, the limit's control loop and its probe on this runtime run beside them and end
+    // with them (dropped by the select).
     tokio::select! {
         _ = async { tokio::join!(api_server, admin_server) } => {}
         () = telemetry.health.watch(&telemetry.log) => {}
+        _ = async {
+            match follow_lag {
+                true => drop(tokio::join!(api.limit().probe(), api.limit().control())),
+                false => std::future::pending().await,
+            }
+        } => {}
     }
     telemetry.log.info("stopped", serde_json::json!({}));
     Ok(())
+}
+
+/// Aborts a task spawned elsewhere when dropped: the owner's scope is the task's life.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::api::calls::Attempt;
+use crate::api::limit::Limit;
 use crate::api::Endpoint;
 use crate::config::Config;
 use crate::health::{self, Health};
@@ -143,7 +144,13 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
     /// figures read now from their owners.
-    pub fn render(&self, in_flight: usize, lead: Duration, pool: PoolStats) -> String {
+    pub fn render(
+        &self,
+        in_flight: usize,
+        limit: &Limit,
+        lead: Duration,
+        pool: PoolStats,
+    ) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out);
         gauge(
@@ -151,6 +158,18 @@ impl Telemetry {
             "fanout_http_server_active_requests",
             "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
             in_flight,
+        );
+        gauge(
+            &mut out,
+            "fanout_in_flight_limit",
+            "API calls allowed in flight now: --max-in-flight, or less while the runtimes lag (api::limit)",
+            limit.current(),
+        );
+        gauge(
+            &mut out,
+            "fanout_runtime_lag_seconds",
+            "How late the runtimes ran a task whose timer had fired, the worst of the last 0.5 s (api::limit)",
+            limit.last_lag().as_secs_f64(),
         );
         gauge(
             &mut out,

@@ -6,6 +6,7 @@
 
 pub mod calls;
 pub mod lead;
+pub mod limit;
 pub mod query;
 pub mod strategies;
 
@@ -23,6 +24,7 @@ use crate::trace::CallTrace;
 use crate::upstream::{Place, PoolStats, Upstream, Work};
 use calls::{Attempt, Calls};
 use lead::Lead;
+use limit::Limit;
 use strategies::{Answer, Failure};
 
 /// The methods the server recognises (RFC 9110 §9.3, and PATCH): on an endpoint, those other than GET and
@@ -85,9 +87,9 @@ pub struct Api {
     telemetry: Arc<Telemetry>,
     max_timeout_ms: u64,
     hedge_delay: Duration,
-    /// Admission control: calls in flight now, and the most allowed.
+    /// Admission control: calls in flight now, and the most allowed (see [`limit`]).
     in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
+    limit: Arc<Limit>,
     /// Client connections open now, as the accept loop last counted them (see [`SPREAD_ABOVE`]).
     connections: AtomicUsize,
     /// How long before its deadline a call stops waiting (see [`lead`]).
@@ -140,7 +142,10 @@ impl Api {
             max_timeout_ms: config.max_timeout_ms,
             hedge_delay: config.hedge_delay,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            max_in_flight: config.limits.max_in_flight,
+            limit: Arc::new(Limit::new(
+                config.limits.max_in_flight,
+                config.limits.overload_lag,
+            )),
             connections: AtomicUsize::new(0),
             lead: Lead::new(Instant::now(), config.max_deadline_lead),
         }
@@ -164,19 +169,30 @@ impl Api {
         self.upstream.stats()
     }
 
-    /// The Prometheus exposition of everything (see `Telemetry::render`).
-    pub fn render_metrics(&self) -> String {
-        self.telemetry
-            .render(self.in_flight(), self.lead.current(), self.upstream.stats())
+    /// The in-flight limit, whose probes and control loop `serve` runs.
+    pub fn limit(&self) -> &Arc<Limit> {
+        &self.limit
     }
 
-    /// Takes a place for one more call, if there is one. Beyond the cap the call is shed at once: waiting
+    /// The Prometheus exposition of everything (see `Telemetry::render`).
+    pub fn render_metrics(&self) -> String {
+        self.telemetry.render(
+            self.in_flight(),
+            &self.limit,
+            self.lead.current(),
+            self.upstream.stats(),
+        )
+    }
+
+    /// Takes a place for one more call, if there is one. Beyond the limit the call is shed at once: waiting
     /// would only make it miss its deadline, and the upstream is spared work nobody could use in time.
     fn admit(&self) -> Option<Admitted> {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limit.current() {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        self.limit.in_flight(n);
         Some(Admitted(self.in_flight.clone()))
     }
 
@@ -241,7 +257,7 @@ impl Api {
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
         let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout));
         let Some(admitted) = self.admit() else {
-            self.shed(ShedReason::MaxInFlight, self.max_in_flight);
+            self.shed(ShedReason::MaxInFlight, self.limit.current());
             let response = match endpoint {
                 // Its contract is never to fail: what arrived in time is nothing.
                 Endpoint::WithinTimeout => Response::json(200, b"[]".to_vec()),
@@ -364,4 +380,35 @@ fn encode(answer: &Answer) -> Vec<u8> {
     }
     body.push(b']');
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamConfig;
+
+    #[test]
+    fn admission_takes_places_up_to_the_limit_as_it_is_now() {
+        let mut config = Config::default();
+        config.limits.max_in_flight = 80;
+        let upstream =
+            Arc::new(Upstream::new(UpstreamConfig::new("http://127.0.0.1:9")).expect("url"));
+        let api = Api::new(upstream, Arc::new(Telemetry::new(&config)), &config);
+        let fill = |api: &Api| {
+            std::iter::from_fn(|| api.admit())
+                .take(1000)
+                .collect::<Vec<_>>()
+        };
+
+        let places = fill(&api);
+        assert_eq!(places.len(), 80, "the ceiling");
+        drop(places);
+        // A window over the lag threshold with the limit reached: a tenth off.
+        let held = fill(&api);
+        api.limit().record_lag(Duration::from_millis(500));
+        api.limit().adjust();
+        drop(held);
+        assert_eq!(fill(&api).len(), 72);
+        assert_eq!(api.in_flight(), 0, "every place given back");
+    }
 }
