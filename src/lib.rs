@@ -184,8 +184,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Aborts a task spawned elsewhere when dropped: the owner's scope is the task's life.
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// Aborts a task when dropped: whoever holds it owns the task, and the task ends with the owner's scope.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -28,11 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::connection::Connection;
 use super::{PoolStats, UpstreamError};
+use crate::AbortOnDrop;
 
 /// The reaper wakes at half the idle timeout, so an expired connection lives at most half a timeout longer,
 /// but not more often than this (a tiny timeout in a test should not make it spin) ...
@@ -284,7 +284,9 @@ impl Pool {
 ///
 /// The task holds only a `Weak` to the pool, so it never keeps the pool alive; the owner (the `Upstream`)
 /// holds this handle, so the task ends when the `Upstream` is dropped, right away rather than at its next tick.
-pub(crate) struct Reaper(AbortHandle);
+pub(crate) struct Reaper {
+    _task: AbortOnDrop,
+}
 
 impl Reaper {
     /// Spawns the reaper on the current tokio runtime. Call only from inside one.
@@ -300,12 +302,8 @@ impl Reaper {
                 }
             }
         });
-        Reaper(task.abort_handle())
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.0.abort();
+        Reaper {
+            _task: AbortOnDrop(task.abort_handle()),
+        }
     }
 }
