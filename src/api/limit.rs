@@ -225,8 +225,9 @@ mod tests {
             tokio::time::sleep(2 * PROBE_EVERY).await; // the probe has run, with next to no lag
             limit.adjust();
             assert!(limit.last_lag() < 40 * MS, "{:?}", limit.last_lag());
-            limit.in_flight(10); // `adjust` started a new window
-                                 // The only thread is busy for 60 ms: the probe's timer is due within 5 ms and waits for it.
+            // `adjust` started a new window: near the limit again. Then the only thread is busy for 60 ms,
+            // and the probe's timer, due within 5 ms, waits for it.
+            limit.in_flight(10);
             std::thread::sleep(60 * MS);
             tokio::time::sleep(2 * PROBE_EVERY).await;
             limit.adjust();

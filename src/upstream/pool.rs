@@ -217,13 +217,12 @@ impl Pool {
     /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
     /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
-        let refused = {
+        let mut idle = Idle { conn, expires };
+        let refused = if expires <= Instant::now() {
+            Some(idle)
+        } else {
             let mut shelf = self.lock_shelf();
-            let mut idle = Idle { conn, expires };
             loop {
-                if idle.expires <= Instant::now() {
-                    break Some(idle);
-                }
                 match shelf.waiters.pop_front() {
                     Some(waiter) => match waiter.send(idle) {
                         Ok(()) => break None,
