@@ -1,7 +1,7 @@
 //! The keep-alive pool: idle connections waiting to be reused, and the cap on open connections.
 //!
 //! It follows hyper-util's pool rules (`hyper-util/src/client/legacy/pool.rs`), minus its generality: one
-//! upstream, HTTP/1.1 only, so a plain `Mutex<Vec<Idle>>` does.
+//! upstream, HTTP/1.1 only, so one plain `Mutex` over the idle list and the waiters does.
 //!
 //! 1. **Only complete exchanges come back.** A connection is offered back ([`Pool::put`]) only after its
 //!    response was read to the end and said the connection may persist. A connection whose exchange was
