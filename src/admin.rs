@@ -15,7 +15,7 @@
 //!
 //! Each connection gets one answer and is closed (`Connection: close`): probes and a scrape every few
 //! seconds do not need keep-alive, and the loop stays short. The request head is parsed by the same code as
-//! the API's (`server::request`), and the answer written by the same `Response`.
+//! the API's (`http::request`), and the answer written by the same `Response`.
 //!
 //! It runs until its `stop` future completes, which `fanout::serve` does once the API server has drained:
 //! `/readyz` says 503 and `/metrics` keeps answering for the whole drain.
@@ -30,8 +30,8 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Duration};
 
 use crate::api::Api;
-use crate::server::request;
-use crate::server::response::{Persistence, Response};
+use crate::http::request;
+use crate::http::response::{Persistence, Response};
 
 /// Admin connections served at once; more are closed at once (a scraper retries at its next interval).
 pub const MAX_CONNECTIONS: usize = 32;

@@ -4,45 +4,63 @@
 //! upstream and combining what comes back, always within the caller's deadline. It is written by hand
 //! on tokio, without an HTTP framework, so that every part a framework would hide is here to read.
 //!
-//! ## Reading order
+//! ## Layers
 //!
-//! 1. [`config`]: every setting, its default and its reason.
-//! 2. [`server`]: the accept loop and shutdown, then `server/connection.rs`, the life of one client
-//!    connection (read a head, answer it, keep the connection or close it).
-//! 3. [`api`]: routing and the `timeout` parameter, then `api/calls.rs` (starting upstream requests and
-//!    cancelling them) and `api/strategies.rs` (the four endpoints).
-//! 4. [`upstream`]: the HTTP/1.1 client over TCP or TLS, response framing, and the connection pool.
-//! 5. [`simulator`]: the simulated upstream the tests and the offline mode use.
-//! 6. Observability: [`telemetry`] (what is observed where), [`metrics`], [`health`] (the upstream's last
-//!    minute), [`log`] (JSON lines), [`trace`] (W3C trace context), and [`admin`] (the listener serving
-//!    `/metrics`, `/healthz`, `/readyz` and `/upstream`).
+//! Each line uses only the lines below it, never one above or beside it; `.ci/layers` fails the build
+//! when an import disagrees with this drawing. Read bottom-up to meet each part before its users.
 //!
-//! ## The life of one request
+//! ```text
+//! main.rs                     the binary: flags, runtimes, signals, then `serve`
+//! lib.rs                      `serve`: wires the parts below into one service
+//! config                      every flag and environment variable, read into each module's settings
+//! admin                       the admin listener: /metrics, /healthz, /readyz, /upstream
+//! server                      the accept loop, one task per client connection, shutdown
+//! api                         routing, the `timeout`, admission, the four strategies
+//! telemetry                   one handle for what is observed: metrics, health window, access lines
+//! health, shutdown            the upstream's last minute; SIGTERM and SIGINT
+//! metrics                     counters and histograms, the Prometheus text
+//! upstream, simulator         the HTTPS client and its pool; the simulated upstream
+//! http, log                   HTTP/1.1 both sides share; JSON log lines
+//! trace                       W3C trace context
+//! date, endpoint, rng, task   leaves: clocks, endpoint names, random numbers, owned tasks
+//! ```
 //!
-//! The accept loop hands the socket to a connection task. It reads bytes until httparse finds a complete
-//! request head; from that instant the `timeout` parameter's deadline runs. The API picks a strategy,
-//! which starts upstream requests through a `Calls`: one task each, answering on a channel the `Calls`
-//! owns. (With over 100 callers connected those tasks run on a second runtime of their own, so that a
-//! burst of them cannot delay the answers: DESIGN.md, "Two runtimes".) Each takes a connection from the pool (or opens one), writes `GET /api/work`, reads the response
-//! and returns the connection to the pool. The strategy
-//! waits for outcomes until it can decide or the deadline fires, whichever is first, then returns: the
-//! upstream requests still running stop counting for the caller at once. Those already on the wire may
-//! finish in the background for a bounded time (`--upstream-linger-ms`) so that their connections go back
-//! to the pool instead of costing a new TLS handshake. The connection task writes the answer and waits for
-//! the next request. A call over `--max-in-flight` is answered at once without any of this, and its connection is
-//! served on a third, low-priority runtime until a call on it is admitted again (DESIGN.md, "Shedding on a
-//! runtime of its own").
+//! ## Reading path: one `/api/smart` call, from accept to the upstream socket and back
+//!
+//! 1. `server/mod.rs`: the accept loop spawns a task per connection.
+//! 2. `server/connection.rs`: the task reads bytes until httparse finds a request head
+//!    (`http/request.rs` says what it means); from that instant the `timeout` parameter's deadline runs.
+//! 3. `api/mod.rs`: `Api::prepare` routes, reads `timeout` (`api/query.rs`) and admits the call (or sheds
+//!    it); `Api::run` picks the strategy.
+//! 4. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay or a
+//!    failure, and returns at the first success or the deadline.
+//! 5. `api/calls.rs`: `Calls` starts each request as a task and takes outcomes as they complete; dropping
+//!    it is the whole of cancellation.
+//! 6. `upstream/mod.rs`: one request: take a connection from the pool (`upstream/pool.rs`) or open one
+//!    (`upstream/tls.rs`), write `GET /api/work` and read the response (`upstream/connection.rs`,
+//!    `upstream/response.rs`, `http/chunked.rs`), then return the connection to the pool.
+//! 7. Back up: the outcome reaches `Calls`, the strategy decides, `Api::run` builds the `Response`
+//!    (`http/response.rs`), and the connection task writes it and records it (`telemetry.rs`).
+//!
+//! The call's requests still running when it is decided stop counting at once; those already on the wire
+//! may finish in the background for a bounded time (`--upstream-linger-ms`) so their connections go back to
+//! the pool instead of costing a new TLS handshake. A call over the in-flight limit is answered at once
+//! without any of this.
 
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod date;
+pub mod endpoint;
 pub mod health;
+pub mod http;
 pub mod log;
 pub mod metrics;
 pub(crate) mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod simulator;
+pub mod task;
 pub mod telemetry;
 pub mod trace;
 pub mod upstream;
@@ -56,6 +74,7 @@ use tokio::sync::oneshot;
 use api::Api;
 use config::{Config, UpstreamChoice};
 use simulator::Simulator;
+use task::AbortOnDrop;
 use telemetry::Telemetry;
 use upstream::{Upstream, UpstreamConfig};
 
@@ -108,7 +127,10 @@ pub async fn serve(
         ),
         None => None,
     };
-    let telemetry = Arc::new(Telemetry::new(&config));
+    let telemetry = Arc::new(Telemetry::new(
+        config.log.clone(),
+        config.upstream_health_threshold,
+    ));
     telemetry.log.info(
         "start",
         serde_json::json!({
@@ -121,7 +143,11 @@ pub async fn serve(
         }),
     );
 
-    let api = Arc::new(Api::new(upstream, telemetry.clone(), &config));
+    let api = Arc::new(Api::new(
+        upstream,
+        telemetry.clone(),
+        &config.api_settings(),
+    ));
     let shutdown = async {
         shutdown.await;
         telemetry.draining();
@@ -162,11 +188,7 @@ pub async fn serve(
     let upstream_runtime = config.upstream_runtime.as_ref().filter(|_| follow_lag);
     let _upstream_probe = upstream_runtime.map(|runtime| {
         let limit = api.limit().clone();
-        AbortOnDrop(
-            runtime
-                .spawn(async move { limit.probe().await })
-                .abort_handle(),
-        )
+        AbortOnDrop(runtime.spawn(async move { limit.probe().await }))
     });
     // The health watcher, the limit's control loop and its probe on this runtime run beside them and end
     // with them (dropped by the select).
@@ -182,13 +204,4 @@ pub async fn serve(
     }
     telemetry.log.info("stopped", serde_json::json!({}));
     Ok(())
-}
-
-/// Aborts a task when dropped: whoever holds it owns the task, and the task ends with the owner's scope.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

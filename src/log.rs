@@ -28,7 +28,7 @@ use std::time::SystemTime;
 
 use tokio::time::{Duration, Instant};
 
-use crate::server::date::write_rfc3339;
+use crate::date::write_rfc3339;
 
 pub mod writer;
 

@@ -65,10 +65,10 @@ fn main() -> ExitCode {
     config.shed_runtime = shed_runtime.as_ref().map(|r| r.handle().clone());
 
     let result = runtime.block_on(async {
-        let listener = fanout::server::bind(config.listen)
+        let listener = fanout::http::bind(config.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let admin = match config.admin_listen {
-            Some(addr) => Some(fanout::server::bind(addr).map_err(|e| {
+            Some(addr) => Some(fanout::http::bind(addr).map_err(|e| {
                 format!("cannot listen on {addr} (--admin-listen, FANOUT_ADMIN_LISTEN): {e}")
             })?),
             None => None,

@@ -22,7 +22,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::api::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::upstream::OutcomeKind;
 
 /// Request and upstream durations, in seconds: OpenTelemetry's advice for HTTP durations

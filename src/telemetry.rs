@@ -20,14 +20,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::calls::Attempt;
-use crate::api::limit::Limit;
-use crate::api::Endpoint;
-use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::health::{self, Health};
-use crate::log::Logger;
+use crate::log::{LogSettings, Logger};
 use crate::metrics::{self, counter, family, gauge, Metrics};
-use crate::trace::CallTrace;
+use crate::trace::{CallTrace, SpanId};
 use crate::upstream::{OutcomeKind, PoolStats};
 
 pub struct Telemetry {
@@ -36,6 +33,29 @@ pub struct Telemetry {
     pub log: Logger,
     /// False from the moment a shutdown begins: `/readyz` answers 503 so load balancers stop sending.
     ready: AtomicBool,
+}
+
+/// One upstream request of a call, as the access line reports it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
+    pub span_id: SpanId,
+    pub outcome: OutcomeKind,
+    /// From starting it to its outcome (or to the call's end, for one cancelled).
+    pub duration: Duration,
+}
+
+/// Figures read from their owners at scrape time, for [`Telemetry::render`].
+pub struct Gauges {
+    /// API calls admitted and not yet answered.
+    pub in_flight: usize,
+    /// API calls allowed in flight now.
+    pub in_flight_limit: usize,
+    /// The runtimes' worst recent lag.
+    pub runtime_lag: Duration,
+    /// How long before its deadline a call stops waiting now.
+    pub deadline_lead: Duration,
+    pub pool: PoolStats,
 }
 
 /// What one answered request was, for the metrics and the access line.
@@ -53,11 +73,12 @@ pub struct RequestDone<'a> {
 }
 
 impl Telemetry {
-    pub fn new(config: &Config) -> Telemetry {
+    /// `health_threshold`: below this success ratio over the last minute the upstream counts as unhealthy.
+    pub fn new(log: LogSettings, health_threshold: f64) -> Telemetry {
         Telemetry {
             metrics: Metrics::default(),
-            health: Health::new(config.upstream_health_threshold),
-            log: Logger::new(config.log.clone()),
+            health: Health::new(health_threshold),
+            log: Logger::new(log),
             ready: AtomicBool::new(true),
         }
     }
@@ -144,38 +165,33 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
     /// figures read now from their owners.
-    pub fn render(
-        &self,
-        in_flight: usize,
-        limit: &Limit,
-        lead: Duration,
-        pool: PoolStats,
-    ) -> String {
+    pub fn render(&self, now: &Gauges) -> String {
+        let pool = &now.pool;
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out);
         gauge(
             &mut out,
             "fanout_http_server_active_requests",
             "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
-            in_flight,
+            now.in_flight,
         );
         gauge(
             &mut out,
             "fanout_in_flight_limit",
             "API calls allowed in flight now: --max-in-flight, or less while the runtimes lag (api::limit)",
-            limit.current(),
+            now.in_flight_limit,
         );
         gauge(
             &mut out,
             "fanout_runtime_lag_seconds",
             "How late the runtimes ran a task whose timer had fired, the worst of the last 0.5 s (api::limit)",
-            limit.last_lag().as_secs_f64(),
+            now.runtime_lag.as_secs_f64(),
         );
         gauge(
             &mut out,
             "fanout_deadline_lead_seconds",
             "How long before its deadline a call stops waiting now: the 99.9th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
-            lead.as_secs_f64(),
+            now.deadline_lead.as_secs_f64(),
         );
 
         family(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Attempt, Telemetry};
 use crate::trace::{CallTrace, SpanId};
 use crate::upstream::{
     OutcomeKind, Place, Reply, Report, RequestOptions, Upstream, UpstreamError, Work,
@@ -30,16 +30,6 @@ pub type Outcome = Result<Work, UpstreamError>;
 /// A request is not started with less than this left before the deadline: it could not finish in time,
 /// and would only load the upstream.
 pub const MIN_USEFUL_TIME: Duration = Duration::from_millis(1);
-
-/// One upstream request of a call, as the access line reports it.
-#[derive(Clone, Debug)]
-pub struct Attempt {
-    /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
-    pub span_id: SpanId,
-    pub outcome: OutcomeKind,
-    /// From starting it to its outcome (or to the call's end, for one cancelled).
-    pub duration: Duration,
-}
 
 /// An attempt while it may still be running.
 struct Started {

@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
 
-use crate::config::Config;
+pub use crate::endpoint::Endpoint;
+use crate::http::request::RequestHead;
+use crate::http::response::Response;
 use crate::metrics::ShedReason;
-use crate::server::request::RequestHead;
-use crate::server::response::Response;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Attempt, Gauges, Telemetry};
 use crate::trace::CallTrace;
 use crate::upstream::{Place, PoolStats, Upstream, Work};
-use calls::{Attempt, Calls};
+use calls::Calls;
 use lead::Lead;
 use limit::Limit;
 use strategies::{Answer, Failure};
@@ -32,27 +32,6 @@ use strategies::{Answer, Failure};
 const KNOWN_METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
 ];
-
-/// The four endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    All,
-    First,
-    WithinTimeout,
-    Smart,
-}
-
-impl Endpoint {
-    pub fn from_path(path: &str) -> Option<Endpoint> {
-        match path {
-            "/api/all" => Some(Endpoint::All),
-            "/api/first" => Some(Endpoint::First),
-            "/api/within-timeout" => Some(Endpoint::WithinTimeout),
-            "/api/smart" => Some(Endpoint::Smart),
-            _ => None,
-        }
-    }
-}
 
 /// An answer, and what the call was, for its metrics and access line.
 pub struct Handled {
@@ -79,6 +58,22 @@ impl Handled {
             shed: false,
         }
     }
+}
+
+/// The API's settings, read from flags by `config` (the defaults and their reasons are there, or in
+/// [`lead`] and [`limit`]).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The largest `timeout` a caller may ask for.
+    pub max_timeout_ms: u64,
+    /// `/api/smart` fires its two extra requests after this long without a success.
+    pub hedge_delay: Duration,
+    /// API calls in flight at once at most; more are shed.
+    pub max_in_flight: usize,
+    /// Runtime lag over which the in-flight limit falls below `max_in_flight` (zero: never).
+    pub overload_lag: Duration,
+    /// The most a call's timer is aimed before its deadline.
+    pub max_deadline_lead: Duration,
 }
 
 /// What the API needs to answer calls; shared by all connections.
@@ -135,19 +130,16 @@ impl Drop for Admitted {
 }
 
 impl Api {
-    pub fn new(upstream: Arc<Upstream>, telemetry: Arc<Telemetry>, config: &Config) -> Api {
+    pub fn new(upstream: Arc<Upstream>, telemetry: Arc<Telemetry>, settings: &Settings) -> Api {
         Api {
             upstream,
             telemetry,
-            max_timeout_ms: config.max_timeout_ms,
-            hedge_delay: config.hedge_delay,
+            max_timeout_ms: settings.max_timeout_ms,
+            hedge_delay: settings.hedge_delay,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            limit: Arc::new(Limit::new(
-                config.limits.max_in_flight,
-                config.limits.overload_lag,
-            )),
+            limit: Arc::new(Limit::new(settings.max_in_flight, settings.overload_lag)),
             connections: AtomicUsize::new(0),
-            lead: Lead::new(Instant::now(), config.max_deadline_lead),
+            lead: Lead::new(Instant::now(), settings.max_deadline_lead),
         }
     }
 
@@ -176,12 +168,13 @@ impl Api {
 
     /// The Prometheus exposition of everything (see `Telemetry::render`).
     pub fn render_metrics(&self) -> String {
-        self.telemetry.render(
-            self.in_flight(),
-            &self.limit,
-            self.lead.current(),
-            self.upstream.stats(),
-        )
+        self.telemetry.render(&Gauges {
+            in_flight: self.in_flight(),
+            in_flight_limit: self.limit.current(),
+            runtime_lag: self.limit.last_lag(),
+            deadline_lead: self.lead.current(),
+            pool: self.upstream.stats(),
+        })
     }
 
     /// Takes a place for one more call, if there is one. Beyond the limit the call is shed at once: waiting
@@ -385,15 +378,25 @@ fn encode(answer: &Answer) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::LogSettings;
     use crate::upstream::UpstreamConfig;
 
     #[test]
     fn admission_takes_places_up_to_the_limit_as_it_is_now() {
-        let mut config = Config::default();
-        config.limits.max_in_flight = 80;
+        let settings = Settings {
+            max_timeout_ms: 1000,
+            hedge_delay: Duration::from_millis(300),
+            max_in_flight: 80,
+            overload_lag: limit::DEFAULT_LAG,
+            max_deadline_lead: lead::DEFAULT_MAX,
+        };
         let upstream =
             Arc::new(Upstream::new(UpstreamConfig::new("http://127.0.0.1:9")).expect("url"));
-        let api = Api::new(upstream, Arc::new(Telemetry::new(&config)), &config);
+        let api = Api::new(
+            upstream,
+            Arc::new(Telemetry::new(LogSettings::default(), 0.5)),
+            &settings,
+        );
         let fill = |api: &Api| {
             std::iter::from_fn(|| api.admit())
                 .take(1000)

@@ -13,27 +13,24 @@
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
 //! | ... or a `100 Continue`        | `write_timeout`           | drop the connection           |
 
-use std::future::Future;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 
-use super::request::{self, BodyLength, RequestHead};
-use super::response::{Persistence, Response};
+use super::{Limits, MAX_HEADERS_CEILING};
 use crate::api::{Api, Call, Handled, Prepared};
-use crate::config::{Limits, MAX_HEADERS_CEILING};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{self, BodyLength, RequestHead};
+use crate::http::response::{Persistence, Response};
 use crate::metrics::ShedReason;
+use crate::task::AbortOnDrop;
 use crate::telemetry::RequestDone;
 use crate::trace::{CallTrace, TRACERESPONSE};
-use crate::upstream::chunked::ChunkedDecoder;
 
 /// Lingering close (RFC 9112 §9.6): after our last response, keep reading (and discarding) for a moment so
 /// that data the client already sent does not make our kernel answer with a reset that destroys the
@@ -67,24 +64,6 @@ enum Served {
 /// A call admitted on the shed runtime and not yet run: its head, when that was parsed, its span, and the
 /// call (its place held).
 type Pending = (RequestHead, Instant, CallTrace, Call);
-
-/// A spawned task that is aborted when its handle is dropped: the owner of a connection moved to the shed
-/// runtime stays its owner (an abort of the owner reaches it).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
 
 /// What reading the next request gave.
 enum Next {

@@ -1,25 +1,24 @@
 //! The inbound side: the accept loop, one task per connection, and shutdown.
 //!
 //! Reading order: this file (accept, drain), then `connection.rs` (one connection's request loop),
-//! [`request`] (what a head means), [`response`] (what we write back).
+//! `http/request.rs` (what a head means), `http/response.rs` (what we write back).
 
 mod connection;
-pub(crate) mod date;
-pub mod request;
-pub mod response;
+mod limits;
+
+pub use limits::{Limits, MAX_HEADERS_CEILING};
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Duration};
 
 use crate::api::Api;
-use crate::config::Limits;
 use connection::Connection;
 
 /// How long the accept loop pauses after an error that is about the server, not one client (out of file
@@ -30,26 +29,6 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// request head is in (the head timeout at most) and the answer is out; beyond this many, a connection over
 /// the cap is closed as soon as it is accepted, so a flood cannot turn refusals into a resource of its own.
 pub const MAX_REFUSING: usize = 1024;
-
-/// Connections the kernel may hold completed but not yet accepted. tokio's `TcpListener::bind` asks for
-/// 1,024; when more clients connect at once (2,000 callers opening their connections together), the
-/// overflow's handshakes are dropped and retried by the client after 1 s, 3 s, 7 s: seconds of latency
-/// before the server has even seen the request. Linux caps this at `net.core.somaxconn` (4,096 by default
-/// since 5.4).
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a listening socket for `addr` with a backlog of [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, so a
-/// restart does not wait for old connections in TIME_WAIT).
-pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 /// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
 /// stops accepting, closes idle connections, lets busy ones finish their request (each bounded by its

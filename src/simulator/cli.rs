@@ -164,7 +164,7 @@ pub async fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let (listen, config, write_ca) = parse_args(args)?;
-    let listener = crate::server::bind(listen)
+    let listener = crate::http::bind(listen)
         .map_err(|e| format!("--listen: cannot listen on {listen}: {e}"))?;
     let simulator = Simulator::start_on(listener, config)
         .await

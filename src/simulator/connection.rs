@@ -540,7 +540,7 @@ fn error_body(status: u16) -> Vec<u8> {
 
 /// fanout's reason phrases, and a made-up one for codes fanout never sends (tests script any status).
 fn reason(status: u16) -> &'static str {
-    match crate::server::response::reason(status) {
+    match crate::http::response::reason(status) {
         "" => "Simulated",
         phrase => phrase,
     }

@@ -244,7 +244,7 @@ impl Simulator {
     /// Binds 127.0.0.1:0 and starts serving in the background.
     pub async fn start(config: SimConfig) -> io::Result<Simulator> {
         // The server's backlog: fanout may open thousands of connections to it at once.
-        let listener = crate::server::bind((IpAddr::from([127, 0, 0, 1]), 0).into())?;
+        let listener = crate::http::bind((IpAddr::from([127, 0, 0, 1]), 0).into())?;
         Simulator::start_on(listener, config).await
     }
 

@@ -22,9 +22,9 @@ use tokio::time::{timeout_at, Duration, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::chunked::ChunkedDecoder;
 use super::response::{self, Framing, Head};
 use super::UpstreamError;
+use crate::http::chunked::ChunkedDecoder;
 
 /// How much we ask the socket for per read. The whole answer (head and a `{"time": N}` body) is usually a few
 /// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering. The chunk is on the

@@ -31,8 +31,6 @@
 //! out. A connection never reaches the pool half-read, because only `exchange` puts connections back, and
 //! only after reading a response to its end.
 
-/// Reusable by the server side for chunked request bodies.
-pub(crate) mod chunked;
 mod connection;
 mod payload;
 mod pool;

@@ -32,7 +32,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connection::Connection;
 use super::{PoolStats, UpstreamError};
-use crate::AbortOnDrop;
+use crate::task::AbortOnDrop;
 
 /// The reaper wakes at half the idle timeout, so an expired connection lives at most half a timeout longer,
 /// but not more often than this (a tiny timeout in a test should not make it spin) ...
@@ -284,7 +284,7 @@ impl Pool {
 /// The task holds only a `Weak` to the pool, so it never keeps the pool alive; the owner (the `Upstream`)
 /// holds this handle, so the task ends when the `Upstream` is dropped, right away rather than at its next tick.
 pub(crate) struct Reaper {
-    _task: AbortOnDrop,
+    _task: AbortOnDrop<()>,
 }
 
 impl Reaper {
@@ -302,7 +302,7 @@ impl Reaper {
             }
         });
         Reaper {
-            _task: AbortOnDrop(task.abort_handle()),
+            _task: AbortOnDrop(task),
         }
     }
 }

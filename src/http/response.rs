@@ -3,7 +3,7 @@
 //! Every response carries `Content-Length` (so the client knows where it ends on a persistent connection)
 //! and `Date` (RFC 9110 §6.6.1). Bodies are always small JSON documents, so they are built whole in memory.
 
-use super::date;
+use crate::date;
 
 /// A response the server writes. API answers and errors are both `application/json`; the admin listener
 /// also writes text (the Prometheus exposition).

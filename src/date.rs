@@ -1,3 +1,6 @@
+//! Wall-clock dates as text, for the two places that print one: the `Date` header of every response and the
+//! `ts` of every log line (RFC 3339).
+//!
 //! The `Date` header (RFC 9110 §6.6.1): "An origin server with a clock MUST generate a Date header field"
 //! in IMF-fixdate form, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
 //!
