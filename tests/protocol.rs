@@ -13,6 +13,23 @@ async fn exchange(svc: &Service, raw: &str) -> (common::Response, Client) {
     (r, c)
 }
 
+/// Sends `parts`, one write each, and asserts the answer is `400 bad_request` and the connection closes.
+async fn assert_rejected_and_closed(svc: &Service, parts: &[&[u8]]) {
+    let shown = String::from_utf8_lossy(&parts.concat()).into_owned();
+    let mut c = svc.client().await;
+    for part in parts {
+        c.send(part).await;
+    }
+    let r = c.response().await.expect("a response");
+    assert_eq!(r.status, 400, "{shown:?}: {}", r.text());
+    assert_eq!(r.error_code(), "bad_request", "{shown:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{shown:?}");
+    assert!(
+        c.closed_by_server().await,
+        "{shown:?} left the connection open"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_has_content_length_date_and_http11() {
     let svc = Service::start().await;
@@ -156,11 +173,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
         "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
     ] {
-        let (r, mut c) = exchange(&svc, raw).await;
-        assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
-        assert_eq!(r.error_code(), "bad_request");
-        assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
-        assert!(c.closed_by_server().await, "{raw:?} left the connection open");
+        assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
     }
     assert_eq!(svc.sim.requests(), 0);
 }
@@ -361,6 +374,69 @@ async fn a_too_long_target_gets_414_whatever_else_is_wrong() {
     // No space in sight: a method longer than any known is not implemented (RFC 9112 §3).
     let (r, _) = exchange(&svc, &format!("{} / HTTP/1.1\r\n\r\n", pad(20000))).await;
     assert_eq!(r.status, 501);
+}
+
+/// A request with a chunked body, for `/api/within-timeout?timeout=0` (answered at once with `200 []`).
+fn chunked(body: &str) -> String {
+    format!(
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_extensions_outside_the_grammar_get_400_and_close() {
+    // RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ). A line
+    // that two parsers could skip differently is where they disagree on where the body ends.
+    let svc = Service::start().await;
+    for ext in [
+        ";",            // no name
+        "; ",           // no name, BWS
+        ";a(b",         // not a token
+        ";=b",          // a value with no name
+        ";a=",          // "=" with no value
+        ";a=b\x01c",    // a control character
+        ";a=\"b\x7f\"", // ... in a quoted string
+        ";a=\"b",       // an unterminated quoted string
+        " ",            // whitespace after the size, no extension after it
+        ";a=b ",        // whitespace before the CRLF, which the grammar does not put there
+    ] {
+        let first = chunked(&format!("1{ext}\r\nx\r\n0\r\n\r\n"));
+        let later = chunked(&format!("1\r\nx\r\n1{ext}\r\ny\r\n0\r\n\r\n"));
+        let last = chunked(&format!("1\r\nx\r\n0{ext}\r\n\r\n"));
+        for raw in [first, later, last] {
+            assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
+        }
+    }
+    // The bad byte in a second write, after a first that was valid so far. (The decoder reads a byte at a
+    // time; its unit tests split every input at every byte.)
+    let head = chunked("");
+    assert_rejected_and_closed(&svc, &[head.as_bytes(), b"1;na", b"(me\r\nx\r\n0\r\n\r\n"]).await;
+    assert_rejected_and_closed(&svc, &[head.as_bytes(), b"1 ", b"\r\nx\r\n0\r\n\r\n"]).await;
+    assert_eq!(svc.sim.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_chunk_extensions_are_accepted_and_the_connection_goes_on() {
+    let svc = Service::start().await;
+    let body = "1;name=value\r\nx\r\n3 ; name = \"quoted value\" ;flag\r\nabc\r\n0;last\r\n\r\n";
+    // Read in one write with the next request behind it, and in pieces split inside an extension.
+    let pipelined = format!(
+        "{}GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+        chunked(body)
+    );
+    let mut c = svc.client().await;
+    c.send(pipelined.as_bytes()).await;
+    for _ in 0..2 {
+        let r = c.response().await.expect("a response");
+        assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+        assert_eq!(r.header("connection"), None);
+    }
+    let whole = chunked(body);
+    let split = whole.len() - body.len() + 8; // inside "name=value"
+    c.send(&whole.as_bytes()[..split]).await;
+    c.send(&whole.as_bytes()[split..]).await;
+    assert_eq!(c.response().await.expect("a response").status, 200);
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
