@@ -172,6 +172,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n0\r\n\r\n",
         "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
         "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
+        "GET /api/all\u{e9}?timeout=5 HTTP/1.1\r\nHost: a\r\n\r\n",               // a non-ASCII target
     ] {
         assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
     }
@@ -437,6 +438,28 @@ async fn valid_chunk_extensions_are_accepted_and_the_connection_goes_on() {
     c.send(&whole.as_bytes()[split..]).await;
     assert_eq!(c.response().await.expect("a response").status, 200);
     assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_byte_outside_the_uri_grammar_is_a_bad_request_line() {
+    // RFC 9112 §3.2 and RFC 3986: the target is ASCII URI characters. A raw UTF-8 path is a 400, not a 404.
+    let svc = Service::start().await;
+    let request = |target: &[u8]| [b"GET ", target, b" HTTP/1.1\r\nHost: t\r\n\r\n"].concat();
+    for target in [
+        &b"/api/within-timeout\xc3\xa9?timeout=0"[..],
+        b"/api/within-timeout?timeout=0&x=\xc3\xa9",
+        b"/api/within\x01-timeout?timeout=0",
+        b"/api/within\x7f-timeout?timeout=0",
+        b"/api/within-timeout?timeout=0&x={}",
+        b"/api/within-timeout?timeout=0&x=a|b",
+        b"/api/within-timeout?timeout=0&x=\"a\"",
+    ] {
+        assert_rejected_and_closed(&svc, &[&request(target)]).await;
+    }
+    // A UTF-8 character split across two writes.
+    let raw = request(b"/caf\xc3\xa9");
+    assert_rejected_and_closed(&svc, &[&raw[..8], &raw[8..]]).await;
+    assert_eq!(svc.sim.requests(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,15 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let target = req.path.unwrap_or_default().to_string();
     let minor_version = req.version.unwrap_or(1);
 
+    // RFC 9112 §3.2: every form of request-target is made of URI characters (RFC 3986 §2), all of them
+    // ASCII. httparse lets a raw UTF-8 target through; RFC 9112 §3 makes any other byte an invalid
+    // request line, for which a 400 is the answer, not a route lookup.
+    if !target.bytes().all(uri_char) {
+        return Err(bad(
+            "malformed request line: the target has a byte outside the URI grammar",
+        ));
+    }
+
     let mut hosts = 0;
     let mut close = false;
     let mut keep_alive_token = false;
@@ -252,6 +261,13 @@ fn valid_ip_literal(literal: &str) -> bool {
     })
 }
 
+/// A character that may appear in a URI (RFC 3986 §2): unreserved, reserved (gen-delims and sub-delims),
+/// or the "%" of a pct-encoded octet. Not a control character, a space, any of `" < > \ ^ { | }` or the
+/// backtick, nor a byte above 0x7F.
+fn uri_char(b: u8) -> bool {
+    unreserved_or_sub_delim(b) || b":/?#[]@%".contains(&b)
+}
+
 /// unreserved / sub-delims (RFC 3986 §2.2-2.3).
 fn unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
@@ -322,6 +338,34 @@ mod tests {
                 head(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n")),
                 Err(400),
                 "{bad_host}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_target_is_made_of_uri_characters() {
+        for target in ["/a-b._~!$&'()*+,;=:@%20/?q=/?#", "*", "http://[::1]:80/p?q"] {
+            assert!(
+                head(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n")).is_ok(),
+                "{target}"
+            );
+        }
+        // Raw UTF-8 and the ASCII characters RFC 3986 leaves out; httparse passes all of these.
+        for target in [
+            "/caf\u{e9}",
+            "/\u{a0}",
+            "/a\"b",
+            "/a<b>",
+            "/a\\b",
+            "/a^b",
+            "/a`b",
+            "/a{b}",
+            "/a|b",
+        ] {
+            assert_eq!(
+                head(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n")),
+                Err(400),
+                "{target}"
             );
         }
     }
