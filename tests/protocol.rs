@@ -172,6 +172,7 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n0\r\n\r\n",
         "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
         "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost:\r\n\r\n",                        // an empty authority
         "GET /api/all\u{e9}?timeout=5 HTTP/1.1\r\nHost: a\r\n\r\n",               // a non-ASCII target
     ] {
         assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
@@ -437,6 +438,30 @@ async fn valid_chunk_extensions_are_accepted_and_the_connection_goes_on() {
     c.send(&whole.as_bytes()[..split]).await;
     c.send(&whole.as_bytes()[split..]).await;
     assert_eq!(c.response().await.expect("a response").status, 200);
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_host_gets_400_unless_the_target_names_the_host() {
+    // RFC 9112 §3.3: in origin-form Host is the target's authority; RFC 9110 §4.2.1: an http URI with an
+    // empty host MUST be rejected as invalid.
+    let svc = Service::start().await;
+    for raw in [
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: :80\r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.0\r\nHost:\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n",
+    ] {
+        assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
+    }
+    // RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host; the target names the host.
+    let (r, mut c) = exchange(
+        &svc,
+        "GET http://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost:\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.header("connection")), (200, None));
     assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
 }
 
