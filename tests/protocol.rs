@@ -13,6 +13,23 @@ async fn exchange(svc: &Service, raw: &str) -> (common::Response, Client) {
     (r, c)
 }
 
+/// Sends `parts`, one write each, and asserts the answer is `400 bad_request` and the connection closes.
+async fn assert_rejected_and_closed(svc: &Service, parts: &[&[u8]]) {
+    let shown = String::from_utf8_lossy(&parts.concat()).into_owned();
+    let mut c = svc.client().await;
+    for part in parts {
+        c.send(part).await;
+    }
+    let r = c.response().await.expect("a response");
+    assert_eq!(r.status, 400, "{shown:?}: {}", r.text());
+    assert_eq!(r.error_code(), "bad_request", "{shown:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{shown:?}");
+    assert!(
+        c.closed_by_server().await,
+        "{shown:?} left the connection open"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_has_content_length_date_and_http11() {
     let svc = Service::start().await;
@@ -155,12 +172,10 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
         "GET /api/all?timeout=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n0\r\n\r\n",
         "GET /api/all?timeout=5 http/1.1\r\nHost: a\r\n\r\n",                    // HTTP-name is case-sensitive
         "GET /api/all?timeout=5 HTTP/11.0\r\nHost: a\r\n\r\n",                  // one digit each
+        "GET /api/all?timeout=5 HTTP/1.1\r\nHost:\r\n\r\n",                        // an empty authority
+        "GET /api/all\u{e9}?timeout=5 HTTP/1.1\r\nHost: a\r\n\r\n",               // a non-ASCII target
     ] {
-        let (r, mut c) = exchange(&svc, raw).await;
-        assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
-        assert_eq!(r.error_code(), "bad_request");
-        assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
-        assert!(c.closed_by_server().await, "{raw:?} left the connection open");
+        assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
     }
     assert_eq!(svc.sim.requests(), 0);
 }
@@ -358,9 +373,135 @@ async fn a_too_long_target_gets_414_whatever_else_is_wrong() {
     );
     let (r, _) = exchange(&svc, &both).await;
     assert_eq!(r.status, 414);
-    // No space in sight: a method longer than any known is not implemented (RFC 9112 §3).
-    let (r, _) = exchange(&svc, &format!("{} / HTTP/1.1\r\n\r\n", pad(20000))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_longer_than_the_target_limit_is_a_malformed_request_line() {
+    // Not an unknown method (501): a "method" of tens of KB is a request line past any bound (RFC 9110
+    // §2.3), 400 and close, however it arrives: endless, whole with a short head, or in two writes.
+    let svc = Service::start().await;
+    let method = |n| "M".repeat(n);
+    // Tens of KB with no end in sight: refused once the limit is passed, before the line is all in.
+    let endless = format!("{} / HTTP/1.1\r\nHost: t\r\n\r\n", method(20000));
+    // 10 KB in a head within its own limit: refused the same, whether parsed whole or in two writes.
+    let whole = format!("{} / HTTP/1.1\r\nHost: t\r\n\r\n", method(10000));
+    let (first, rest) = whole.as_bytes().split_at(5000);
+    assert_rejected_and_closed(&svc, &[endless.as_bytes()]).await;
+    assert_rejected_and_closed(&svc, &[whole.as_bytes()]).await;
+    assert_rejected_and_closed(&svc, &[first, rest]).await;
+    // A method of a plausible length that the server does not know is still not implemented.
+    let (r, mut c) = exchange(&svc, "PROPFIND / HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!(r.status, 501);
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+}
+
+/// A request with a chunked body, for `/api/within-timeout?timeout=0` (answered at once with `200 []`).
+fn chunked(body: &str) -> String {
+    format!(
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_extensions_outside_the_grammar_get_400_and_close() {
+    // RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ). A line
+    // that two parsers could skip differently is where they disagree on where the body ends.
+    let svc = Service::start().await;
+    for ext in [
+        ";",            // no name
+        "; ",           // no name, BWS
+        ";a(b",         // not a token
+        ";=b",          // a value with no name
+        ";a=",          // "=" with no value
+        ";a=b\x01c",    // a control character
+        ";a=\"b\x7f\"", // ... in a quoted string
+        ";a=\"b",       // an unterminated quoted string
+        " ",            // whitespace after the size, no extension after it
+        ";a=b ",        // whitespace before the CRLF, which the grammar does not put there
+    ] {
+        let first = chunked(&format!("1{ext}\r\nx\r\n0\r\n\r\n"));
+        let later = chunked(&format!("1\r\nx\r\n1{ext}\r\ny\r\n0\r\n\r\n"));
+        let last = chunked(&format!("1\r\nx\r\n0{ext}\r\n\r\n"));
+        for raw in [first, later, last] {
+            assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
+        }
+    }
+    // The bad byte in a second write, after a first that was valid so far. (The decoder reads a byte at a
+    // time; its unit tests split every input at every byte.)
+    let head = chunked("");
+    assert_rejected_and_closed(&svc, &[head.as_bytes(), b"1;na", b"(me\r\nx\r\n0\r\n\r\n"]).await;
+    assert_rejected_and_closed(&svc, &[head.as_bytes(), b"1 ", b"\r\nx\r\n0\r\n\r\n"]).await;
+    assert_eq!(svc.sim.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_chunk_extensions_are_accepted_and_the_connection_goes_on() {
+    let svc = Service::start().await;
+    let body = "1;name=value\r\nx\r\n3 ; name = \"quoted value\" ;flag\r\nabc\r\n0;last\r\n\r\n";
+    // Read in one write with the next request behind it, and in pieces split inside an extension.
+    let pipelined = format!(
+        "{}GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+        chunked(body)
+    );
+    let mut c = svc.client().await;
+    c.send(pipelined.as_bytes()).await;
+    for _ in 0..2 {
+        let r = c.response().await.expect("a response");
+        assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+        assert_eq!(r.header("connection"), None);
+    }
+    let whole = chunked(body);
+    let split = whole.len() - body.len() + 8; // inside "name=value"
+    c.send(&whole.as_bytes()[..split]).await;
+    c.send(&whole.as_bytes()[split..]).await;
+    assert_eq!(c.response().await.expect("a response").status, 200);
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_host_gets_400_unless_the_target_names_the_host() {
+    // RFC 9112 §3.3: in origin-form Host is the target's authority; RFC 9110 §4.2.1: an http URI with an
+    // empty host MUST be rejected as invalid.
+    let svc = Service::start().await;
+    for raw in [
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: :80\r\n\r\n",
+        "GET /api/within-timeout?timeout=0 HTTP/1.0\r\nHost:\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n",
+    ] {
+        assert_rejected_and_closed(&svc, &[raw.as_bytes()]).await;
+    }
+    // RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host; the target names the host.
+    let (r, mut c) = exchange(
+        &svc,
+        "GET http://example.com/api/within-timeout?timeout=0 HTTP/1.1\r\nHost:\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    assert_eq!(c.get("/api/within-timeout?timeout=0").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_byte_outside_the_uri_grammar_is_a_bad_request_line() {
+    // RFC 9112 §3.2 and RFC 3986: the target is ASCII URI characters. A raw UTF-8 path is a 400, not a 404.
+    let svc = Service::start().await;
+    let request = |target: &[u8]| [b"GET ", target, b" HTTP/1.1\r\nHost: t\r\n\r\n"].concat();
+    for target in [
+        &b"/api/within-timeout\xc3\xa9?timeout=0"[..],
+        b"/api/within-timeout?timeout=0&x=\xc3\xa9",
+        b"/api/within\x01-timeout?timeout=0",
+        b"/api/within\x7f-timeout?timeout=0",
+        b"/api/within-timeout?timeout=0&x={}",
+        b"/api/within-timeout?timeout=0&x=a|b",
+        b"/api/within-timeout?timeout=0&x=\"a\"",
+    ] {
+        assert_rejected_and_closed(&svc, &[&request(target)]).await;
+    }
+    // A UTF-8 character split across two writes.
+    let raw = request(b"/caf\xc3\xa9");
+    assert_rejected_and_closed(&svc, &[&raw[..8], &raw[8..]]).await;
+    assert_eq!(svc.sim.requests(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,28 @@
 //! chunk-size     = 1*HEXDIG
 //! last-chunk     = 1*("0") [ chunk-ext ] CRLF
 //! chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+//! chunk-ext-name = token
+//! chunk-ext-val  = token / quoted-string
 //! trailer-section = *( field-line CRLF )
 //! ```
 //!
+//! with, from RFC 9110 §5.6: `token = 1*tchar`; `BWS = OWS = *( SP / HTAB )`; `quoted-string = DQUOTE
+//! *( qdtext / quoted-pair ) DQUOTE`, `qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text`,
+//! `quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )`, `obs-text = %x80-FF`.
+//!
 //! - §7.1: "The chunk-size field is a string of hex digits ... Recipients MUST anticipate potentially large hex
 //!   numerals and prevent parsing errors due to integer conversion overflows": sizes use checked arithmetic.
-//! - §7.1.1: "A recipient MUST ignore unrecognized chunk extensions", and we recognise none. Their length is
-//!   still bounded (by [`MAX_LINE_BYTES`]), as the same section asks a server to limit them.
+//! - §7.1.1: "A recipient MUST ignore unrecognized chunk extensions", and we recognise none. Ignored is not
+//!   unread: each one is parsed to the grammar above, byte by byte, and anything else (a `;` with no name, a
+//!   name that is not a token, a control character, whitespace the grammar does not place) is an error. Two
+//!   parsers on a message's path that skip such a line differently disagree on where the body ends, which
+//!   is how a request is smuggled past one of them. Their length is bounded too (by [`MAX_LINE_BYTES`]), as
+//!   the same section asks a server to limit them.
+//! - Whitespace: the strict reading. It is allowed exactly where the grammar puts BWS, and nowhere else:
+//!   before each `;`, after it, and on either side of `=`. So `1 ;a = b` is valid, but `1 ` (whitespace
+//!   after the size with no extension after it) and `1;a=b ` (whitespace before the CRLF) are not: no BWS
+//!   precedes the CRLF. Some parsers let trailing whitespace pass; a line they read one way and we another
+//!   is the disagreement this decoder refuses to take part in.
 //! - §7.1.2: trailer fields may be discarded ("a recipient MAY ... discard"); we skip them, bounded too.
 //! - Line endings must be CRLF: a bare LF is an error, which closes the door on request smuggling games that
 //!   rely on two parsers disagreeing about line ends.
@@ -36,8 +51,11 @@ pub(crate) const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Why a chunked body is malformed. Every case means the framing is lost, so the connection must be closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChunkedError {
-    /// A chunk-size line did not start with a hex digit, or had junk after it.
+    /// A chunk-size line did not start with a hex digit, or had junk after it (whitespace included, unless a
+    /// chunk extension follows it).
     InvalidSize,
+    /// A chunk extension that does not follow the `chunk-ext` grammar.
+    InvalidExtension,
     /// The chunk size does not fit in a u64.
     SizeOverflow,
     /// A CR not followed by LF, a bare LF, or chunk data not followed by CRLF.
@@ -53,6 +71,7 @@ impl ChunkedError {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChunkedError::InvalidSize => "chunked body: invalid chunk size",
+            ChunkedError::InvalidExtension => "chunked body: invalid chunk extension",
             ChunkedError::SizeOverflow => "chunked body: chunk size overflows",
             ChunkedError::MissingCrlf => "chunked body: expected CRLF",
             ChunkedError::LineTooLong => "chunked body: chunk-size or trailer line too long",
@@ -76,10 +95,10 @@ enum State {
     SizeStart,
     /// Inside the hex digits.
     Size,
-    /// After the digits: optional whitespace, then `;` or CR.
+    /// Whitespace after the digits: the BWS before a `;`, which must follow.
     SizeEnd,
-    /// Inside chunk extensions: skipped up to CR.
-    Extension,
+    /// Inside the chunk extensions, where [`Ext`] says.
+    Extension(Ext),
     /// Saw the CR ending a size line; LF must follow.
     SizeLf,
     /// Copying chunk data; `remaining` bytes to go.
@@ -98,6 +117,70 @@ enum State {
     EndLf,
     /// The whole chunked body has been read.
     Done,
+}
+
+impl State {
+    /// On a chunk-size line, which [`MAX_LINE_BYTES`] bounds.
+    fn on_size_line(self) -> bool {
+        matches!(
+            self,
+            State::SizeStart | State::Size | State::SizeEnd | State::Extension(_)
+        )
+    }
+}
+
+/// Where the decoder is in `chunk-ext`, one byte at a time so that a line split anywhere across reads is
+/// judged the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ext {
+    /// After a `;`: BWS, then the first character of a name.
+    NameStart,
+    /// Inside a name; then BWS, `=`, `;` or CR.
+    Name,
+    /// BWS after a name: `=` or `;` must follow.
+    NameEnd,
+    /// After `=`: BWS, then a token or a quoted string.
+    ValueStart,
+    /// Inside a token value; then BWS, `;` or CR.
+    Token,
+    /// Inside a quoted-string value.
+    Quoted,
+    /// After a `\` in a quoted string: the character it escapes.
+    QuotedPair,
+    /// After the closing quote: BWS, `;` or CR.
+    ValueEnd,
+    /// BWS after a value: `;` must follow.
+    ValueBws,
+}
+
+impl Ext {
+    /// The state after one more byte of `chunk-ext` (see the module doc for the grammar and where BWS goes).
+    fn step(self, byte: u8) -> Result<State, ChunkedError> {
+        use Ext::*;
+        let next = match (self, byte) {
+            // BWS ";" BWS chunk-ext-name
+            (NameStart, b' ' | b'\t') => NameStart,
+            (NameStart | Name, b) if is_tchar(b) => Name,
+            // [ BWS "=" BWS chunk-ext-val ]
+            (Name | NameEnd, b' ' | b'\t') => NameEnd,
+            (Name | NameEnd, b'=') => ValueStart,
+            (ValueStart, b' ' | b'\t') => ValueStart,
+            (ValueStart | Token, b) if is_tchar(b) => Token,
+            (ValueStart, b'"') => Quoted,
+            (Quoted, b'"') => ValueEnd,
+            (Quoted, b'\\') => QuotedPair,
+            // qdtext is every quotable byte but DQUOTE and the backslash, which the two arms above take.
+            (Quoted | QuotedPair, b) if quotable(b) => Quoted,
+            // The BWS before the next ";", after a name or a value.
+            (Token | ValueEnd | ValueBws, b' ' | b'\t') => ValueBws,
+            (Name | NameEnd | Token | ValueEnd | ValueBws, b';') => NameStart,
+            // The line ends after a name or a value, never after BWS: the grammar puts none before CRLF.
+            (Name | Token | ValueEnd, b'\r') => return Ok(State::SizeLf),
+            (_, b'\n') => return Err(ChunkedError::MissingCrlf),
+            _ => return Err(ChunkedError::InvalidExtension),
+        };
+        Ok(State::Extension(next))
+    }
 }
 
 /// Decodes one chunked body. Feed it bytes with [`ChunkedDecoder::decode`] until [`ChunkedDecoder::is_done`].
@@ -167,7 +250,7 @@ impl ChunkedDecoder {
     /// Advances the state machine by one byte of framing (never called in `Data`).
     fn step(&mut self, byte: u8) -> Result<(), ChunkedError> {
         match self.state {
-            State::SizeStart | State::Size | State::SizeEnd | State::Extension => {
+            state if state.on_size_line() => {
                 self.line_bytes += 1;
                 if self.line_bytes > MAX_LINE_BYTES {
                     return Err(ChunkedError::LineTooLong);
@@ -193,7 +276,7 @@ impl ChunkedDecoder {
                 self.remaining = u64::from(digit);
                 State::Size
             }
-            (State::Size, b';') => State::Extension,
+            (State::Size, b';') => State::Extension(Ext::NameStart),
             (State::Size, b' ' | b'\t') => State::SizeEnd,
             (State::Size, b'\r') => State::SizeLf,
             (State::Size, _) => {
@@ -206,12 +289,10 @@ impl ChunkedDecoder {
                 State::Size
             }
             (State::SizeEnd, b' ' | b'\t') => State::SizeEnd,
-            (State::SizeEnd, b';') => State::Extension,
-            (State::SizeEnd, b'\r') => State::SizeLf,
+            (State::SizeEnd, b';') => State::Extension(Ext::NameStart),
+            // Whitespace after the size is the BWS of an extension: without one it is junk.
             (State::SizeEnd, _) => return Err(ChunkedError::InvalidSize),
-            (State::Extension, b'\r') => State::SizeLf,
-            (State::Extension, b'\n') => return Err(ChunkedError::MissingCrlf),
-            (State::Extension, _) => State::Extension,
+            (State::Extension(ext), _) => ext.step(byte)?,
             (State::SizeLf, b'\n') => {
                 self.line_bytes = 0;
                 if self.remaining == 0 {
@@ -239,6 +320,16 @@ impl ChunkedDecoder {
         };
         Ok(())
     }
+}
+
+/// tchar (RFC 9110 §5.6.2): the characters of a token.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// What a quoted-pair may escape (RFC 9110 §5.6.4): HTAB, SP, VCHAR or obs-text; no other control character.
+fn quotable(byte: u8) -> bool {
+    matches!(byte, b'\t' | b' '..=b'~' | 0x80..=0xff)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -297,6 +388,130 @@ mod tests {
             (out.as_slice(), used, done),
             (&b"abc"[..], input.len(), true)
         );
+    }
+
+    /// Decodes `input` one byte per call, as if each byte arrived in a read of its own.
+    fn decode_bytewise(input: &[u8]) -> Result<Vec<u8>, ChunkedError> {
+        let mut decoder = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        for byte in input {
+            decoder.decode(std::slice::from_ref(byte), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn accepts_every_extension_the_grammar_allows() {
+        for line in [
+            "1;a",
+            "1;a=b",
+            "1;a;b=c;d=\"e\"",
+            "1 ; a = b",         // BWS around ";" and "="
+            "1\t;\ta\t=\t\"x\"", // BWS is HTAB too
+            "1;a ;b",            // BWS before the next ";"
+            "1;a=b ;c=\"d\" ;e",
+            "1;a=\"\"",              // an empty quoted string
+            "1;a=\"q \\\" \\\\ v\"", // quoted-pairs: an escaped DQUOTE and backslash
+            "1;a=\"tab\tin\"",       // HTAB is qdtext
+            "1;!#$%&'*+-.^_`|~09Az=!#$%&'*+-.^_`|~09Az",
+        ] {
+            let input = format!("{line}\r\nx\r\n0\r\n\r\n");
+            assert_eq!(
+                decode_all(input.as_bytes()),
+                Ok((b"x".to_vec(), input.len(), true)),
+                "{line:?}"
+            );
+            assert_eq!(
+                decode_bytewise(input.as_bytes()),
+                Ok(b"x".to_vec()),
+                "{line:?}"
+            );
+        }
+        // obs-text (%x80-FF) is allowed inside a quoted string, though not in a token.
+        let obs = b"1;a=\"caf\xc3\xa9\"\r\nx\r\n0\r\n\r\n";
+        assert_eq!(decode_bytewise(obs), Ok(b"x".to_vec()));
+    }
+
+    #[test]
+    fn rejects_extensions_the_grammar_does_not_allow() {
+        for line in [
+            &b"1;"[..], // ";" with no name
+            b"1; ",     // ... and BWS
+            b"1;;a",
+            b"1;=b", // a value with no name
+            b"1;a=", // "=" with no value
+            b"1;a= ",
+            b"1;a=b=c",
+            b"1;a(b", // "(" is no tchar
+            b"1;a\"b\"",
+            b"1;a=b c",        // whitespace inside a token value
+            b"1;a=\"b\"c",     // junk after a quoted string
+            b"1;a=\"b",        // an unterminated quoted string: the CR is not qdtext
+            b"1;a=\"b\x01\"",  // control characters, in a quoted string...
+            b"1;a=\"\\\x01\"", // ... escaped or not
+            b"1;a=\"b\x7f\"",
+            b"1;a\x00",   // ... in a name
+            b"1;a=b\x01", // ... in a token value
+            b"1;a=b\x7f",
+            b"1;\xc3\xa9", // obs-text is no tchar
+            b"1;a=\xc3\xa9",
+            b"1;a ", // no BWS before the CRLF...
+            b"1;a=b ",
+            b"1;a=b\t",
+            b"1;a=\"b\" ",
+        ] {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(
+                decode_all(&input),
+                Err(ChunkedError::InvalidExtension),
+                "{shown:?}"
+            );
+            assert_eq!(
+                decode_bytewise(&input),
+                Err(ChunkedError::InvalidExtension),
+                "{shown:?}"
+            );
+
+            // The same in a later chunk, after one the decoder has accepted, and in the last chunk.
+            let mut later = b"2\r\nok\r\n".to_vec();
+            later.extend_from_slice(&input);
+            assert_eq!(
+                decode_all(&later),
+                Err(ChunkedError::InvalidExtension),
+                "later {shown:?}"
+            );
+            let mut last = line.to_vec();
+            last[0] = b'0';
+            last.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                decode_all(&last),
+                Err(ChunkedError::InvalidExtension),
+                "last {shown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_whitespace_after_the_size_without_an_extension() {
+        for input in [
+            &b"1 \r\nx\r\n"[..],
+            b"1\t\r\nx\r\n",
+            b"0 \r\n\r\n",
+            b"1  \r\n",
+        ] {
+            assert_eq!(
+                decode_all(input),
+                Err(ChunkedError::InvalidSize),
+                "{input:?}"
+            );
+            assert_eq!(
+                decode_bytewise(input),
+                Err(ChunkedError::InvalidSize),
+                "{input:?}"
+            );
+        }
     }
 
     #[test]

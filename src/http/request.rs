@@ -51,9 +51,9 @@ impl RequestHead {
             return None;
         }
         let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-        // RFC 9110 §4.2.1: an http(s) URI with an empty host "MUST" be rejected as invalid; §4.2.4: userinfo
-        // (`user@`) "SHOULD" be treated as an error. `valid_host` refuses the "@".
-        if authority.is_empty() || authority.starts_with(':') || !valid_host(authority) {
+        // RFC 9110 §4.2.1: no empty host (see `valid_http_authority`); §4.2.4: userinfo (`user@`) "SHOULD" be
+        // treated as an error, and `valid_host` refuses the "@".
+        if !valid_http_authority(authority) {
             return None;
         }
         // An empty path is "/" (RFC 9112 §3.2.1); its query is dropped with it, as "/" is no endpoint.
@@ -67,7 +67,17 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let target = req.path.unwrap_or_default().to_string();
     let minor_version = req.version.unwrap_or(1);
 
+    // RFC 9112 §3.2: every form of request-target is made of URI characters (RFC 3986 §2), all of them
+    // ASCII. httparse lets a raw UTF-8 target through; RFC 9112 §3 makes any other byte an invalid
+    // request line, for which a 400 is the answer, not a route lookup.
+    if !target.bytes().all(uri_char) {
+        return Err(bad(
+            "malformed request line: the target has a byte outside the URI grammar",
+        ));
+    }
+
     let mut hosts = 0;
+    let mut host = "";
     let mut close = false;
     let mut keep_alive_token = false;
     let mut content_length: Option<u64> = None;
@@ -81,6 +91,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         let value = ows_trim(std::str::from_utf8(h.value).unwrap_or("\u{fffd}"));
         if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = value;
             if !valid_host(value) {
                 return Err(bad("the Host header is not a valid host[:port]"));
             }
@@ -126,6 +137,19 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     // header field line or a Host header field with an invalid field value."
     if hosts > 1 || (hosts == 0 && minor_version == 1) {
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
+    }
+    // RFC 9112 §3.3: for a target in origin-form (or `*`), Host is the authority of the target URI, and with
+    // an empty one the server "can reject the request or determine whether a configured default applies".
+    // We reject what names an empty authority, since RFC 9110 §4.2.1 says a recipient "MUST reject" an http
+    // URI with an empty host as invalid: a Host that is empty (or only a port); RFC 9112 §3.2 has a client
+    // send an empty Host only when the target URI has no authority. An HTTP/1.0 request without Host, which
+    // predates the field, keeps the default: this server, as before.
+    // In absolute-form the target carries the authority and §3.2.2 says the server "MUST ignore" Host,
+    // whose grammar allows an empty value (reg-name may be empty): `path_and_query` judges the target's.
+    if hosts == 1 && (target.starts_with('/') || target == "*") && !valid_http_authority(host) {
+        return Err(bad(
+            "the Host header names no host, which a request in origin form needs",
+        ));
     }
 
     // Presence decides, not the value: an empty Transfer-Encoding has no final chunked coding either.
@@ -192,7 +216,8 @@ fn bad(message: &str) -> Response {
 }
 
 /// Host = uri-host [ ":" port ] (RFC 9110 §7.2): an IP-literal in brackets or a reg-name, which has no ":"
-/// (RFC 3986 §3.2.2), then an optional port of digits. An empty value is allowed (RFC 9112 §3.2).
+/// (RFC 3986 §3.2.2), then an optional port of digits. The grammar allows an empty value (RFC 9112 §3.2);
+/// whether an empty host is acceptable is for [`valid_http_authority`].
 fn valid_host(v: &str) -> bool {
     let (host_ok, port) = match v.strip_prefix('[') {
         Some(inner) => match inner.split_once(']') {
@@ -209,6 +234,13 @@ fn valid_host(v: &str) -> bool {
             || port
                 .strip_prefix(':')
                 .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// The authority of an http(s) URI: RFC 9110 §4.2.1, a sender "MUST NOT generate an "http" URI with an empty
+/// host identifier" and a recipient "MUST reject it as invalid". So a valid host[:port] whose host is not
+/// empty (a reg-name is the only empty one, and it ends at the first ":").
+fn valid_http_authority(v: &str) -> bool {
+    !v.is_empty() && !v.starts_with(':') && valid_host(v)
 }
 
 /// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits.
@@ -250,6 +282,13 @@ fn valid_ip_literal(literal: &str) -> bool {
                 .bytes()
                 .all(|b| unreserved_or_sub_delim(b) || b == b':')
     })
+}
+
+/// A character that may appear in a URI (RFC 3986 §2): unreserved, reserved (gen-delims and sub-delims),
+/// or the "%" of a pct-encoded octet. Not a control character, a space, any of `" < > \ ^ { | }` or the
+/// backtick, nor a byte above 0x7F.
+fn uri_char(b: u8) -> bool {
+    unreserved_or_sub_delim(b) || b":/?#[]@%".contains(&b)
 }
 
 /// unreserved / sub-delims (RFC 3986 §2.2-2.3).
@@ -308,7 +347,28 @@ mod tests {
             Err(400)
         );
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(400));
-        assert!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
+        // RFC 9112 §3.3: in origin-form Host is the target's authority, and an http URI with an empty host
+        // is invalid (RFC 9110 §4.2.1): the recipient "MUST reject" it, in any version.
+        for empty in ["", ":", ":80", " "] {
+            for request in [
+                format!("GET / HTTP/1.1\r\nHost:{empty}\r\n\r\n"),
+                format!("GET / HTTP/1.0\r\nHost:{empty}\r\n\r\n"),
+                format!("OPTIONS * HTTP/1.1\r\nHost:{empty}\r\n\r\n"),
+            ] {
+                assert_eq!(head(&request), Err(400), "{request:?}");
+            }
+        }
+        // In absolute-form the server "MUST ignore" Host (RFC 9112 §3.2.2), and an empty one is valid Host
+        // grammar: the target's own authority is what counts.
+        assert!(head("GET http://a/ HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
+        assert!(
+            head("GET / HTTP/1.0\r\n\r\n").is_ok(),
+            "HTTP/1.0 needs no Host"
+        );
+        assert!(
+            head("GET / HTTP/1.1\r\nHost: a:\r\n\r\n").is_ok(),
+            "port = *DIGIT"
+        );
         assert!(head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: example.com:80\r\n\r\n").is_ok());
         assert!(head("GET / HTTP/1.1\r\nHost: a%2Db\r\n\r\n").is_ok());
@@ -322,6 +382,34 @@ mod tests {
                 head(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n")),
                 Err(400),
                 "{bad_host}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_target_is_made_of_uri_characters() {
+        for target in ["/a-b._~!$&'()*+,;=:@%20/?q=/?#", "*", "http://[::1]:80/p?q"] {
+            assert!(
+                head(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n")).is_ok(),
+                "{target}"
+            );
+        }
+        // Raw UTF-8 and the ASCII characters RFC 3986 leaves out; httparse passes all of these.
+        for target in [
+            "/caf\u{e9}",
+            "/\u{a0}",
+            "/a\"b",
+            "/a<b>",
+            "/a\\b",
+            "/a^b",
+            "/a`b",
+            "/a{b}",
+            "/a|b",
+        ] {
+            assert_eq!(
+                head(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n")),
+                Err(400),
+                "{target}"
             );
         }
     }

@@ -356,6 +356,22 @@ async fn an_invalid_or_conflicting_content_length_is_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn a_chunk_extension_outside_the_grammar_is_a_protocol_error() {
+    // The same decoder reads request bodies: an upstream that frames its answer so is as unreadable.
+    const BAD_EXTENSION: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na;=x\r\n{\"time\":1}\r\n0\r\n\r\n";
+    let server = serve_always(BAD_EXTENSION).await;
+    let up = client(&server.url());
+    let error = up.fetch(generous()).await.expect_err("bad chunk extension");
+    assert!(
+        matches!(error, UpstreamError::Protocol(why) if why.contains("chunk extension")),
+        "{error:?}"
+    );
+    assert_eq!(error.label(), "invalid_payload");
+    assert_eq!(up.stats().open, 0, "the connection is dropped");
+}
+
+#[tokio::test]
 async fn a_status_other_than_200_is_reported_and_its_small_body_drained_for_reuse() {
     let server = serve(|_, stream| {
         answer_each(
