@@ -8,9 +8,9 @@
 //! | -------------------------------------- | -------------------------------------------------- |
 //! | response duration, status, overshoot   | the connection task, once the response is written  |
 //! | the access line                        | the same place, with the call's upstream attempts  |
-//! | calls in flight, calls shed            | `Api::handle` (admission control)                  |
+//! | calls in flight, calls shed            | `Api::prepare` (admission control)                 |
 //! | each upstream request's outcome        | `Calls`, as outcomes arrive or the call ends       |
-//! | hedges fired and won                   | `Api::handle`, from what `Calls` saw               |
+//! | hedges fired and won                   | `Api::run`, from what `Calls` saw                  |
 //! | pool connections, connects, reuses     | read from the pool's own counters at scrape time   |
 //! | process memory, CPU, descriptors       | read from `/proc` at scrape time                   |
 

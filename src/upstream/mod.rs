@@ -10,7 +10,7 @@
 //! 1. `target.rs`: the URL taken apart into host, port, path, `Host` header and TLS server name.
 //! 2. `resolve.rs` and `tls.rs`: finding the upstream's addresses (cached), and the TLS configuration.
 //! 3. `connection.rs`: one connection, and every wait on the network bounded by the deadline.
-//! 4. `response.rs` and `chunked.rs`: how a response head decides the body's framing and the connection's
+//! 4. `response.rs` and `http/chunked.rs`: how a response head decides the body's framing and the connection's
 //!    reuse (RFC 9112 §6.3 and §9.3), and the chunked decoder.
 //! 5. `payload.rs`: what counts as a successful answer.
 //! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections.
