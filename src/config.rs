@@ -53,7 +53,7 @@ pub struct Config {
     /// How the in-process simulated upstream behaves (with `--upstream simulated`).
     pub simulated: SimConfig,
     /// Worker threads of the upstream runtime (`--upstream-threads`); `None` (`auto`): half the CPUs, at
-    /// least 1; `Some(0)`: none. See [`Config::worker_threads`].
+    /// least 1; `Some(0)`: none. See `runtimes::worker_threads`.
     pub upstream_threads: Option<usize>,
     /// The runtime upstream requests run on, built by `main` from `upstream_threads`; `None`: the
     /// runtime that calls `serve` (as in the tests).
@@ -132,21 +132,6 @@ impl Config {
             overload_lag: self.limits.overload_lag,
             max_deadline_lead: self.max_deadline_lead,
         }
-    }
-
-    /// Worker threads of the API runtime and of the upstream runtime on a machine with `cpus` CPUs: one
-    /// per CPU for the API, and `--upstream-threads` (by default half as many, at least 1) for the
-    /// upstream. With `--upstream-threads 0`, no upstream runtime: the API's runtime does both.
-    ///
-    /// Why two: see DESIGN.md, "Two runtimes". In short, the API side's tasks (parse a request, answer at
-    /// the deadline) are small and urgent; the upstream side's (TLS, the pool) are larger and can wait a
-    /// millisecond. In one runtime they share the same run queues, and under a burst of calls a deadline's
-    /// answer waits behind every upstream request queued before it. The threads outnumber the CPUs on
-    /// purpose: when both sides are busy, the kernel shares the CPUs between them by thread, so the API
-    /// side keeps two thirds of them.
-    pub fn worker_threads(&self, cpus: usize) -> (usize, usize) {
-        let cpus = cpus.max(1);
-        (cpus, self.upstream_threads.unwrap_or((cpus / 2).max(1)))
     }
 }
 
@@ -395,16 +380,12 @@ mod tests {
     }
 
     #[test]
-    fn the_cpus_are_split_between_the_api_and_the_upstream_runtimes() {
-        let auto = Config::default();
-        assert_eq!(auto.worker_threads(1), (1, 1), "at least one each");
-        assert_eq!(auto.worker_threads(2), (2, 1));
-        assert_eq!(auto.worker_threads(8), (8, 4));
-        assert_eq!(auto.worker_threads(5), (5, 2));
+    fn upstream_threads_are_a_number_or_auto() {
+        assert_eq!(Config::default().upstream_threads, None, "auto");
         let three = parse(&["--upstream-threads", "3"], &[]).unwrap();
-        assert_eq!(three.worker_threads(2), (2, 3));
+        assert_eq!(three.upstream_threads, Some(3));
         let shared = parse(&[], &[("FANOUT_UPSTREAM_THREADS", "0")]).unwrap();
-        assert_eq!(shared.worker_threads(4), (4, 0), "no upstream runtime");
+        assert_eq!(shared.upstream_threads, Some(0), "no upstream runtime");
         assert!(parse(&["--upstream-threads", "many"], &[]).is_err());
     }
 

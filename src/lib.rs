@@ -12,7 +12,7 @@
 //! ```text
 //! main.rs                     the binary: flags, runtimes, signals, then `serve`
 //! lib.rs                      `serve`: wires the parts below into one service
-//! config                      every flag and environment variable, read into each module's settings
+//! config, runtimes            every flag, read into each module's settings; the tokio runtimes
 //! admin                       the admin listener: /metrics, /healthz, /readyz, /upstream
 //! server                      the accept loop, one task per client connection, shutdown
 //! api                         routing, the `timeout`, admission, the four strategies
@@ -57,6 +57,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub(crate) mod rng;
+pub mod runtimes;
 pub mod server;
 pub mod shutdown;
 pub mod simulator;
