@@ -77,6 +77,7 @@ pub async fn smart(
 ) -> Result<Answer, Failure> {
     calls.start(1);
     let hedge_at = (Instant::now() + hedge_delay).min(deadline);
+    // The hedge timer drops only this wait: the first request runs on, its outcome kept for `first_success`.
     if let Ok(Some(Ok(work))) = timeout_at(hedge_at, calls.next()).await {
         return Ok(Answer::One(work));
     }

@@ -60,6 +60,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            // `accept` is cancel safe: if another branch wins, a new client waits in the kernel's backlog.
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     // Answers are small and written whole: Nagle's delay would only add latency.

@@ -132,6 +132,7 @@ impl Connection {
             self.stream.write_all(request).await?;
             self.stream.flush().await
         };
+        // A timeout here can leave part of the request sent: on `Timeout` the caller drops the connection.
         match timeout_at(deadline, write).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(result) => result.map_err(UpstreamError::Io),

@@ -562,6 +562,7 @@ impl Upstream {
             let exchange =
                 self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
             tokio::pin!(exchange);
+            // Polled by reference: if the caller leaves first, the exchange is not dropped but goes on below.
             tokio::select! {
                 // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
                 biased;
