@@ -74,9 +74,6 @@ class Scenario:
     # Report the shed answers' latency as the client saw it (client_shed). Only where no admitted
     # call can be answered within the largest of SHED_MS.
     client_shed: bool = False
-    # The load generator that measures it (--client overrides): oha, which keeps every response's
-    # own latency, wherever latency is a figure; wrk where only throughput and CPU per call are.
-    client: str = "oha"
     # --plot draws the deadline where answers can reach it.
     deadline_line: bool = True
 
@@ -94,7 +91,6 @@ SCENARIOS = [
         timeout_ms=1000,
         connections=64,
         quick_connections=16,
-        client="wrk",
         deadline_line=False,
     ),
     Scenario(
@@ -438,6 +434,10 @@ def server_figures(before: list[Sample], after: list[Sample], scenario: Scenario
 # ------------------------------------------------------------------------------------------------
 
 CLIENTS = ("oha", "wrk")
+# oha measures every scenario unless --client says otherwise: it keeps each response's own latency,
+# and in `cpu`, where the load generator's CPU matters most, it cost little more than wrk
+# (bench/README.md, "Load generators").
+DEFAULT_CLIENT = "oha"
 INSTALL = {
     "oha": "cargo install oha --locked   (about 6 minutes on 2 cores; it lands in ~/.cargo/bin)",
     "wrk": "apt-get install wrk          (Debian's package, with the LuaJIT bench/wrk.lua needs)",
@@ -468,6 +468,10 @@ class Measured:
     statuses: dict[str, int]
     errors: dict[str, int]
     window_calls: int | None  # responses completed inside the measurement window
+    # The latency figures are over these responses (oha: those sent from the window's start on;
+    # wrk: all), with their statuses: the denominators of late_share and client_shed.
+    latency_calls: int
+    latency_statuses: dict[str, int]
     percentiles_us: dict[float, float]  # p (PERCENTILES and CURVE) -> latency, microseconds
     max_us: float
     at_most: dict[int, int]  # threshold (us) -> responses at or below it
@@ -479,7 +483,7 @@ class Measured:
     def curve_ms(self) -> list[list[float]]:
         """[percentile, ms] for --plot, as far as the responses reach (1/(1-p) at most n)."""
         return [[p, ms(self.percentiles_us[p])] for p in CURVE
-                if self.requests and 100 / (100 - p) <= self.requests]
+                if self.latency_calls and 100 / (100 - p) <= self.latency_calls]
 
 
 def client_argv(client: str, path: str, connections: int, seconds: float, url: str,
@@ -522,6 +526,7 @@ def wrk_measured(output: str) -> Measured:
         duration_s=report["duration_us"] / 1e6, statuses=report["statuses"],
         errors={k: report["errors"].get(k, 0) for k in ("connect", "read", "write", "timeout")},
         window_calls=report["window_calls"],
+        latency_calls=report["requests"], latency_statuses=report["statuses"],
         percentiles_us={row["p"]: row["us"] for row in report["percentiles"]},
         max_us=report["latency_us"]["max"],
         at_most={row["us"]: row["count"] for row in report["at_most"]})
@@ -532,28 +537,35 @@ def oha_measured(rundir: Path, thresholds_us: list[int], window: tuple[float, fl
     """Every response oha read, from its SQLite file (table `oha`: start and end in seconds since
     oha's own start, `duration` = end - start, `status`): exact counts and nearest-rank
     percentiles. oha's start is a few ms after `started` (when run.py launched it), so the window,
-    taken relative to `started`, is off by that much: nothing next to a 13 s window."""
+    taken relative to `started`, is off by that much: nothing next to a 13 s window.
+
+    With a window, the latency figures are over the requests sent from its start on: oha's time
+    for a connection's first request includes opening the connection (wrk's does not), and
+    thousands of connections open at once at the start of a run."""
     try:
         summary = json.loads((rundir / "oha.json").read_text())
         with contextlib.closing(sqlite3.connect(rundir / "oha.sqlite")) as db:
-            rows = db.execute("SELECT duration, end, status FROM oha").fetchall()
+            rows = db.execute("SELECT start, end, duration, status FROM oha").fetchall()
     except (OSError, ValueError, sqlite3.Error) as e:
         raise BenchError(f"oha's results are unreadable: {e}") from e
-    latencies = sorted(duration * 1e6 for duration, _end, _status in rows)
+    window_calls, timed = None, rows
+    if window:
+        w0, w1 = (t - started for t in window)
+        window_calls = sum(1 for _s, end, _d, _st in rows if w0 <= end < w1)
+        timed = [row for row in rows if row[0] >= w0]
+    latencies = sorted(duration * 1e6 for _s, _e, duration, _st in timed)
     n = len(latencies)
 
     def at_percentile(p: float) -> float:
         return latencies[max(0, math.ceil(p / 100 * n) - 1)] if n else 0.0
-    window_calls = None
-    if window:
-        w0, w1 = (t - started for t in window)
-        window_calls = sum(1 for _d, end, _s in rows if w0 <= end < w1)
+
+    def by_status(some: list[tuple]) -> dict[str, int]:
+        return {str(k): v for k, v in sorted(Counter(row[3] for row in some).items())}
     errors = dict(summary.get("errorDistribution") or {})
     return Measured(
-        client="oha", corrected=False, requests=n, duration_s=summary["summary"]["total"],
-        statuses={str(k): v for k, v in sorted(Counter(s for _d, _e, s in rows).items())},
-        errors={"cut_off": errors.pop(OHA_DEADLINE_ERROR, 0), **errors},
-        window_calls=window_calls,
+        client="oha", corrected=False, requests=len(rows), duration_s=summary["summary"]["total"],
+        statuses=by_status(rows), errors={"cut_off": errors.pop(OHA_DEADLINE_ERROR, 0), **errors},
+        window_calls=window_calls, latency_calls=n, latency_statuses=by_status(timed),
         percentiles_us={p: at_percentile(p) for p in PERCENTILES + CURVE},
         max_us=latencies[-1] if n else 0.0,
         at_most={us: bisect.bisect_right(latencies, us) for us in thresholds_us})
@@ -716,8 +728,8 @@ def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
     warmup_run_s = QUICK_WARMUP_S if settings.quick else WARMUP_S
     warmup_pause_s = min(WARMUP_PAUSE_MAX_S,
                          scenario.timeout_ms / 1000 + WARMUP_PAUSE_AFTER_DEADLINE_S)
-    rundir = workdir / f"{scenario.name}-{impl}-{client}"
-    rundir.mkdir()
+    # Its own directory, also when a scenario is given twice (--scenario cpu cpu).
+    rundir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-{impl}-{client}-", dir=workdir))
     ca = rundir / "sim-ca.pem"
     result: dict = {
         "scenario": scenario.name,
@@ -858,6 +870,7 @@ def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
         "requests": calls,
         "rps": round(calls / seconds, 1) if seconds else None,
         "latency_corrected": report.corrected,
+        "latency_calls": report.latency_calls,
         "latency_ms": latency,
         "latency_curve_ms": report.curve_ms(),
         "status_counts": statuses,
@@ -883,19 +896,19 @@ def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
         "steal_s": round(steal1 - steal0, 2),
     })
-    at_most = report.at_most
+    at_most, timed = report.at_most, report.latency_calls
 
     def late_share(late_ms: int):
         """The share of responses later than the deadline + late_ms (exact with oha; over the
         corrected histogram with wrk, so not a count of responses)."""
-        return (round((calls - at_most[(scenario.timeout_ms + late_ms) * 1000]) / calls, 5)
-                if calls else None)
+        return (round((timed - at_most[(scenario.timeout_ms + late_ms) * 1000]) / timed, 5)
+                if timed else None)
     if scenario.rss_series:
         result["rss_mib_series"] = rss_series
     if scenario.client_shed:
         # No admitted call can be answered within 25 ms here (every upstream request takes 100 ms or
         # more, and none fails), so the answers that fast are shed ones: their share of the 503s.
-        shed = statuses.get("503", 0)
+        shed = report.latency_statuses.get("503", 0)
         result["client_shed"] = {
             "calls": shed,
             **{f"within_{bound}ms": round(at_most[bound * 1000] / shed, 5) if shed else None
@@ -1308,7 +1321,7 @@ def main(argv: list[str]) -> int:
     scenarios = [s for name in (args.scenario or SCENARIO_NAMES)
                  for s in SCENARIOS if s.name == name]
     clients = {c: find_client(c) for c in
-               (args.client or ({s.client for s in scenarios} if not args.self_check else CLIENTS))}
+               (args.client or (CLIENTS if args.self_check else [DEFAULT_CLIENT]))}
     if args.self_check:
         return self_check(clients)
     if not args.no_build:
@@ -1332,7 +1345,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         for index, scenario in enumerate(scenarios):
             by_run = {}
-            for impl, client in run_order(index, impls, args.client or [scenario.client]):
+            for impl, client in run_order(index, impls, list(clients)):
                 try:
                     result = {**run_one(scenario, impl, client, settings, Path(tmp)), **stamp}
                 except BenchError as e:
@@ -1343,7 +1356,7 @@ def main(argv: list[str]) -> int:
                 results.append(result)
                 by_run[impl, client] = result
                 print(json.dumps(result), flush=True)
-            for client in args.client or [scenario.client]:
+            for client in clients:
                 fanout, peer = by_run.get(("fanout", client)), by_run.get(("peer", client))
                 if fanout and peer and "error" not in fanout and "error" not in peer:
                     comparison = ratios(scenario.name, client, fanout, peer)
