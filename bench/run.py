@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """fanout's benchmark: fanout and the conventional axum + reqwest peer, side by side.
 
-    python3 bench/run.py [--quick] [--scenario NAME ...] [--only fanout|peer]
+    python3 bench/run.py [--quick] [--scenario NAME ...] [--only fanout|peer] [--client oha|wrk ...]
+    python3 bench/run.py --self-check
+    python3 bench/run.py --plot DIR [--from RESULTS.jsonl]
 
 For each scenario and each implementation it starts a fresh simulated upstream
 (`fanout simulator`, over TLS, on its own port) and a fresh server, checks that one request is
-answered correctly, warms it up with a short wrk run (discarded), drives it with wrk, and prints
-one JSON line with what it saw (for fanout, also its own figures from its /metrics). After
-both implementations of a scenario, one JSON line gives fanout's figures as ratios to the peer's.
-A table for people goes to stderr. See bench/README.md for what every field means.
+answered correctly, warms it up with a short load (discarded), drives it with oha, which records
+every response, and prints one JSON line with what it saw (for fanout, also its own figures from
+its /metrics). After both implementations of a scenario, one JSON line gives fanout's figures as
+ratios to the peer's. A table for people goes to stderr. `--client wrk` measures with wrk instead,
+whose latency histogram is corrected for coordinated omission (marked so). `--self-check` measures
+servers with a known latency distribution and compares the counts with the truth; `--plot` draws
+latency by percentile. See bench/README.md for what every field means.
 
-Python 3.11 standard library only. Every process it starts runs in its own session (so a Ctrl-C
+Python 3.11 standard library only (matplotlib, optional, for --plot alone). Every process it starts runs in its own session (so a Ctrl-C
 in the terminal reaches only this script), dies with this script (PR_SET_PDEATHSIG), and is
 stopped by its pid in a `finally`, whatever happens.
 """
@@ -21,6 +26,7 @@ import argparse
 import bisect
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
 import math
@@ -475,6 +481,9 @@ class Measured:
     percentiles_us: dict[float, float]  # p (PERCENTILES and CURVE) -> latency, microseconds
     max_us: float
     at_most: dict[int, int]  # threshold (us) -> responses at or below it
+    # (oha) The same responses' latencies corrected as wrk 4 would: what the wrk figures would
+    # have been on these very samples, so the correction's part of a difference is known.
+    as_wrk: Measured | None = None
 
     def latency_ms(self) -> dict[str, float]:
         return {**{f"p{p:g}": ms(self.percentiles_us[p]) for p in PERCENTILES},
@@ -510,10 +519,10 @@ def client_env(thresholds_us: list[int], window: tuple[float, float] | None) -> 
 
 
 def read_measured(client: str, rundir: Path, thresholds_us: list[int],
-                  window: tuple[float, float] | None, started: float) -> Measured:
+                  window: tuple[float, float] | None, started: float, connections: int) -> Measured:
     if client == "wrk":
         return wrk_measured((rundir / "wrk.log").read_text(errors="replace"))
-    return oha_measured(rundir, thresholds_us, window, started)
+    return oha_measured(rundir, thresholds_us, window, started, connections)
 
 
 def wrk_measured(output: str) -> Measured:
@@ -533,7 +542,7 @@ def wrk_measured(output: str) -> Measured:
 
 
 def oha_measured(rundir: Path, thresholds_us: list[int], window: tuple[float, float] | None,
-                 started: float) -> Measured:
+                 started: float, connections: int) -> Measured:
     """Every response oha read, from its SQLite file (table `oha`: start and end in seconds since
     oha's own start, `duration` = end - start, `status`): exact counts and nearest-rank
     percentiles. oha's start is a few ms after `started` (when run.py launched it), so the window,
@@ -554,21 +563,53 @@ def oha_measured(rundir: Path, thresholds_us: list[int], window: tuple[float, fl
         window_calls = sum(1 for _s, end, _d, _st in rows if w0 <= end < w1)
         timed = [row for row in rows if row[0] >= w0]
     latencies = sorted(duration * 1e6 for _s, _e, duration, _st in timed)
+    duration_s = summary["summary"]["total"]
+
+    def by_status(some: list[tuple]) -> dict[str, int]:
+        return {str(k): v for k, v in sorted(Counter(row[3] for row in some).items())}
+    errors = dict(summary.get("errorDistribution") or {})
+    measured = Measured(
+        client="oha", corrected=False, requests=len(rows), duration_s=duration_s,
+        statuses=by_status(rows), errors={"cut_off": errors.pop(OHA_DEADLINE_ERROR, 0), **errors},
+        window_calls=window_calls, latency_calls=len(latencies),
+        latency_statuses=by_status(timed), **sample_figures(latencies, thresholds_us))
+    if len(rows) >= connections:
+        # wrk's interval: its run time / (responses / connections, an integer division), in us.
+        interval_us = duration_s * 1e6 / (len(rows) // connections)
+        corrected = sorted(latencies + wrk_synthetic_samples(latencies, interval_us))
+        measured.as_wrk = dataclasses.replace(
+            measured, client="oha as wrk", corrected=True, as_wrk=None,
+            **sample_figures(corrected, thresholds_us, scale_to=len(latencies)))
+    return measured
+
+
+def sample_figures(latencies: list[float], thresholds_us: list[int],
+                   scale_to: int | None = None) -> dict:
+    """Nearest-rank percentiles, the maximum and the counts at or below each threshold of sorted
+    latencies (us). With `scale_to`, counts are the share at or below times `scale_to`, as
+    bench/wrk.lua's rank arithmetic makes of a corrected histogram (its ranks go to the number of
+    responses, not of samples)."""
     n = len(latencies)
 
     def at_percentile(p: float) -> float:
         return latencies[max(0, math.ceil(p / 100 * n) - 1)] if n else 0.0
 
-    def by_status(some: list[tuple]) -> dict[str, int]:
-        return {str(k): v for k, v in sorted(Counter(row[3] for row in some).items())}
-    errors = dict(summary.get("errorDistribution") or {})
-    return Measured(
-        client="oha", corrected=False, requests=len(rows), duration_s=summary["summary"]["total"],
-        statuses=by_status(rows), errors={"cut_off": errors.pop(OHA_DEADLINE_ERROR, 0), **errors},
-        window_calls=window_calls, latency_calls=n, latency_statuses=by_status(timed),
-        percentiles_us={p: at_percentile(p) for p in PERCENTILES + CURVE},
-        max_us=latencies[-1] if n else 0.0,
-        at_most={us: bisect.bisect_right(latencies, us) for us in thresholds_us})
+    def count(us: int) -> int:
+        below = bisect.bisect_right(latencies, us)
+        return round(below * scale_to / n) if scale_to is not None and n else below
+    return {"percentiles_us": {p: at_percentile(p) for p in PERCENTILES + CURVE},
+            "max_us": latencies[-1] if n else 0.0,
+            "at_most": {us: count(us) for us in thresholds_us}}
+
+
+def wrk_synthetic_samples(latencies: list[float], interval_us: float) -> list[float]:
+    """The samples wrk 4's stats_correct adds to its histogram (wrk's stats.c): for each latency
+    n of at least twice the interval I, n - I, n - 2I, ... while above I."""
+    added = []
+    for n in latencies:
+        if n >= 2 * interval_us:
+            added.extend(n - k * interval_us for k in range(1, math.ceil(n / interval_us) - 1))
+    return added
 
 
 # ------------------------------------------------------------------------------------------------
@@ -841,7 +882,7 @@ def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
             if load.returncode != 0:
                 raise BenchError(f"{client} exited with {load.returncode}:\n"
                                  f"{procs.log_tail(load, 40)}")
-            report = read_measured(client, rundir, thresholds_us, window, started)
+            report = read_measured(client, rundir, thresholds_us, window, started, connections)
 
             # A few seconds later, once idle connections had a chance to close.
             time.sleep(settings.settle_s)
@@ -896,32 +937,42 @@ def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
         "steal_s": round(steal1 - steal0, 2),
     })
+    if scenario.rss_series:
+        result["rss_mib_series"] = rss_series
+    result.update(deadline_figures(scenario, report))
+    if report.as_wrk:
+        result["as_wrk"] = {"latency_ms": report.as_wrk.latency_ms(),
+                            **deadline_figures(scenario, report.as_wrk)}
+    if metrics0 is not None and metrics1 is not None:
+        result["server"] = server_figures(metrics0, metrics1, scenario)
+    return result
+
+
+def deadline_figures(scenario: Scenario, report: Measured) -> dict:
+    """`client_shed` (overload) and `overshoot_ms` and `late_share` (overshoot) from the client's
+    latencies: exact counts of responses with oha, shares of a corrected histogram with wrk."""
     at_most, timed = report.at_most, report.latency_calls
 
     def late_share(late_ms: int):
-        """The share of responses later than the deadline + late_ms (exact with oha; over the
-        corrected histogram with wrk, so not a count of responses)."""
+        """The share of responses later than the deadline + late_ms."""
         return (round((timed - at_most[(scenario.timeout_ms + late_ms) * 1000]) / timed, 5)
                 if timed else None)
-    if scenario.rss_series:
-        result["rss_mib_series"] = rss_series
+    figures = {}
     if scenario.client_shed:
         # No admitted call can be answered within 25 ms here (every upstream request takes 100 ms or
         # more, and none fails), so the answers that fast are shed ones: their share of the 503s.
         shed = report.latency_statuses.get("503", 0)
-        result["client_shed"] = {
+        figures["client_shed"] = {
             "calls": shed,
             **{f"within_{bound}ms": round(at_most[bound * 1000] / shed, 5) if shed else None
                for bound in SHED_MS},
             "later_than_deadline_25ms": late_share(25),
         }
-    if metrics0 is not None and metrics1 is not None:
-        result["server"] = server_figures(metrics0, metrics1, scenario)
     if scenario.overshoot:
-        deadline = scenario.timeout_ms
-        result["overshoot_ms"] = {k: round(v - deadline, 1) for k, v in latency.items()}
-        result["late_share"] = {f"over_{late}ms": late_share(late) for late in LATE_MS}
-    return result
+        figures["overshoot_ms"] = {k: round(v - scenario.timeout_ms, 1)
+                                   for k, v in report.latency_ms().items()}
+        figures["late_share"] = {f"over_{late}ms": late_share(late) for late in LATE_MS}
+    return figures
 
 
 def ms(us: float) -> float:
@@ -972,18 +1023,11 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
             f"{r['non_2xx']:>7} {errs:>7} {fmt(r['cpu_s_per_1000_calls'], 3):>7} "
             f"{r['rss_mib']['peak']:>7.1f} {fd_text:>17} "
             f"{fmt(up['connections_per_1000_calls'], 1):>8} {fmt(up['requests_per_call'], 2):>6}")
-        if "overshoot_ms" in r:
-            o, late = r["overshoot_ms"], r["late_share"]
-            lines.append(f"{'':<25} overshoot ms p50 {o['p50']} p90 {o['p90']} p99 {o['p99']} "
-                         f"max {o['max']}; late >5ms {late['over_5ms']:.2%}, "
-                         f">25ms {late['over_25ms']:.2%}")
+        lines += deadline_lines(r, "")
+        if "as_wrk" in r:
+            lines += deadline_lines(r["as_wrk"], " as wrk would count them (corrected)")
         if "server" in r:
             lines += server_lines(r)
-        if r.get("client_shed", {}).get("calls"):
-            c = r["client_shed"]
-            lines.append(f"{'':<25} client: shed 503 n={c['calls']} <=5ms {pct(c['within_5ms'])}, "
-                         f"<=25ms {pct(c['within_25ms'])}; answers >25ms past the deadline "
-                         f"{pct(c['later_than_deadline_25ms'])}")
         if "rss_mib_series" in r:
             series = r["rss_mib_series"]
             lines.append(f"{'':<25} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
@@ -1000,6 +1044,22 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
                          f"p99 x{fmt(c['p99_ratio'], 2)}  "
                          f"upstream conns/1000 x{fmt(c['connections_per_1000_ratio'], 2)}")
     return "\n".join(lines)
+
+
+def deadline_lines(figures: dict, how: str) -> list[str]:
+    """The client's late shares (overshoot) and shed answers (overload), when the run has them."""
+    lines = []
+    if "overshoot_ms" in figures:
+        o, late = figures["overshoot_ms"], figures["late_share"]
+        lines.append(f"{'':<25} overshoot ms p50 {o['p50']} p90 {o['p90']} p99 {o['p99']} "
+                     f"max {o['max']}; late >5ms {pct(late['over_5ms'])}, "
+                     f">25ms {pct(late['over_25ms'])}{how}")
+    if figures.get("client_shed", {}).get("calls"):
+        c = figures["client_shed"]
+        lines.append(f"{'':<25} client: shed 503 n={c['calls']} <=5ms {pct(c['within_5ms'])}, "
+                     f"<=25ms {pct(c['within_25ms'])}; answers >25ms past the deadline "
+                     f"{pct(c['later_than_deadline_25ms'])}{how}")
+    return lines
 
 
 def fmt(value, digits: int) -> str:
@@ -1113,7 +1173,8 @@ def measure_known(known: Known, client: str, path: str, workdir: Path) -> tuple[
         wait_finished(procs, load, client, SELF_CHECK_S)
         time.sleep(slowest_s + 0.5)  # the calls cut off at the end are counted as cut off
         after = known_counts(port)
-        measured = read_measured(client, rundir, thresholds_us, None, started)
+        measured = read_measured(client, rundir, thresholds_us, None, started,
+                                 SELF_CHECK_CONNECTIONS)
     truth = {int(ms): n - before["classes"][ms] for ms, n in after["classes"].items()}
     return truth, measured
 
