@@ -1271,8 +1271,8 @@ def plot_scenario(runs: list[dict], path: Path) -> None:
 
     first = runs[0]
     scenario = next((s for s in SCENARIOS if s.name == first["scenario"]), None)
-    fig, ax = plt.subplots(figsize=(9, 5.6), dpi=110)
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(11, 5.6), dpi=110)
+    for r in sorted(runs, key=lambda r: (r["implementation"], r["client"])):
         colour, marker = STYLES.get(r["implementation"], ("#333333", "^"))
         xs, ys = zip(*((nines(p), v) for p, v in r["latency_curve_ms"]))
         marked = [i for i, (p, _v) in enumerate(r["latency_curve_ms"]) if p in PERCENTILES]
@@ -1292,7 +1292,7 @@ def plot_scenario(runs: list[dict], path: Path) -> None:
     ax.set_xlabel("percentile (log scale of 1/(1-p))")
     ax.set_ylabel("latency at the client (ms)")
     ax.grid(True, color="#dddddd")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, never on a line
     upstream = f"upstream {first['upstream_latency_ms']} ms"
     if first["upstream_failures"] != "none":
         share, kind = first["upstream_failures"].split()
