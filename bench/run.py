@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """fanout's benchmark: fanout and the conventional axum + reqwest peer, side by side.
 
-    python3 bench/run.py [--quick] [--scenario NAME ...] [--only fanout|peer]
+    python3 bench/run.py [--quick] [--scenario NAME ...] [--only fanout|peer] [--client oha|wrk ...]
+    python3 bench/run.py --self-check
+    python3 bench/run.py --plot DIR [--from RESULTS.jsonl]
 
 For each scenario and each implementation it starts a fresh simulated upstream
 (`fanout simulator`, over TLS, on its own port) and a fresh server, checks that one request is
-answered correctly, warms it up with a short wrk run (discarded), drives it with wrk, and prints
-one JSON line with what it saw (for fanout, also its own figures from its /metrics). After
-both implementations of a scenario, one JSON line gives fanout's figures as ratios to the peer's.
-A table for people goes to stderr. See bench/README.md for what every field means.
+answered correctly, warms it up with a short load (discarded), drives it with oha, which records
+every response, and prints one JSON line with what it saw (for fanout, also its own figures from
+its /metrics). After both implementations of a scenario, one JSON line gives fanout's figures as
+ratios to the peer's. A table for people goes to stderr. `--client wrk` measures with wrk instead,
+whose latency histogram is corrected for coordinated omission (marked so). `--self-check` measures
+servers with a known latency distribution and compares the counts with the truth; `--plot` draws
+latency by percentile. See bench/README.md for what every field means.
 
-Python 3.11 standard library only. Every process it starts runs in its own session (so a Ctrl-C
+Python 3.11 standard library only (matplotlib, optional, for --plot alone). Every process it starts runs in its own session (so a Ctrl-C
 in the terminal reaches only this script), dies with this script (PR_SET_PDEATHSIG), and is
 stopped by its pid in a `finally`, whatever happens.
 """
@@ -18,20 +23,26 @@ stopped by its pid in a `finally`, whatever happens.
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
+import math
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,9 +77,11 @@ class Scenario:
     overshoot: bool = False
     # Sample the server's resident memory every second of the measured run (rss_mib_series).
     rss_series: bool = False
-    # Report the shed answers' latency as wrk saw it (client_shed). Only where no admitted call can be
-    # answered within the largest of SHED_MS.
+    # Report the shed answers' latency as the client saw it (client_shed). Only where no admitted
+    # call can be answered within the largest of SHED_MS.
     client_shed: bool = False
+    # --plot draws the deadline where answers can reach it.
+    deadline_line: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -84,6 +97,7 @@ SCENARIOS = [
         timeout_ms=1000,
         connections=64,
         quick_connections=16,
+        deadline_line=False,
     ),
     Scenario(
         "capacity",
@@ -133,13 +147,13 @@ SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
 # Overshoot shares: responses later than these many ms past the deadline.
 LATE_MS = (5, 25)
-# In `overload`, the share of shed answers wrk saw within these many ms (client_shed).
+# In `overload`, the share of shed answers the client saw within these many ms (client_shed).
 SHED_MS = (5, 25)
 
-# The warm-up wrk run before each measured one (seconds; --quick uses the second).
+# The warm-up load before each measured one (seconds; --quick uses the second).
 WARMUP_S, QUICK_WARMUP_S = 3.0, 1.0
 # After the warm-up, wait this long past the scenario's deadline before the measured run, so the
-# warm-up's calls still in flight (wrk drops them when it stops) have been answered and are not
+# warm-up's calls still in flight (the client drops them when it stops) have been answered and are not
 # counted in the measured run. Upstream pools stay warm: fanout closes idle upstream connections
 # after 4 s, and this pause is at most WARMUP_PAUSE_MAX_S.
 WARMUP_PAUSE_AFTER_DEADLINE_S, WARMUP_PAUSE_MAX_S = 0.25, 2.0
@@ -422,6 +436,183 @@ def server_figures(before: list[Sample], after: list[Sample], scenario: Scenario
 
 
 # ------------------------------------------------------------------------------------------------
+# Load generators: oha (every response's own latency) and wrk (a corrected histogram)
+# ------------------------------------------------------------------------------------------------
+
+CLIENTS = ("oha", "wrk")
+# oha measures every scenario unless --client says otherwise: it keeps each response's own latency,
+# and in `cpu`, where the load generator's CPU matters most, it cost little more than wrk
+# (bench/README.md, "Load generators").
+DEFAULT_CLIENT = "oha"
+INSTALL = {
+    "oha": "cargo install oha --locked   (about 6 minutes on 2 cores; it lands in ~/.cargo/bin)",
+    "wrk": "apt-get install wrk          (Debian's package, with the LuaJIT bench/wrk.lua needs)",
+}
+# The percentiles every run reports, and the grid --plot draws (p = 1 - 10^(-k/10): even steps
+# on the log(1/(1-p)) axis, from 60% to 99.999%, and 50%), both as the percentage p.
+PERCENTILES = (50, 90, 99, 99.9, 99.99)
+CURVE = (50.0, *(round(100 * (1 - 10 ** (-k / 10)), 6) for k in range(4, 51)))
+OHA_DEADLINE_ERROR = "aborted due to deadline"  # oha's name for a call it cut off at the end
+
+
+def find_client(name: str) -> str:
+    """The load generator's path: on PATH, or where `cargo install` puts it. Exits with what to
+    install when it is missing."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path.home() / ".cargo" / "bin"))
+    if not found:
+        raise SystemExit(f"bench: {name} is not installed. Install it with\n    {INSTALL[name]}")
+    return found
+
+
+@dataclass
+class Measured:
+    """What one load-generator run saw, the same fields whichever tool measured it."""
+    client: str
+    corrected: bool  # latencies from wrk's histogram, corrected for coordinated omission
+    requests: int  # completed responses (any status)
+    duration_s: float
+    statuses: dict[str, int]
+    errors: dict[str, int]
+    window_calls: int | None  # responses completed inside the measurement window
+    # The latency figures are over these responses (oha: those sent from the window's start on;
+    # wrk: all), with their statuses: the denominators of late_share and client_shed.
+    latency_calls: int
+    latency_statuses: dict[str, int]
+    percentiles_us: dict[float, float]  # p (PERCENTILES and CURVE) -> latency, microseconds
+    max_us: float
+    at_most: dict[int, int]  # threshold (us) -> responses at or below it
+    # (oha) The same responses' latencies corrected as wrk 4 would: what the wrk figures would
+    # have been on these very samples, so the correction's part of a difference is known.
+    as_wrk: Measured | None = None
+
+    def latency_ms(self) -> dict[str, float]:
+        return {**{f"p{p:g}": ms(self.percentiles_us[p]) for p in PERCENTILES},
+                "max": ms(self.max_us)}
+
+    def curve_ms(self) -> list[list[float]]:
+        """[percentile, ms] for --plot, as far as the responses reach (1/(1-p) at most n)."""
+        return [[p, ms(self.percentiles_us[p])] for p in CURVE
+                if self.latency_calls and 100 / (100 - p) <= self.latency_calls]
+
+
+def client_argv(client: str, path: str, connections: int, seconds: float, url: str,
+                rundir: Path, measured: bool) -> list[str]:
+    """Closed loop with both tools: `connections` keep-alive connections, each sending its next
+    request the moment it has read an answer, for `seconds`; no rate limit."""
+    if client == "wrk":
+        # --timeout longer than the run: wrk's own timeout never hides a late answer.
+        return [path, "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s",
+                "--timeout", f"{max(10, seconds + 5):g}s", "--latency", "-s", str(WRK_SCRIPT), url]
+    argv = [path, "-c", str(connections), "-z", f"{seconds:g}s", "--no-tui", "--worker-threads",
+            "2", "--output-format", "json", "--output", str(rundir / "oha.json"), url]
+    return argv + (["--db-url", str(rundir / "oha.sqlite")] if measured else [])
+
+
+def client_env(thresholds_us: list[int], window: tuple[float, float] | None) -> dict:
+    """wrk's script reads its thresholds, percentiles and window from the environment."""
+    env = dict(os.environ,
+               BENCH_LATENCY_THRESHOLDS_US=",".join(map(str, thresholds_us)),
+               BENCH_PERCENTILES=",".join(map(str, PERCENTILES + CURVE)))
+    if window:
+        env["BENCH_WINDOW_NS"] = ",".join(str(int(t * 1e9)) for t in window)
+    return env
+
+
+def read_measured(client: str, rundir: Path, thresholds_us: list[int],
+                  window: tuple[float, float] | None, started: float, connections: int) -> Measured:
+    if client == "wrk":
+        return wrk_measured((rundir / "wrk.log").read_text(errors="replace"))
+    return oha_measured(rundir, thresholds_us, window, started, connections)
+
+
+def wrk_measured(output: str) -> Measured:
+    report = next((json.loads(line[len("BENCH_JSON "):]) for line in output.splitlines()
+                   if line.startswith("BENCH_JSON ")), None)
+    if report is None:
+        raise BenchError(f"no BENCH_JSON line in wrk's output:\n{output[-2000:]}")
+    return Measured(
+        client="wrk", corrected=True, requests=report["requests"],
+        duration_s=report["duration_us"] / 1e6, statuses=report["statuses"],
+        errors={k: report["errors"].get(k, 0) for k in ("connect", "read", "write", "timeout")},
+        window_calls=report["window_calls"],
+        latency_calls=report["requests"], latency_statuses=report["statuses"],
+        percentiles_us={row["p"]: row["us"] for row in report["percentiles"]},
+        max_us=report["latency_us"]["max"],
+        at_most={row["us"]: row["count"] for row in report["at_most"]})
+
+
+def oha_measured(rundir: Path, thresholds_us: list[int], window: tuple[float, float] | None,
+                 started: float, connections: int) -> Measured:
+    """Every response oha read, from its SQLite file (table `oha`: start and end in seconds since
+    oha's own start, `duration` = end - start, `status`): exact counts and nearest-rank
+    percentiles. oha's start is a few ms after `started` (when run.py launched it), so the window,
+    taken relative to `started`, is off by that much: nothing next to a 13 s window.
+
+    With a window, the latency figures are over the requests sent from its start on: oha's time
+    for a connection's first request includes opening the connection (wrk's does not), and
+    thousands of connections open at once at the start of a run."""
+    try:
+        summary = json.loads((rundir / "oha.json").read_text())
+        with contextlib.closing(sqlite3.connect(rundir / "oha.sqlite")) as db:
+            rows = db.execute("SELECT start, end, duration, status FROM oha").fetchall()
+    except (OSError, ValueError, sqlite3.Error) as e:
+        raise BenchError(f"oha's results are unreadable: {e}") from e
+    window_calls, timed = None, rows
+    if window:
+        w0, w1 = (t - started for t in window)
+        window_calls = sum(1 for _s, end, _d, _st in rows if w0 <= end < w1)
+        timed = [row for row in rows if row[0] >= w0]
+    latencies = sorted(duration * 1e6 for _s, _e, duration, _st in timed)
+    duration_s = summary["summary"]["total"]
+
+    def by_status(some: list[tuple]) -> dict[str, int]:
+        return {str(k): v for k, v in sorted(Counter(row[3] for row in some).items())}
+    errors = dict(summary.get("errorDistribution") or {})
+    measured = Measured(
+        client="oha", corrected=False, requests=len(rows), duration_s=duration_s,
+        statuses=by_status(rows), errors={"cut_off": errors.pop(OHA_DEADLINE_ERROR, 0), **errors},
+        window_calls=window_calls, latency_calls=len(latencies),
+        latency_statuses=by_status(timed), **sample_figures(latencies, thresholds_us))
+    if len(rows) >= connections:
+        # wrk's interval: its run time / (responses / connections, an integer division), in us.
+        interval_us = duration_s * 1e6 / (len(rows) // connections)
+        corrected = sorted(latencies + wrk_synthetic_samples(latencies, interval_us))
+        measured.as_wrk = dataclasses.replace(
+            measured, client="oha as wrk", corrected=True, as_wrk=None,
+            **sample_figures(corrected, thresholds_us, scale_to=len(latencies)))
+    return measured
+
+
+def sample_figures(latencies: list[float], thresholds_us: list[int],
+                   scale_to: int | None = None) -> dict:
+    """Nearest-rank percentiles, the maximum and the counts at or below each threshold of sorted
+    latencies (us). With `scale_to`, counts are the share at or below times `scale_to`, as
+    bench/wrk.lua's rank arithmetic makes of a corrected histogram (its ranks go to the number of
+    responses, not of samples)."""
+    n = len(latencies)
+
+    def at_percentile(p: float) -> float:
+        return latencies[max(0, math.ceil(p / 100 * n) - 1)] if n else 0.0
+
+    def count(us: int) -> int:
+        below = bisect.bisect_right(latencies, us)
+        return round(below * scale_to / n) if scale_to is not None and n else below
+    return {"percentiles_us": {p: at_percentile(p) for p in PERCENTILES + CURVE},
+            "max_us": latencies[-1] if n else 0.0,
+            "at_most": {us: count(us) for us in thresholds_us}}
+
+
+def wrk_synthetic_samples(latencies: list[float], interval_us: float) -> list[float]:
+    """The samples wrk 4's stats_correct adds to its histogram (wrk's stats.c): for each latency
+    n of at least twice the interval I, n - I, n - 2I, ... while above I."""
+    added = []
+    for n in latencies:
+        if n >= 2 * interval_us:
+            added.extend(n - k * interval_us for k in range(1, math.ceil(n / interval_us) - 1))
+    return added
+
+
+# ------------------------------------------------------------------------------------------------
 # HTTP: the simulator's /stats and the check request
 # ------------------------------------------------------------------------------------------------
 
@@ -518,7 +709,7 @@ class Settings:
     quick: bool
     fanout_bin: Path
     peer_bin: Path
-    wrk: str
+    clients: dict[str, str]  # load generator -> its path
     settle_s: float
     fanout_args: tuple[str, ...] = ()
     results: list = field(default_factory=list)
@@ -549,36 +740,42 @@ def admin_port_of(fanout_args: tuple[str, ...], default: int) -> int:
     return port
 
 
-def run_wrk_warmup(procs: Processes, settings: Settings, server: subprocess.Popen, impl: str,
-                   connections: int, seconds: float, url: str) -> None:
-    """The warm-up: the same wrk load for a few seconds, its figures discarded."""
-    argv = [settings.wrk, "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s",
-            "--timeout", "10s", "-s", str(WRK_SCRIPT), url]
-    warmup = procs.start("wrk-warmup", argv)
+def wait_finished(procs: Processes, proc: subprocess.Popen, what: str, seconds: float) -> None:
+    """Waits for a load generator run of `seconds` to end, at most 60 s more; it must succeed."""
     try:
-        warmup.wait(timeout=seconds + 60)
+        proc.wait(timeout=seconds + 60)
     except subprocess.TimeoutExpired as e:
-        raise BenchError(f"the warm-up wrk still ran {seconds + 60:g} s after it started") from e
-    if warmup.returncode != 0:
-        raise BenchError(f"the warm-up wrk exited with {warmup.returncode}:\n"
-                         f"{procs.log_tail(warmup)}")
+        raise BenchError(f"{what} still ran {seconds + 60:g} s after it started") from e
+    if proc.returncode != 0:
+        raise BenchError(f"{what} exited with {proc.returncode}:\n{procs.log_tail(proc, 40)}")
+
+
+def run_warmup(procs: Processes, settings: Settings, server: subprocess.Popen, impl: str,
+               client: str, connections: int, seconds: float, url: str, rundir: Path) -> None:
+    """The warm-up: the same load, from the same client, for a few seconds; figures discarded."""
+    argv = client_argv(client, settings.clients[client], connections, seconds, url, rundir,
+                       measured=False)
+    warmup = procs.start(f"{client}-warmup", argv, env=client_env([], None))
+    wait_finished(procs, warmup, f"the warm-up {client}", seconds)
     if server.poll() is not None:
         raise BenchError(f"{impl} exited with {server.returncode} during the warm-up:\n"
                          f"{procs.log_tail(server)}")
 
 
-def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) -> dict:
+def run_one(scenario: Scenario, impl: str, client: str, settings: Settings,
+            workdir: Path) -> dict:
     connections = scenario.quick_connections if settings.quick else scenario.connections
     duration_s = 3 if settings.quick else scenario.duration_s
     warmup_run_s = QUICK_WARMUP_S if settings.quick else WARMUP_S
     warmup_pause_s = min(WARMUP_PAUSE_MAX_S,
                          scenario.timeout_ms / 1000 + WARMUP_PAUSE_AFTER_DEADLINE_S)
-    rundir = workdir / f"{scenario.name}-{impl}"
-    rundir.mkdir()
+    # Its own directory, also when a scenario is given twice (--scenario cpu cpu).
+    rundir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-{impl}-{client}-", dir=workdir))
     ca = rundir / "sim-ca.pem"
     result: dict = {
         "scenario": scenario.name,
         "implementation": impl,
+        "client": client,
         "endpoint": scenario.endpoint,
         "connections": connections,
         "upstream_latency_ms": scenario.latency_ms,
@@ -612,9 +809,10 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             # TLS handshakes happen here, not in the measured run. Then a pause just past the
             # deadline, so its calls cut off at the end are answered before the measured run.
             rss_before_warmup = memory_mib(server.pid)["VmRSS"]
-            log(f"{scenario.name}/{impl}: warm-up wrk -c {connections} -d {warmup_run_s:g}s, "
-                f"then {warmup_pause_s:g} s pause")
-            run_wrk_warmup(procs, settings, server, impl, connections, warmup_run_s, url)
+            log(f"{scenario.name}/{impl}: warm-up {client} -c {connections} -d "
+                f"{warmup_run_s:g}s, then {warmup_pause_s:g} s pause")
+            run_warmup(procs, settings, server, impl, client, connections, warmup_run_s, url,
+                       rundir)
             time.sleep(warmup_pause_s)
 
             # Before the load.
@@ -628,19 +826,16 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             # The measurement window (see bench/wrk.lua): per-call figures are taken between
             # these instants, leaving out the start and the calls cut off at the end.
             warmup_s, tail_s = min(2.0, duration_s / 4), min(0.5, duration_s / 10)
-            started = time.monotonic()
-            window = (started + warmup_s, started + duration_s - tail_s)
             late_us = [(scenario.timeout_ms + ms) * 1000 for ms in LATE_MS]
             shed_us = [ms * 1000 for ms in SHED_MS] if scenario.client_shed else []
-            timeout_s = max(10, duration_s + 5)  # > the run: every latency lands in the histogram
-            env = dict(os.environ,
-                       BENCH_LATENCY_THRESHOLDS_US=",".join(map(str, late_us + shed_us)),
-                       BENCH_WINDOW_NS=",".join(str(int(t * 1e9)) for t in window))
-            wrk_argv = [settings.wrk, "-t", "2", "-c", str(connections), "-d", f"{duration_s}s",
-                        "--timeout", f"{timeout_s}s", "--latency", "-s", str(WRK_SCRIPT), url]
-            log(f"{scenario.name}/{impl}: wrk -c {connections} -d {duration_s}s "
+            thresholds_us = late_us + shed_us
+            log(f"{scenario.name}/{impl}: {client} -c {connections} -d {duration_s}s "
                 f"{scenario.endpoint} (upstream {scenario.latency_ms} ms)")
-            wrk = procs.start("wrk", wrk_argv, env=env)
+            started = time.monotonic()
+            window = (started + warmup_s, started + duration_s - tail_s)
+            load = procs.start(client, client_argv(client, settings.clients[client], connections,
+                                                   duration_s, url, rundir, measured=True),
+                               env=client_env(thresholds_us, window))
 
             # During: open fds every half second (the sample nearest mid-run is "during"), and
             # CPU time and upstream counters at both ends of the window.
@@ -650,15 +845,15 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             next_sample = started
             rss_series: list[float] = []
             next_rss = started if scenario.rss_series else float("inf")
-            while wrk.poll() is None:
+            while load.poll() is None:
                 now = time.monotonic()
                 if now > started + duration_s + 60:
-                    raise BenchError(f"wrk still running {duration_s + 60} s after it started")
+                    raise BenchError(f"{client} still running {duration_s + 60} s after it started")
                 if server.poll() is not None:
                     raise BenchError(f"{impl} exited with {server.returncode} under load:\n"
                                      f"{procs.log_tail(server)}")
                 if len(at_window) < 2 and now >= window[len(at_window)]:
-                    at_window.append((cpu_seconds(server.pid), sim.get()))
+                    at_window.append((cpu_seconds(server.pid), sim.get(), cpu_seconds(load.pid)))
                 if now >= next_sample:
                     fds = open_fds(server.pid)
                     fds_max = fds if fds_max is None else max(fds_max, fds)
@@ -676,7 +871,7 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
                 raise BenchError(f"{impl} exited with {server.returncode} under load:\n"
                                  f"{procs.log_tail(server)}")
             if len(at_window) < 2:
-                raise BenchError(f"wrk ended after {time.monotonic() - started:.1f} s, "
+                raise BenchError(f"{client} ended after {time.monotonic() - started:.1f} s, "
                                  f"before the measurement window closed")
 
             # Right after: CPU, the upstream's counters and fanout's metrics.
@@ -684,10 +879,10 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
             steal1 = steal_seconds()
             metrics1 = scrape(admin_port) if admin_port is not None else None
             stats1 = sim.get()
-            wrk_out = (rundir / "wrk.log").read_text(errors="replace")
-            if wrk.returncode != 0:
-                raise BenchError(f"wrk exited with {wrk.returncode}:\n{wrk_out[-2000:]}")
-            report = parse_wrk(wrk_out)
+            if load.returncode != 0:
+                raise BenchError(f"{client} exited with {load.returncode}:\n"
+                                 f"{procs.log_tail(load, 40)}")
+            report = read_measured(client, rundir, thresholds_us, window, started, connections)
 
             # A few seconds later, once idle connections had a chance to close.
             time.sleep(settings.settle_s)
@@ -697,13 +892,13 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         finally:
             sim.close()
 
-    calls = report["requests"]
-    seconds = report["duration_us"] / 1e6
-    latency = report["latency_us"]
-    statuses = dict(sorted(report["statuses"].items()))
+    calls = report.requests
+    seconds = report.duration_s
+    latency = report.latency_ms()
+    statuses = dict(sorted(report.statuses.items()))
     non_2xx = sum(n for status, n in statuses.items() if not 200 <= int(status) < 300)
-    (w_cpu0, w_stats0), (w_cpu1, w_stats1) = at_window
-    window_calls = report["window_calls"]
+    (w_cpu0, w_stats0, w_client0), (w_cpu1, w_stats1, w_client1) = at_window
+    window_calls = report.window_calls
     w_opened = w_stats1["connections_accepted"] - w_stats0["connections_accepted"]
     w_requests = w_stats1["requests"] - w_stats0["requests"]
 
@@ -715,15 +910,18 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         "duration_s": round(seconds, 2),
         "requests": calls,
         "rps": round(calls / seconds, 1) if seconds else None,
-        "latency_ms": {k: ms(latency[k]) for k in ("p50", "p90", "p99", "max")},
+        "latency_corrected": report.corrected,
+        "latency_calls": report.latency_calls,
+        "latency_ms": latency,
+        "latency_curve_ms": report.curve_ms(),
         "status_counts": statuses,
         "non_2xx": non_2xx,
-        "socket_errors": {k: report["errors"].get(k, 0)
-                          for k in ("connect", "read", "write", "timeout")},
+        "client_errors": report.errors,
         "window": {"from_s": round(warmup_s, 2), "to_s": round(duration_s - tail_s, 2),
                    "calls": window_calls},
         "cpu_s_per_1000_calls": per_call(w_cpu1 - w_cpu0, 1000, 4),
         "cpu_s": round(cpu1 - cpu0, 2),
+        "client_cpu_s_per_1000_calls": per_call(w_client1 - w_client0, 1000, 4),
         "rss_mib": {"before_warmup": rss_before_warmup, "before": rss_before,
                     "peak": memory["VmHWM"], "after": memory["VmRSS"]},
         "open_fds": {"before": fds_before, "during": fds_during, "max": fds_max,
@@ -739,43 +937,46 @@ def run_one(scenario: Scenario, impl: str, settings: Settings, workdir: Path) ->
         "simulator_cpu_s": round(sim_cpu1 - sim_cpu0, 2),
         "steal_s": round(steal1 - steal0, 2),
     })
-    at_most = {row["us"]: row["count"] for row in report["at_most"]}
-
-    def late_share(late_ms: int):
-        """The share of responses later than the deadline + late_ms (exact, from wrk's counts)."""
-        return (round((calls - at_most[(scenario.timeout_ms + late_ms) * 1000]) / calls, 5)
-                if calls else None)
     if scenario.rss_series:
         result["rss_mib_series"] = rss_series
+    result.update(deadline_figures(scenario, report))
+    if report.as_wrk:
+        result["as_wrk"] = {"latency_ms": report.as_wrk.latency_ms(),
+                            **deadline_figures(scenario, report.as_wrk)}
+    if metrics0 is not None and metrics1 is not None:
+        result["server"] = server_figures(metrics0, metrics1, scenario)
+    return result
+
+
+def deadline_figures(scenario: Scenario, report: Measured) -> dict:
+    """`client_shed` (overload) and `overshoot_ms` and `late_share` (overshoot) from the client's
+    latencies: exact counts of responses with oha, shares of a corrected histogram with wrk."""
+    at_most, timed = report.at_most, report.latency_calls
+
+    def late_share(late_ms: int):
+        """The share of responses later than the deadline + late_ms."""
+        return (round((timed - at_most[(scenario.timeout_ms + late_ms) * 1000]) / timed, 5)
+                if timed else None)
+    figures = {}
     if scenario.client_shed:
         # No admitted call can be answered within 25 ms here (every upstream request takes 100 ms or
         # more, and none fails), so the answers that fast are shed ones: their share of the 503s.
-        shed = statuses.get("503", 0)
-        result["client_shed"] = {
+        shed = report.latency_statuses.get("503", 0)
+        figures["client_shed"] = {
             "calls": shed,
             **{f"within_{bound}ms": round(at_most[bound * 1000] / shed, 5) if shed else None
                for bound in SHED_MS},
             "later_than_deadline_25ms": late_share(25),
         }
-    if metrics0 is not None and metrics1 is not None:
-        result["server"] = server_figures(metrics0, metrics1, scenario)
     if scenario.overshoot:
-        deadline = scenario.timeout_ms
-        result["overshoot_ms"] = {k: round(ms(latency[k]) - deadline, 1)
-                                  for k in ("p50", "p90", "p99", "max")}
-        result["late_share"] = {f"over_{late}ms": late_share(late) for late in LATE_MS}
-    return result
+        figures["overshoot_ms"] = {k: round(v - scenario.timeout_ms, 1)
+                                   for k, v in report.latency_ms().items()}
+        figures["late_share"] = {f"over_{late}ms": late_share(late) for late in LATE_MS}
+    return figures
 
 
 def ms(us: float) -> float:
     return round(us / 1000, 1)
-
-
-def parse_wrk(output: str) -> dict:
-    for line in output.splitlines():
-        if line.startswith("BENCH_JSON "):
-            return json.loads(line[len("BENCH_JSON "):])
-    raise BenchError(f"no BENCH_JSON line in wrk's output:\n{output[-2000:]}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -788,9 +989,10 @@ def ratio(a, b):
     return round(a / b, 3)
 
 
-def ratios(scenario: str, fanout: dict, peer: dict) -> dict:
+def ratios(scenario: str, client: str, fanout: dict, peer: dict) -> dict:
     return {
         "scenario": scenario,
+        "client": client,
         "comparison": "fanout / peer",
         "rps_ratio": ratio(fanout["rps"], peer["rps"]),
         "cpu_per_call_ratio": ratio(fanout["cpu_s_per_1000_calls"], peer["cpu_s_per_1000_calls"]),
@@ -801,49 +1003,63 @@ def ratios(scenario: str, fanout: dict, peer: dict) -> dict:
 
 
 def summary_table(results: list[dict], comparisons: list[dict]) -> str:
-    head = (f"{'scenario':<10} {'impl':<7} {'conns':>5} {'req/s':>8} {'p50ms':>7} {'p99ms':>7} "
+    head = (f"{'scenario':<10} {'impl':<7} {'client':<6} {'conns':>5} {'req/s':>8} {'p50ms':>7} "
+            f"{'p99ms':>7} "
             f"{'maxms':>7} {'non2xx':>7} {'sockerr':>7} {'cpu/1k':>7} {'rssMiB':>7} "
             f"{'fds b/d/a':>17} {'up c/1k':>8} {'up r/c':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
-            lines.append(f"{r['scenario']:<10} {r['implementation']:<7} ERROR: "
+            lines.append(f"{r['scenario']:<10} {r['implementation']:<7} {r['client']:<6} ERROR: "
                          f"{r['error'].splitlines()[0][:100]}")
             continue
         lat, fds, up = r["latency_ms"], r["open_fds"], r["upstream"]
-        errs = sum(r["socket_errors"].values())
+        errs = sum(n for kind, n in r["client_errors"].items() if kind != "cut_off")
         fd_text = f"{fds['before']}/{fds['during']}/{fds['after']}"
+        client = r["client"] + ("*" if r["latency_corrected"] else "")
         lines.append(
-            f"{r['scenario']:<10} {r['implementation']:<7} {r['connections']:>5} "
+            f"{r['scenario']:<10} {r['implementation']:<7} {client:<6} {r['connections']:>5} "
             f"{r['rps']:>8.1f} {lat['p50']:>7.1f} {lat['p99']:>7.1f} {lat['max']:>7.1f} "
             f"{r['non_2xx']:>7} {errs:>7} {fmt(r['cpu_s_per_1000_calls'], 3):>7} "
             f"{r['rss_mib']['peak']:>7.1f} {fd_text:>17} "
             f"{fmt(up['connections_per_1000_calls'], 1):>8} {fmt(up['requests_per_call'], 2):>6}")
-        if "overshoot_ms" in r:
-            o, late = r["overshoot_ms"], r["late_share"]
-            lines.append(f"{'':<18} overshoot ms p50 {o['p50']} p90 {o['p90']} p99 {o['p99']} "
-                         f"max {o['max']}; late >5ms {late['over_5ms']:.2%}, "
-                         f">25ms {late['over_25ms']:.2%}")
+        lines += deadline_lines(r, "")
+        if "as_wrk" in r:
+            lines += deadline_lines(r["as_wrk"], " as wrk would count them (corrected)")
         if "server" in r:
             lines += server_lines(r)
-        if r.get("client_shed", {}).get("calls"):
-            c = r["client_shed"]
-            lines.append(f"{'':<18} client: shed 503 n={c['calls']} <=5ms {pct(c['within_5ms'])}, "
-                         f"<=25ms {pct(c['within_25ms'])}; answers >25ms past the deadline "
-                         f"{pct(c['later_than_deadline_25ms'])}")
         if "rss_mib_series" in r:
             series = r["rss_mib_series"]
-            lines.append(f"{'':<18} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
+            lines.append(f"{'':<25} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
                          + (f" (min {min(series):g}, max {max(series):g}, after "
                             f"{r['rss_mib']['after']:g})" if series else ""))
+    if any(r.get("latency_corrected") for r in results):
+        lines += ["", "* latency from wrk's histogram, corrected for coordinated omission: not each "
+                      "response's own (bench/README.md)"]
     if comparisons:
         lines += ["", "fanout / peer:"]
         for c in comparisons:
-            lines.append(f"  {c['scenario']:<10} rps x{fmt(c['rps_ratio'], 2)}  "
+            lines.append(f"  {c['scenario']:<10} {c['client']:<4} rps x{fmt(c['rps_ratio'], 2)}  "
                          f"cpu/call x{fmt(c['cpu_per_call_ratio'], 2)}  "
                          f"p99 x{fmt(c['p99_ratio'], 2)}  "
                          f"upstream conns/1000 x{fmt(c['connections_per_1000_ratio'], 2)}")
     return "\n".join(lines)
+
+
+def deadline_lines(figures: dict, how: str) -> list[str]:
+    """The client's late shares (overshoot) and shed answers (overload), when the run has them."""
+    lines = []
+    if "overshoot_ms" in figures:
+        o, late = figures["overshoot_ms"], figures["late_share"]
+        lines.append(f"{'':<25} overshoot ms p50 {o['p50']} p90 {o['p90']} p99 {o['p99']} "
+                     f"max {o['max']}; late >5ms {pct(late['over_5ms'])}, "
+                     f">25ms {pct(late['over_25ms'])}{how}")
+    if figures.get("client_shed", {}).get("calls"):
+        c = figures["client_shed"]
+        lines.append(f"{'':<25} client: shed 503 n={c['calls']} <=5ms {pct(c['within_5ms'])}, "
+                     f"<=25ms {pct(c['within_25ms'])}; answers >25ms past the deadline "
+                     f"{pct(c['later_than_deadline_25ms'])}{how}")
+    return lines
 
 
 def fmt(value, digits: int) -> str:
@@ -860,7 +1076,7 @@ def bound(value) -> str:
 
 def server_lines(r: dict) -> list[str]:
     """fanout's own figures (from /metrics) under its row, against the scenario's target."""
-    pad = " " * 18
+    pad = " " * 25
     srv = r["server"]
     o = srv["overshoot"]
     lines = [f"{pad} server: overshoot n={o['calls']} in time {pct(o['in_time'])}, <=5ms "
@@ -883,6 +1099,210 @@ def server_lines(r: dict) -> list[str]:
         lines.append(f"{pad} target shed answers <=5ms: {'met' if met else 'MISSED'}; deadline "
                      f"and flat memory: see the accepted and rss lines")
     return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# --self-check: each load generator against a server whose latency distribution is known
+# ------------------------------------------------------------------------------------------------
+
+KNOWN_SERVER = BENCH_DIR / "known_server.py"
+
+
+@dataclass(frozen=True)
+class Known:
+    """A latency distribution served by known_server.py: classes far apart (share:ms), thresholds
+    between them, and the percentiles whose class is checked."""
+    name: str
+    classes: str
+    thresholds_ms: tuple[int, ...]
+    percentiles: tuple[float, ...]
+
+
+KNOWN = (
+    Known("80/20", "0.8:0,0.2:250", (100,), (50, 90, 99)),
+    Known("long tail", "0.95:0,0.045:250,0.005:1000", (100, 600), (50, 90, 99, 99.9)),
+)
+SELF_CHECK_CONNECTIONS, SELF_CHECK_S = 50, 10
+SELF_CHECK_TOLERANCE = 0.01  # of the responses
+
+
+def self_check(clients: dict[str, str]) -> int:
+    """Measures every KNOWN distribution with every client and prints the server's own counts
+    beside the measured ones. A count off by more than 1% of the responses, or a percentile in
+    the wrong class, fails; wrk's latency figures are shown but not judged: they come from its
+    corrected histogram, and the bench takes none of its latency counts as per-request."""
+    rows, failed = [], 0
+    with tempfile.TemporaryDirectory(prefix="fanout-self-check-") as tmp:
+        for known in KNOWN:
+            for client, path in clients.items():
+                try:
+                    truth, measured = measure_known(known, client, path, Path(tmp))
+                except BenchError as e:
+                    raise SystemExit(f"bench: self-check {known.name}/{client}: {e}") from e
+                for row in compare_known(known, truth, measured):
+                    rows.append((known.name, client, *row))
+                    failed += row[-1] == "FAILED"
+    widths = (10, 7, 10, 14, 10, 8)
+    head = ("known", "client", "figure", "truth", "measured", "off", "verdict")
+    print("\n".join(" ".join(f"{cell:<{w}}" if i < 3 else f"{cell:>{w}}" if i < 6 else cell
+                             for i, (cell, w) in enumerate(zip(row, widths + (0,))))
+                    for row in [head] + rows))
+    passed = sum(row[-1] == "ok" for row in rows)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def measure_known(known: Known, client: str, path: str, workdir: Path) -> tuple[dict, Measured]:
+    """Serves `known` on a fresh port, measures it with `client` for SELF_CHECK_S, and returns
+    the server's counts per class (ms -> answers) and what the client measured."""
+    rundir = workdir / (re.sub(r"\W+", "-", known.name) + f"-{client}")
+    rundir.mkdir()
+    thresholds_us = [ms * 1000 for ms in known.thresholds_ms]
+    slowest_s = max(int(c.split(":")[1]) for c in known.classes.split(",")) / 1000
+    with Processes(rundir) as procs:
+        port = free_port()
+        server = procs.start("known-server", [sys.executable, str(KNOWN_SERVER), "--port",
+                                              str(port), "--classes", known.classes])
+        wait_accepting(procs, server, "known_server.py", port)
+        log(f"self-check {known.name}/{client}: -c {SELF_CHECK_CONNECTIONS} -d {SELF_CHECK_S}s")
+        before = known_counts(port)
+        started = time.monotonic()
+        load = procs.start(client, client_argv(client, path, SELF_CHECK_CONNECTIONS, SELF_CHECK_S,
+                                               f"http://127.0.0.1:{port}/", rundir, measured=True),
+                           env=client_env(thresholds_us, None))
+        wait_finished(procs, load, client, SELF_CHECK_S)
+        time.sleep(slowest_s + 0.5)  # the calls cut off at the end are counted as cut off
+        after = known_counts(port)
+        measured = read_measured(client, rundir, thresholds_us, None, started,
+                                 SELF_CHECK_CONNECTIONS)
+    truth = {int(ms): n - before["classes"][ms] for ms, n in after["classes"].items()}
+    return truth, measured
+
+
+def known_counts(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/counts")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def compare_known(known: Known, truth: dict[int, int], measured: Measured) -> list[tuple]:
+    """(figure, truth, measured, off, verdict) rows: the responses, the responses at or below each
+    threshold, and the class of each percentile."""
+    total = sum(truth.values())
+    judge_latency = not measured.corrected
+
+    def verdict(ok: bool, judged: bool = True) -> str:
+        if judged:
+            return "ok" if ok else "FAILED"
+        return f"{'right' if ok else 'wrong'}, not judged: corrected histogram"
+
+    def count_row(figure: str, true: int, got: int, judged: bool = True) -> tuple:
+        off = (got - true) / total if total else 0.0
+        return (figure, f"{true:,}", f"{got:,}", f"{off:+.2%}",
+                verdict(abs(off) <= SELF_CHECK_TOLERANCE, judged))
+
+    def class_of(us: float) -> int:
+        """The class a latency falls in: the number of thresholds below it."""
+        return sum(us > t * 1000 for t in known.thresholds_ms)
+
+    delays = sorted(truth)
+    rows = [count_row("responses", total, measured.requests)]
+    for t in known.thresholds_ms:
+        rows.append(count_row(f"<={t} ms", sum(n for ms, n in truth.items() if ms < t),
+                              measured.at_most[t * 1000], judge_latency))
+    for p in known.percentiles:
+        rank, cumulative = math.ceil(p / 100 * total), 0
+        expected = next(i for i, ms in enumerate(delays)
+                        if (cumulative := cumulative + truth[ms]) >= rank)
+        got = class_of(measured.percentiles_us[p])
+        rows.append((f"p{p:g}", f"{delays[expected]} ms class",
+                     f"{ms(measured.percentiles_us[p]):g} ms", "",
+                     verdict(got == expected, judge_latency)))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# --plot: latency by percentile, one chart per scenario (matplotlib, optional)
+# ------------------------------------------------------------------------------------------------
+
+MATPLOTLIB_MISSING = ("bench: --plot needs matplotlib, which is not installed; install it with\n"
+                      "    pip install -r bench/requirements.txt")
+# Colour and marker by implementation, line style by load generator.
+STYLES = {"fanout": ("#1f5fa8", "o"), "peer": ("#c8461d", "s")}
+LINESTYLES = {"oha": "-", "wrk": ":"}
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401  (optional: only --plot needs it)
+    except ImportError:
+        raise SystemExit(MATPLOTLIB_MISSING) from None
+
+
+def nines(p: float) -> float:
+    """x on a latency chart: log10(1/(1-p)), so 90%, 99%, 99.9% are evenly spaced."""
+    return math.log10(100 / (100 - p))
+
+
+def plot_all(results: list[dict], outdir: Path) -> bool:
+    """One chart per scenario in `results` (runs with an error left out): DIR/SCENARIO.png."""
+    by_scenario: dict[str, list[dict]] = {}
+    for r in results:
+        if "error" not in r and r.get("latency_curve_ms"):
+            by_scenario.setdefault(r["scenario"], []).append(r)
+    if not by_scenario:
+        log("--plot: no run with latencies to draw")
+        return False
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name, runs in by_scenario.items():
+        path = outdir / f"{name}.png"
+        plot_scenario(runs, path)
+        log(f"--plot: wrote {path}")
+    return True
+
+
+def plot_scenario(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = runs[0]
+    scenario = next((s for s in SCENARIOS if s.name == first["scenario"]), None)
+    fig, ax = plt.subplots(figsize=(11, 5.6), dpi=110)
+    for r in sorted(runs, key=lambda r: (r["implementation"], r["client"])):
+        colour, marker = STYLES.get(r["implementation"], ("#333333", "^"))
+        xs, ys = zip(*((nines(p), v) for p, v in r["latency_curve_ms"]))
+        marked = [i for i, (p, _v) in enumerate(r["latency_curve_ms"]) if p in PERCENTILES]
+        how = "corrected histogram" if r["latency_corrected"] else "every response"
+        ax.plot(xs, ys, linestyle=LINESTYLES.get(r["client"], "--"), marker=marker,
+                markevery=marked, linewidth=2, color=colour,
+                label=f"{r['implementation']} ({r['client']}: {how})")
+    if scenario and scenario.deadline_line:
+        ax.axhline(scenario.timeout_ms, color="#555555", linestyle="--", linewidth=1,
+                   label=f"deadline {scenario.timeout_ms} ms")
+    ax.set_xticks([nines(p) for p in PERCENTILES], [f"{p:g}%" for p in PERCENTILES])
+    ax.set_xlim(nines(PERCENTILES[0]) - 0.1, nines(PERCENTILES[-1]) + 0.1)
+    top = max(max(v for _p, v in r["latency_curve_ms"]) for r in runs)
+    if scenario and scenario.deadline_line:
+        top = max(top, scenario.timeout_ms)
+    ax.set_ylim(0, top * 1.1)  # room above the highest line
+    ax.set_xlabel("percentile (log scale of 1/(1-p))")
+    ax.set_ylabel("latency at the client (ms)")
+    ax.grid(True, color="#dddddd")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, never on a line
+    upstream = f"upstream {first['upstream_latency_ms']} ms"
+    if first["upstream_failures"] != "none":
+        share, kind = first["upstream_failures"].split()
+        upstream += f", {float(share):.0%} {kind}"
+    ax.set_title(f"{first['scenario']}: {first['connections']:,} connections, {first['endpoint']}, "
+                 f"{upstream}\n{first.get('cores', '?')} cores, "
+                 f"{first.get('date', '?')}, commit {first.get('commit', '?')}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -922,7 +1342,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(repeatable)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the binaries already built instead of running cargo")
-    return parser.parse_args(argv)
+    parser.add_argument("--client", action="extend", nargs="+", choices=CLIENTS,
+                        help="measure with this load generator instead of each scenario's own "
+                             "(oha: every response's latency; wrk: a corrected histogram); two "
+                             "run both, alternated")
+    parser.add_argument("--self-check", action="store_true",
+                        help="measure servers with a known latency distribution with each load "
+                             "generator and compare the counts with the truth; exit 1 if one is off")
+    parser.add_argument("--plot", type=Path, metavar="DIR",
+                        help="draw latency by percentile per scenario into DIR/SCENARIO.png "
+                             "(needs matplotlib: pip install -r bench/requirements.txt)")
+    parser.add_argument("--from", dest="results", type=Path, metavar="FILE",
+                        help="with --plot: draw from the JSON lines of an earlier run instead of "
+                             "running")
+    args = parser.parse_args(argv)
+    if args.results and not args.plot:
+        parser.error("--from needs --plot")
+    return args
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -936,53 +1372,86 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
 
+    if args.plot:
+        require_matplotlib()
+    if args.results:
+        results = [r for r in read_jsonl(args.results) if "implementation" in r]
+        return 0 if plot_all(results, args.plot) else 1
+
     impls = [args.only] if args.only else list(IMPLEMENTATIONS)
     scenarios = [s for name in (args.scenario or SCENARIO_NAMES)
                  for s in SCENARIOS if s.name == name]
+    clients = {c: find_client(c) for c in
+               (args.client or (CLIENTS if args.self_check else [DEFAULT_CLIENT]))}
+    if args.self_check:
+        return self_check(clients)
     if not args.no_build:
         build(skip_fanout=args.fanout_bin is not None, need_peer="peer" in impls)
-    wrk = subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True, text=True).stdout
     settings = Settings(
         quick=args.quick,
         fanout_bin=(args.fanout_bin or FANOUT_BIN).resolve(),
         peer_bin=PEER_BIN,
-        wrk=wrk.strip(),
+        clients=clients,
         settle_s=2.0 if args.quick else 3.0,
         fanout_args=tuple(args.fanout_arg),
     )
     for binary in [settings.fanout_bin] + ([settings.peer_bin] if "peer" in impls else []):
         if not binary.is_file():
             raise SystemExit(f"bench: {binary} is missing (build it, or drop --no-build)")
-    if not settings.wrk:
-        raise SystemExit("bench: wrk is not installed")
 
+    stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+             "cores": os.cpu_count()}
     results, comparisons, failed = [], [], 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         for index, scenario in enumerate(scenarios):
-            # Alternate which implementation goes first, so neither always runs on a machine
-            # still warm (or still busy) from the other.
-            order = impls if index % 2 == 0 else impls[::-1]
-            by_impl = {}
-            for impl in order:
+            by_run = {}
+            for impl, client in run_order(index, impls, list(clients)):
                 try:
-                    result = run_one(scenario, impl, settings, Path(tmp))
+                    result = {**run_one(scenario, impl, client, settings, Path(tmp)), **stamp}
                 except BenchError as e:
                     failed += 1
-                    result = {"scenario": scenario.name, "implementation": impl,
+                    result = {"scenario": scenario.name, "implementation": impl, "client": client,
                               "endpoint": scenario.endpoint, "error": str(e)}
-                    log(f"{scenario.name}/{impl}: FAILED: {e}")
+                    log(f"{scenario.name}/{impl}/{client}: FAILED: {e}")
                 results.append(result)
-                by_impl[impl] = result
+                by_run[impl, client] = result
                 print(json.dumps(result), flush=True)
-            fanout, peer = by_impl.get("fanout"), by_impl.get("peer")
-            if fanout and peer and "error" not in fanout and "error" not in peer:
-                comparison = ratios(scenario.name, fanout, peer)
-                comparisons.append(comparison)
-                print(json.dumps(comparison), flush=True)
+            for client in clients:
+                fanout, peer = by_run.get(("fanout", client)), by_run.get(("peer", client))
+                if fanout and peer and "error" not in fanout and "error" not in peer:
+                    comparison = ratios(scenario.name, client, fanout, peer)
+                    comparisons.append(comparison)
+                    print(json.dumps(comparison), flush=True)
     log(f"done in {time.monotonic() - started:.0f} s")
     print(summary_table(results, comparisons), file=sys.stderr)
+    if args.plot and not plot_all(results, args.plot):
+        failed += 1
     return 1 if failed else 0
+
+
+def run_order(index: int, impls: list[str], clients: list[str]) -> list[tuple[str, str]]:
+    """Every (implementation, client) of a scenario, alternated: which implementation goes first
+    changes from one scenario to the next, and with two clients each implementation's runs go
+    ABBA (oha, wrk, then wrk, oha), so neither side always runs on a machine still warm, or still
+    busy, from the other."""
+    order = [(impl, client) for i, impl in enumerate(impls)
+             for client in (clients if i % 2 == 0 else clients[::-1])]
+    return order if index % 2 == 0 else order[::-1]
+
+
+def git_commit() -> str | None:
+    """The repository's commit, with `-dirty` when the work tree has changes: for the charts."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    return (commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip()
+                      else "")) or None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 if __name__ == "__main__":

@@ -6,19 +6,25 @@
 --   errors {connect, read, write, status, timeout}
 --   statuses {"200": n, ...}              every completed response, by status (from response())
 --   window_calls                          responses completed within $BENCH_WINDOW_NS (below)
---   latency_us {min, max, mean, stdev, p50, p90, p99, p999}
---   at_most [{us, count}]                 exact number of responses with latency <= us, for each
+--   latency_us {min, max, mean, stdev}
+--   percentiles [{p, us}]                 for each p in $BENCH_PERCENTILES (comma list)
+--   at_most [{us, count}]                 number of samples <= us in wrk's histogram, for each
 --                                         threshold in $BENCH_LATENCY_THRESHOLDS_US (comma list)
+--
+-- Not every response's own latency: wrk 4 corrects its histogram for coordinated omission before
+-- done() sees it (stats_correct in wrk.c/stats.c). For every sample of at least twice the mean
+-- interval per connection (run time / (responses / connections)) it adds synthetic samples at
+-- n - I, n - 2I, ... down to I, so wherever fast and slow answers mix the histogram holds more
+-- samples than responses and its percentiles and counts are of that corrected histogram. run.py
+-- labels them so, and takes per-request latencies from oha instead (bench/README.md).
 --
 -- wrk keeps latencies in a histogram with one bucket per microsecond; `latency:percentile(p)`
 -- returns the sample of rank round(p/100 * recorded + 0.5). Asking for p = 100 * (r - 0.5) /
 -- recorded therefore returns exactly the r-th smallest sample, and a binary search over r gives
--- the exact count of samples at or below a threshold. (Iterating `latency(i)` instead would cost
--- a histogram scan per distinct value.) This needs the number of recorded samples, which Lua
--- cannot read; it equals summary.requests as long as no response took longer than wrk's
--- --timeout (those are completed but not recorded). run.py makes that impossible by giving a
--- --timeout longer than the whole run: wrk stops at the end of its duration, so no latency it
--- records can exceed the duration.
+-- the count of samples at or below a threshold. (Iterating `latency(i)` instead would cost
+-- a histogram scan per distinct value.) This needs the number of samples, which Lua cannot read;
+-- summary.requests is the number of responses, so where the correction added samples the ranks
+-- land on the wrong ones: another reason these counts are not per request.
 
 -- The measurement window: responses completed between two CLOCK_MONOTONIC instants (ns, from
 -- $BENCH_WINDOW_NS "from,to"), at which run.py also samples the server's CPU time and the
@@ -127,6 +133,11 @@ function done(summary, latency, requests)
       table.insert(at_most, { us = x, count = count_at_most(latency, recorded, x) })
    end
 
+   local percentiles = {}
+   for p in string.gmatch(os.getenv("BENCH_PERCENTILES") or "", "[%d.]+") do
+      table.insert(percentiles, { p = tonumber(p), us = latency:percentile(tonumber(p)) })
+   end
+
    local out = {
       requests = summary.requests,
       duration_us = summary.duration,
@@ -139,11 +150,8 @@ function done(summary, latency, requests)
          max = latency.max,
          mean = latency.mean,
          stdev = latency.stdev,
-         p50 = latency:percentile(50),
-         p90 = latency:percentile(90),
-         p99 = latency:percentile(99),
-         p999 = latency:percentile(99.9),
       },
+      percentiles = percentiles,
       at_most = at_most,
    }
    io.write("BENCH_JSON " .. encode(out) .. "\n")
