@@ -68,35 +68,42 @@ def figure(line: dict, path: str):
 
 def run(args, scenarios: list[str], extra_args: list[str], extra_env: dict) -> list[dict]:
     argv = [sys.executable, str(REPO / "bench" / "run.py"), "--only", "fanout", "--no-build",
-            "--fanout-bin", str(args.fanout_bin), "--scenario", *scenarios, *extra_args]
+            "--fanout-bin", str(args.fanout_bin.resolve()), "--scenario", *scenarios, *extra_args]
     env = {**os.environ, **extra_env}
     done = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, timeout=3600)
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def show(value) -> str:
+def show(value, share: bool) -> str:
+    """A share as a percentage; anything else as a number."""
     if value is None:
         return "-"
-    if isinstance(value, float) and value <= 1.0:
+    if share:
         return f"{value * 100:.2f}%"
-    return f"{value:,.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
+    return f"{value:,.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--fanout-bin", type=Path, required=True,
+    parser.add_argument("--fanout-bin", type=Path,
                         help="a build with bench/ablation.patch applied")
+    parser.add_argument("--from", dest="from_file", type=Path,
+                        help="summarise the JSON lines of an earlier run instead of running")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mechanism", action="extend", nargs="+", choices=list(MECHANISMS),
                         help="the mechanisms to measure (default: all)")
     args = parser.parse_args()
-    args.fanout_bin = args.fanout_bin.resolve()
+    if not args.fanout_bin and not args.from_file:
+        parser.error("give --fanout-bin (to run) or --from (to summarise)")
+    earlier = [json.loads(line) for line in args.from_file.read_text().splitlines()] if args.from_file else []
 
     table = []
     for name in args.mechanism or list(MECHANISMS):
         (off_args, off_env), scenarios = MECHANISMS[name]
         results = {("with", s): [] for s in scenarios} | {("without", s): [] for s in scenarios}
-        for round_ in range(1, args.rounds + 1):
+        for line in (line for line in earlier if line.get("mechanism") == name):
+            results[(line["variant"], line["scenario"])].append(line)
+        for round_ in range(1, 0 if earlier else args.rounds + 1):
             order = ["with", "without"] if round_ % 2 else ["without", "with"]
             for variant in order:
                 print(f"ablate: {name} round {round_} {variant}", file=sys.stderr, flush=True)
@@ -109,11 +116,14 @@ def main() -> int:
         for scenario in scenarios:
             for label, path in FIGURES[scenario]:
                 row = [name, scenario, label]
+                # Shares are the figures whose labels say where answers fall: late, past, in time, within.
+                share = any(word in label for word in ("late", "past", "in time", "<="))
                 for variant in ("with", "without"):
                     values = [figure(line, path) for line in results[(variant, scenario)]]
                     known = [v for v in values if v is not None]
                     median = statistics.median(known) if known else None
-                    row.append(f"{' '.join(show(v) for v in values)} (median {show(median)})")
+                    shown = " ".join(show(v, share) for v in values)
+                    row.append(f"{shown} (median {show(median, share)})")
                 table.append(row)
 
     print("\nmechanism | scenario | figure | with | without", file=sys.stderr)
