@@ -7,7 +7,10 @@
 //!
 //! One lookup at a time: the cache sits behind a `tokio::sync::Mutex` that is held *across* the lookup, so a
 //! burst of new connections at start-up waits for one answer instead of sending hundreds of identical
-//! queries. (An async mutex, not std's: it is held across an `.await`.)
+//! queries. (An async mutex, not std's: it is held across an `.await`.) The lookup runs in a task of its own
+//! that holds the lock and fills the cache when the answer comes, so a caller whose deadline is shorter than
+//! the resolver's answer time does not throw the answer away: the next caller finds it cached. Its end is the
+//! system resolver's own timeout (`resolv.conf`: 5 s per try by default).
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,11 +28,13 @@ use super::UpstreamError;
 /// are rare compared with requests.
 pub const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
 
+type Cached = (Arc<[SocketAddr]>, Instant);
+
 pub(crate) struct Resolver {
     host: Host,
     port: u16,
     /// The last answer and when it was fetched.
-    cache: Mutex<Option<(Arc<[SocketAddr]>, Instant)>>,
+    cache: Arc<Mutex<Option<Cached>>>,
 }
 
 impl Resolver {
@@ -37,15 +42,14 @@ impl Resolver {
         Resolver {
             host,
             port,
-            cache: Mutex::new(None),
+            cache: Arc::new(Mutex::new(None)),
         }
     }
 
     /// The addresses to try, in the resolver's order of preference (RFC 6724, as `getaddrinfo` sorts them).
     ///
-    /// Cancel safety: owns no socket. If dropped while waiting or looking up, the cache lock is released and
-    /// the next caller looks up afresh; the abandoned `getaddrinfo` call finishes on the blocking pool and its
-    /// answer is discarded.
+    /// Cancel safety: owns no socket. Dropped while waiting for the lock, nothing is lost; dropped while the
+    /// lookup runs, the lookup goes on in its task and still fills the cache.
     pub(crate) async fn resolve(
         &self,
         deadline: Instant,
@@ -53,10 +57,10 @@ impl Resolver {
         let name = match &self.host {
             // An IP literal needs no lookup.
             Host::Ip(ip) => return Ok(Arc::from([SocketAddr::new(*ip, self.port)])),
-            Host::Name(name) => name.as_str(),
+            Host::Name(name) => name.clone(),
         };
 
-        let mut cache = timeout_at(deadline, self.cache.lock())
+        let mut cache = timeout_at(deadline, self.cache.clone().lock_owned())
             .await
             .map_err(|_| UpstreamError::Timeout)?;
         if let Some((addrs, fetched)) = &*cache {
@@ -65,23 +69,58 @@ impl Resolver {
             }
         }
 
-        let lookup = timeout_at(deadline, tokio::net::lookup_host((name, self.port)))
-            .await
-            .map_err(|_| UpstreamError::Timeout)?;
-        let addrs: Arc<[SocketAddr]> = lookup
-            .map_err(|e| {
-                UpstreamError::Connect(io::Error::new(e.kind(), format!("resolving {name}: {e}")))
-            })?
-            .collect();
-        if addrs.is_empty() {
-            let e = io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("resolving {name}: no addresses"),
-            );
-            return Err(UpstreamError::Connect(e));
+        let port = self.port;
+        let task = tokio::spawn(async move {
+            let addrs = lookup(&name, port).await;
+            // Failures are not cached: the next connection attempt asks again.
+            if let Ok(addrs) = &addrs {
+                *cache = Some((addrs.clone(), Instant::now()));
+            }
+            addrs
+        });
+        // Cancel: the lookup's task is detached here, not dropped: it ends with the resolver's answer.
+        match timeout_at(deadline, task).await {
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(e)) => Err(UpstreamError::Connect(io::Error::other(format!(
+                "resolving the upstream's host: {e}"
+            )))),
         }
-        // Failures are not cached: the next connection attempt asks again.
-        *cache = Some((addrs.clone(), Instant::now()));
-        Ok(addrs)
+    }
+}
+
+/// The system resolver's answer for `name`, or why there is none.
+async fn lookup(name: &str, port: u16) -> Result<Arc<[SocketAddr]>, UpstreamError> {
+    let failed = |kind, e: &dyn std::fmt::Display| {
+        UpstreamError::Connect(io::Error::new(kind, format!("resolving {name}: {e}")))
+    };
+    let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(|e| failed(e.kind(), &e))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(failed(io::ErrorKind::NotFound, &"no addresses"));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller whose deadline passes while the lookup runs leaves it running: its answer fills the cache
+    /// for the next caller, who gets it even with no time left at all.
+    #[tokio::test]
+    async fn a_lookup_abandoned_by_its_caller_still_fills_the_cache() {
+        let resolver = Resolver::new(Host::Name("localhost".into()), 8080);
+        let no_time = Instant::now();
+        assert!(matches!(
+            resolver.resolve(no_time).await,
+            Err(UpstreamError::Timeout)
+        ));
+        // The lookup's task holds the cache until its answer is in.
+        drop(resolver.cache.lock().await);
+        let addrs = resolver.resolve(no_time).await.expect("the answer, cached");
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.port() == 8080));
     }
 }
