@@ -301,7 +301,10 @@ impl Config {
             "--upstream-ca" => self.extra_roots = read_roots(v)?,
             "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
             "--hedge-delay-ms" if v == "auto" => self.hedge.delay = Delay::Auto,
-            "--hedge-delay-ms" => self.hedge.delay = Delay::Fixed(millis(v)?),
+            "--hedge-delay-ms" => {
+                let delay = millis(v).map_err(|why| format!("{why}, nor `auto`"))?;
+                self.hedge.delay = Delay::Fixed(delay)
+            }
             "--hedge-percentile" => self.hedge.percentile = fraction(v, 50.0, 99.9)?,
             "--hedge-min-delay-ms" => self.hedge.min_delay = millis(v)?,
             "--hedge-max-delay-ms" => self.hedge.max_delay = millis(v)?,
@@ -438,7 +441,9 @@ mod tests {
         assert_eq!(c.hedge.percentile, 99.0);
         let c = parse(&[], &[("FANOUT_HEDGE_DELAY_MS", "auto")]).unwrap();
         assert_eq!(c.hedge.delay, Delay::Auto);
-        assert!(parse(&["--hedge-delay-ms", "soon"], &[]).is_err());
+        assert!(parse(&["--hedge-delay-ms", "soon"], &[])
+            .unwrap_err()
+            .contains("nor `auto`"));
         assert!(parse(&["--hedge-percentile", "100"], &[]).is_err());
         assert!(parse(&["--hedge-budget", "-0.1"], &[]).is_err());
         assert!(parse(
