@@ -53,7 +53,7 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// The default `--hedge-budget`, in requests per call. At the 95th percentile about 5% of calls hedge on
 /// latency alone, 0.1 requests per call; 0.25 leaves room for 7.5% of first requests that never answer
 /// (a hang is where a hedge helps most), and keeps the upstream's extra load at a quarter, where a fixed
-/// 300 ms delay cost 1.2 requests per call against the real upstream's latencies.
+/// 300 ms delay costs 1.1-1.2 extra requests per call against the real upstream's latencies.
 pub const DEFAULT_BUDGET: f64 = 0.25;
 
 /// The most requests' worth of credit the budget keeps: 10 hedges beyond the share, enough for a quiet
