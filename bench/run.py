@@ -82,6 +82,8 @@ class Scenario:
     client_shed: bool = False
     # --plot draws the deadline where answers can reach it.
     deadline_line: bool = True
+    # fanout alone, once per (name, extra fanout arguments), alternated (the `smart` scenarios).
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -143,6 +145,31 @@ SCENARIOS = [
         client_shed=True,
     ),
 ]
+
+# `smart`: /api/smart's hedge with today's fixed 300 ms and with `auto` (a percentile of recent latency,
+# under a budget), against an upstream fast with a tail and one like the real upstream.
+SMART_VARIANTS = (("fixed", ("--hedge-delay-ms=300",)), ("auto", ("--hedge-delay-ms=auto",)))
+
+
+def smart_scenario(name: str, purpose: str, **upstream) -> Scenario:
+    """/api/smart with 32 callers and a 2 s timeout, fanout alone, fixed and auto."""
+    return Scenario(name, purpose, path="/api/smart", timeout_ms=2000, connections=32,
+                    quick_connections=16, shape="object", variants=SMART_VARIANTS, **upstream)
+
+
+SCENARIOS += [
+    smart_scenario("smart-tail", "/api/smart against a fast upstream whose requests hang 5% of the "
+                   "time: fixed 300 ms and auto", latency_ms="20-60", failure_rate=0.05,
+                   failures="hang"),
+    smart_scenario("smart-real", "/api/smart against an upstream like the real one (100-600 ms): "
+                   "fixed 300 ms and auto", latency_ms="100-600"),
+]
+# What `auto` must reach against fixed in the same run (the issue's targets): p99 at most this many ms,
+# or at most this factor of fixed's p99; upstream requests per call at most this many.
+SMART_TARGETS = {"smart-tail": {"p99_ms": 120, "requests_per_call": 1.25},
+                 "smart-real": {"p99_vs_fixed": 1.05, "requests_per_call": 1.3}}
+# A name on the command line that stands for several scenarios.
+SCENARIO_GROUPS = {"smart": ("smart-tail", "smart-real")}
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
 
 # Overshoot shares: responses later than these many ms past the deadline.
@@ -324,6 +351,7 @@ SHED_TOTAL = "fanout_calls_shed_total"
 ACTIVE = "fanout_http_server_active_requests"
 RSS_BYTES = "process_resident_memory_bytes"
 LEAD = "fanout_deadline_lead_seconds"
+HEDGE_DELAY = "fanout_smart_hedge_delay_seconds"
 SHARE_BOUNDS_S = {"within_5ms": 0.005, "within_25ms": 0.025}
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 Sample = tuple[str, frozenset, float]  # name, labels as (key, value) pairs, value
@@ -417,6 +445,12 @@ def server_figures(before: list[Sample], after: list[Sample], scenario: Scenario
         "active_requests_before": gauge(before, ACTIVE),
         "rss_mib_after": round(gauge(after, RSS_BYTES) / 2**20, 1),
     }
+    if scenario.path == "/api/smart":
+        figures["hedges"] = {kind: int(counter_delta(before, after, f"fanout_smart_hedges{suffix}_total"))
+                             for kind, suffix in (("fired", ""), ("won", "_won"),
+                                                  ("refused", "_refused"))}
+        delay = gauge(after, HEDGE_DELAY)
+        figures["hedge_delay_ms_after"] = None if delay is None else round(delay * 1000, 1)
     lead = gauge(after, LEAD)
     if lead is not None:  # (fanout builds from before the deadline lead have none)
         figures["lead_ms_after"] = round(lead * 1000, 2)
@@ -1002,6 +1036,43 @@ def ratios(scenario: str, client: str, fanout: dict, peer: dict) -> dict:
     }
 
 
+def smart_comparison(scenario: str, client: str, fixed: dict, auto: dict) -> dict:
+    """`auto` against `fixed` in one run of a `smart` scenario, and whether the targets are met."""
+    def figures(r: dict) -> dict:
+        return {**{p: r["latency_ms"][p] for p in ("p50", "p90", "p99")},
+                "requests_per_call": r["upstream"]["requests_per_call"],
+                **{f"hedges_{k}": v for k, v in r.get("server", {}).get("hedges", {}).items()},
+                "hedge_delay_ms_after": r.get("server", {}).get("hedge_delay_ms_after")}
+    target = SMART_TARGETS[scenario]
+    a, f = figures(auto), figures(fixed)
+    p99_bound = target.get("p99_ms") or round(f["p99"] * target["p99_vs_fixed"], 1)
+    met = (a["p99"] <= p99_bound and a["requests_per_call"] is not None
+           and a["requests_per_call"] <= target["requests_per_call"])
+    return {"scenario": scenario, "client": client, "comparison": "auto against fixed",
+            "fixed": f, "auto": a,
+            "target": {"p99_ms_at_most": p99_bound,
+                       "requests_per_call_at_most": target["requests_per_call"]},
+            "met": met}
+
+
+def smart_lines(comparisons: list[dict]) -> list[str]:
+    """One line per variant (per-request latency from oha, upstream requests per call in the window,
+    hedges per call from fanout's /metrics), and the verdict."""
+    lines = ["", "smart: /api/smart, fixed 300 ms against auto (p50/p90/p99 ms, upstream requests per "
+                 "call, hedges fired/won/refused, delay after)"]
+    for c in comparisons:
+        for variant in ("fixed", "auto"):
+            v = c[variant]
+            lines.append(f"  {c['scenario']:<11} {variant:<5} p50 {v['p50']:>6.1f}  p90 {v['p90']:>6.1f}"
+                         f"  p99 {v['p99']:>6.1f}  up r/c {fmt(v['requests_per_call'], 3)}  hedges "
+                         f"{v.get('hedges_fired', '-')}/{v.get('hedges_won', '-')}/"
+                         f"{v.get('hedges_refused', '-')}  delay {fmt(v['hedge_delay_ms_after'], 1)} ms")
+        t = c["target"]
+        lines.append(f"  {c['scenario']:<11} target auto p99 <= {t['p99_ms_at_most']:g} ms, up r/c <= "
+                     f"{t['requests_per_call_at_most']:g}: {'met' if c['met'] else 'MISSED'}")
+    return lines
+
+
 def summary_table(results: list[dict], comparisons: list[dict]) -> str:
     head = (f"{'scenario':<10} {'impl':<7} {'client':<6} {'conns':>5} {'req/s':>8} {'p50ms':>7} "
             f"{'p99ms':>7} "
@@ -1018,7 +1089,8 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
         fd_text = f"{fds['before']}/{fds['during']}/{fds['after']}"
         client = r["client"] + ("*" if r["latency_corrected"] else "")
         lines.append(
-            f"{r['scenario']:<10} {r['implementation']:<7} {client:<6} {r['connections']:>5} "
+            f"{r['scenario']:<10} {r.get('variant', r['implementation']):<7} {client:<6} "
+            f"{r['connections']:>5} "
             f"{r['rps']:>8.1f} {lat['p50']:>7.1f} {lat['p99']:>7.1f} {lat['max']:>7.1f} "
             f"{r['non_2xx']:>7} {errs:>7} {fmt(r['cpu_s_per_1000_calls'], 3):>7} "
             f"{r['rss_mib']['peak']:>7.1f} {fd_text:>17} "
@@ -1329,9 +1401,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Benchmark fanout against the axum + reqwest peer (see bench/README.md).")
     parser.add_argument("--quick", action="store_true",
                         help="3 s runs and fewer connections: a smoke test under 2 minutes")
-    parser.add_argument("--scenario", action="extend", nargs="+", choices=SCENARIO_NAMES, metavar="NAME",
+    parser.add_argument("--scenario", action="extend", nargs="+",
+                        choices=SCENARIO_NAMES + list(SCENARIO_GROUPS), metavar="NAME",
                         help=f"scenarios to run, in this order (default all: "
-                             f"{' '.join(SCENARIO_NAMES)})")
+                             f"{' '.join(SCENARIO_NAMES)}; `smart` is smart-tail and smart-real)")
     parser.add_argument("--only", choices=IMPLEMENTATIONS,
                         help="measure only one implementation (no ratio lines)")
     parser.add_argument("--fanout-bin", type=Path,
@@ -1379,8 +1452,9 @@ def main(argv: list[str]) -> int:
         return 0 if plot_all(results, args.plot) else 1
 
     impls = [args.only] if args.only else list(IMPLEMENTATIONS)
-    scenarios = [s for name in (args.scenario or SCENARIO_NAMES)
-                 for s in SCENARIOS if s.name == name]
+    names = [one for name in (args.scenario or SCENARIO_NAMES)
+             for one in SCENARIO_GROUPS.get(name, (name,))]
+    scenarios = [s for name in names for s in SCENARIOS if s.name == name]
     clients = {c: find_client(c) for c in
                (args.client or (CLIENTS if args.self_check else [DEFAULT_CLIENT]))}
     if args.self_check:
@@ -1401,23 +1475,36 @@ def main(argv: list[str]) -> int:
 
     stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
              "cores": os.cpu_count()}
-    results, comparisons, failed = [], [], 0
+    results, comparisons, smart, failed = [], [], [], 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         for index, scenario in enumerate(scenarios):
             by_run = {}
-            for impl, client in run_order(index, impls, list(clients)):
+            for impl, client, variant in runs_of(scenario, index, impls, list(clients)):
+                run_settings = settings
+                if variant:
+                    run_settings = dataclasses.replace(
+                        settings, fanout_args=settings.fanout_args + dict(scenario.variants)[variant])
                 try:
-                    result = {**run_one(scenario, impl, client, settings, Path(tmp)), **stamp}
+                    result = {**run_one(scenario, impl, client, run_settings, Path(tmp)), **stamp}
                 except BenchError as e:
                     failed += 1
                     result = {"scenario": scenario.name, "implementation": impl, "client": client,
                               "endpoint": scenario.endpoint, "error": str(e)}
                     log(f"{scenario.name}/{impl}/{client}: FAILED: {e}")
+                if variant:
+                    result["variant"] = variant
                 results.append(result)
-                by_run[impl, client] = result
+                by_run[impl if variant is None else variant, client] = result
                 print(json.dumps(result), flush=True)
             for client in clients:
+                if scenario.variants:
+                    fixed, auto = by_run.get(("fixed", client)), by_run.get(("auto", client))
+                    if fixed and auto and "error" not in fixed and "error" not in auto:
+                        comparison = smart_comparison(scenario.name, client, fixed, auto)
+                        smart.append(comparison)
+                        print(json.dumps(comparison), flush=True)
+                    continue
                 fanout, peer = by_run.get(("fanout", client)), by_run.get(("peer", client))
                 if fanout and peer and "error" not in fanout and "error" not in peer:
                     comparison = ratios(scenario.name, client, fanout, peer)
@@ -1425,9 +1512,21 @@ def main(argv: list[str]) -> int:
                     print(json.dumps(comparison), flush=True)
     log(f"done in {time.monotonic() - started:.0f} s")
     print(summary_table(results, comparisons), file=sys.stderr)
+    if smart:
+        print("\n".join(smart_lines(smart)), file=sys.stderr)
     if args.plot and not plot_all(results, args.plot):
         failed += 1
     return 1 if failed else 0
+
+
+def runs_of(scenario: Scenario, index: int, impls: list[str],
+            clients: list[str]) -> list[tuple[str, str, str | None]]:
+    """(implementation, client, variant) of each run of a scenario, in order: fanout alone once per
+    variant, the order changing from one scenario to the next; otherwise as run_order says."""
+    if not scenario.variants:
+        return [(impl, client, None) for impl, client in run_order(index, impls, clients)]
+    names = [name for name, _args in scenario.variants]
+    return [("fanout", client, name) for name, client in run_order(index, names, clients)]
 
 
 def run_order(index: int, impls: list[str], clients: list[str]) -> list[tuple[str, str]]:

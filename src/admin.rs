@@ -6,7 +6,8 @@
 //! | `GET /healthz`  | `200` while the process runs (a liveness probe: restart it if this fails)     |
 //! | `GET /readyz`   | `200` while accepting work, `503` from the moment a shutdown begins (a       |
 //! |                 | readiness probe: stop sending it calls)                                       |
-//! | `GET /upstream` | the upstream's last 60 seconds as JSON: outcomes, success ratio, latency      |
+//! | `GET /upstream` | the upstream's last 60 seconds as JSON: outcomes, success ratio, latency;    |
+//! |                 | the pool; `/api/smart`'s hedge delay now                                     |
 //!
 //! It is apart from the API on purpose. It is never shed: when the API is overloaded is exactly when its
 //! metrics matter, and a liveness probe that fails under load gets a busy process restarted. It has its own
@@ -149,6 +150,7 @@ fn route(api: &Api, method: &str, target: &str) -> Response {
                 "stale_retries": pool.stale_retries,
                 "waits": pool.slot_waits,
             });
+            view["hedge"] = api.hedging().to_json();
             Response::json(200, view.to_string().into_bytes())
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use crate::api::hedge::{self, Delay};
 use crate::log::{Level, LogSettings};
 pub use crate::server::{Limits, MAX_HEADERS_CEILING};
 use crate::simulator::SimConfig;
@@ -43,8 +44,8 @@ pub struct Config {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// The largest `timeout` a caller may ask for.
     pub max_timeout_ms: u64,
-    /// `/api/smart` fires its two extra requests after this long without a success.
-    pub hedge_delay: Duration,
+    /// When `/api/smart` fires its two extra requests, and how often it may (see `api::hedge`).
+    pub hedge: hedge::Settings,
     /// The most a call's timer is aimed before its deadline (see `api::lead`).
     pub max_deadline_lead: Duration,
     pub limits: Limits,
@@ -106,7 +107,7 @@ impl Default for Config {
             upstream: UpstreamChoice::Url(DEFAULT_UPSTREAM.to_string()),
             extra_roots: Vec::new(),
             max_timeout_ms: 60_000,
-            hedge_delay: Duration::from_millis(300),
+            hedge: hedge::Settings::default(),
             max_deadline_lead: crate::api::lead::DEFAULT_MAX,
             limits: Limits::default(),
             pool: PoolSettings::default(),
@@ -127,7 +128,7 @@ impl Config {
     pub fn api_settings(&self) -> crate::api::Settings {
         crate::api::Settings {
             max_timeout_ms: self.max_timeout_ms,
-            hedge_delay: self.hedge_delay,
+            hedge: self.hedge.clone(),
             max_in_flight: self.limits.max_in_flight,
             overload_lag: self.limits.overload_lag,
             max_deadline_lead: self.max_deadline_lead,
@@ -154,7 +155,11 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream", env: "FANOUT_UPSTREAM", value: "URL", default: DEFAULT_UPSTREAM, help: "upstream work URL (http:// or https://; an empty path means /api/work), or `simulated` for the built-in simulated upstream" },
     Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },
     Setting { flag: "--max-timeout-ms", env: "FANOUT_MAX_TIMEOUT_MS", value: "MS", default: "60000", help: "largest `timeout` a caller may ask for" },
-    Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS", default: "300", help: "/api/smart fires 2 more requests after this long without a success" },
+    Setting { flag: "--hedge-delay-ms", env: "FANOUT_HEDGE_DELAY_MS", value: "MS|auto", default: "300", help: "/api/smart fires 2 more requests after this long without a success; auto: the --hedge-percentile of recent upstream latency, within the two bounds below, under --hedge-budget (300 ms until 100 successes are known)" },
+    Setting { flag: "--hedge-percentile", env: "FANOUT_HEDGE_PERCENTILE", value: "P", default: "95", help: "with --hedge-delay-ms auto: the percentile (50 to 99.9) of the upstream's successful requests in the last 10 s (or 60 s) that the delay is" },
+    Setting { flag: "--hedge-min-delay-ms", env: "FANOUT_HEDGE_MIN_DELAY_MS", value: "MS", default: "20", help: "with --hedge-delay-ms auto: the shortest delay" },
+    Setting { flag: "--hedge-max-delay-ms", env: "FANOUT_HEDGE_MAX_DELAY_MS", value: "MS", default: "1000", help: "with --hedge-delay-ms auto: the longest delay" },
+    Setting { flag: "--hedge-budget", env: "FANOUT_HEDGE_BUDGET", value: "SHARE", default: "0.25", help: "with --hedge-delay-ms auto: requests fired because the delay passed, per /api/smart call, at most (0 to 2; a burst of 20 more); over it a call waits for its first request, and hedges only if that fails" },
     Setting { flag: "--max-deadline-lead-ms", env: "FANOUT_MAX_DEADLINE_LEAD_MS", value: "MS", default: "20", help: "under load a call stops waiting up to this long (at most a tenth of its timeout) before its deadline, as late as answers lately were ready, so that it is written in time; 1 to 100 (1: always 1 ms, the timer's resolution)" },
     Setting { flag: "--upstream-max-connections", env: "FANOUT_UPSTREAM_MAX_CONNECTIONS", value: "N", default: "8192", help: "open upstream connections at most; beyond, requests wait for one within their deadline" },
     Setting { flag: "--upstream-max-idle", env: "FANOUT_UPSTREAM_MAX_IDLE", value: "N", default: "8192", help: "idle upstream connections kept for reuse" },
@@ -249,6 +254,9 @@ impl Config {
                     .map_err(|why| format!("{} ({}): {why}", setting.flag, setting.env))?;
             }
         }
+        if config.hedge.min_delay > config.hedge.max_delay {
+            return Err("--hedge-min-delay-ms is above --hedge-max-delay-ms".into());
+        }
         Ok(Command::Run(Box::new(config)))
     }
 
@@ -278,10 +286,9 @@ impl Config {
                     _ => return Err(format!("`{v}` is neither on nor off")),
                 }
             }
-            "--upstream-health-threshold" => match v.parse::<f64>() {
-                Ok(ratio) if (0.0..=1.0).contains(&ratio) => self.upstream_health_threshold = ratio,
-                _ => return Err(format!("`{v}` is not a number from 0 to 1")),
-            },
+            "--upstream-health-threshold" => {
+                self.upstream_health_threshold = fraction(v, 0.0, 1.0)?
+            }
             "--upstream" if v == "simulated" => self.upstream = UpstreamChoice::Simulated,
             "--upstream" => {
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -293,7 +300,15 @@ impl Config {
             }
             "--upstream-ca" => self.extra_roots = read_roots(v)?,
             "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
-            "--hedge-delay-ms" => self.hedge_delay = millis(v)?,
+            "--hedge-delay-ms" if v == "auto" => self.hedge.delay = Delay::Auto,
+            "--hedge-delay-ms" => {
+                let delay = millis(v).map_err(|why| format!("{why}, nor `auto`"))?;
+                self.hedge.delay = Delay::Fixed(delay)
+            }
+            "--hedge-percentile" => self.hedge.percentile = fraction(v, 50.0, 99.9)?,
+            "--hedge-min-delay-ms" => self.hedge.min_delay = millis(v)?,
+            "--hedge-max-delay-ms" => self.hedge.max_delay = millis(v)?,
+            "--hedge-budget" => self.hedge.budget = fraction(v, 0.0, 2.0)?,
             "--max-deadline-lead-ms" => {
                 self.max_deadline_lead = Duration::from_millis(number(v, 1, 100)?)
             }
@@ -316,10 +331,7 @@ impl Config {
                 }
                 self.simulated.latency_ms = (min, max);
             }
-            "--sim-failure-rate" => match v.parse::<f64>() {
-                Ok(rate) if (0.0..=1.0).contains(&rate) => self.simulated.failure_rate = rate,
-                _ => return Err(format!("`{v}` is not a number from 0 to 1")),
-            },
+            "--sim-failure-rate" => self.simulated.failure_rate = fraction(v, 0.0, 1.0)?,
             "--max-head-bytes" => l.max_head_bytes = number(v, 1024, 1 << 20)? as usize,
             "--max-uri-bytes" => l.max_uri_bytes = number(v, 64, 1 << 20)? as usize,
             "--max-headers" => l.max_headers = number(v, 8, MAX_HEADERS_CEILING as u64)? as usize,
@@ -342,6 +354,14 @@ fn number(v: &str, min: u64, max: u64) -> Result<u64, String> {
     match v.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("`{v}` is not a whole number from {min} to {max}")),
+    }
+}
+
+/// A number from `min` to `max`, fractions allowed.
+fn fraction(v: &str, min: f64, max: f64) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if (min..=max).contains(&x) => Ok(x),
+        _ => Err(format!("`{v}` is not a number from {min} to {max}")),
     }
 }
 
@@ -395,7 +415,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.upstream, UpstreamChoice::Url(DEFAULT_UPSTREAM.into()));
         assert_eq!(c.max_timeout_ms, 60_000);
-        assert_eq!(c.hedge_delay, Duration::from_millis(300));
+        assert_eq!(c.hedge.delay, Delay::Fixed(Duration::from_millis(300)));
         assert_eq!(c.max_deadline_lead, Duration::from_millis(20));
     }
 
@@ -410,8 +430,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.max_timeout_ms, 5000);
-        assert_eq!(c.hedge_delay, Duration::from_millis(50));
+        assert_eq!(c.hedge.delay, Delay::Fixed(Duration::from_millis(50)));
         assert_eq!(c.upstream, UpstreamChoice::Simulated);
+    }
+
+    #[test]
+    fn the_hedge_delay_is_a_number_or_auto_within_its_bounds() {
+        let c = parse(&["--hedge-delay-ms", "auto", "--hedge-percentile=99"], &[]).unwrap();
+        assert_eq!(c.hedge.delay, Delay::Auto);
+        assert_eq!(c.hedge.percentile, 99.0);
+        let c = parse(&[], &[("FANOUT_HEDGE_DELAY_MS", "auto")]).unwrap();
+        assert_eq!(c.hedge.delay, Delay::Auto);
+        assert!(parse(&["--hedge-delay-ms", "soon"], &[])
+            .unwrap_err()
+            .contains("nor `auto`"));
+        assert!(parse(&["--hedge-percentile", "100"], &[]).is_err());
+        assert!(parse(&["--hedge-budget", "-0.1"], &[]).is_err());
+        assert!(parse(
+            &["--hedge-min-delay-ms", "500", "--hedge-max-delay-ms", "400"],
+            &[]
+        )
+        .unwrap_err()
+        .contains("--hedge-min-delay-ms"));
     }
 
     #[test]

@@ -32,8 +32,8 @@
 //!    (`http/request.rs` says what it means); from that instant the `timeout` parameter's deadline runs.
 //! 3. `api/mod.rs`: `Api::prepare` routes, reads `timeout` (`api/query.rs`) and admits the call (or sheds
 //!    it); `Api::run` picks the strategy.
-//! 4. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay or a
-//!    failure, and returns at the first success or the deadline.
+//! 4. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay
+//!    (`api/hedge.rs`) or a failure, and returns at the first success or the deadline.
 //! 5. `api/calls.rs`: `Calls` starts each request as a task and takes outcomes as they complete; dropping
 //!    it is the whole of cancellation.
 //! 6. `upstream/mod.rs`: one request: take a connection from the pool (`upstream/pool.rs`) or open one

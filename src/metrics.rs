@@ -176,6 +176,8 @@ pub struct Metrics {
     /// `/api/smart` fired its hedge requests; and the answer came from one of them.
     pub hedges: Counter,
     pub hedges_won: Counter,
+    /// `/api/smart`'s hedge delay passed, but its budget had no room for a hedge.
+    pub hedges_refused: Counter,
     /// For each API call with a deadline: how late its response was written (0 when in time).
     pub overshoot: Histogram,
 }
@@ -191,6 +193,7 @@ impl Default for Metrics {
             shed: Default::default(),
             hedges: Counter::default(),
             hedges_won: Counter::default(),
+            hedges_refused: Counter::default(),
             overshoot: Histogram::new(OVERSHOOT_BOUNDS),
         }
     }
@@ -286,6 +289,12 @@ impl Metrics {
             "fanout_smart_hedges_won_total",
             "/api/smart calls answered by a hedge request rather than the first one",
             self.hedges_won.get(),
+        );
+        counter(
+            out,
+            "fanout_smart_hedges_refused_total",
+            "/api/smart calls whose hedge delay passed when the hedge budget (--hedge-budget) had no room: they waited for their first request",
+            self.hedges_refused.get(),
         );
         family(
             out,

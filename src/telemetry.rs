@@ -10,7 +10,8 @@
 //! | the access line                        | the same place, with the call's upstream attempts  |
 //! | calls in flight, calls shed            | `Api::prepare` (admission control)                 |
 //! | each upstream request's outcome        | `Calls`, as outcomes arrive or the call ends       |
-//! | hedges fired and won                   | `Api::run`, from what `Calls` saw                  |
+//! | hedges fired, won and refused          | `Api::run`, from what `Calls` saw                  |
+//! | the hedge delay now                    | read from `api::hedge` at scrape time              |
 //! | pool connections, connects, reuses     | read from the pool's own counters at scrape time   |
 //! | process memory, CPU, descriptors       | read from `/proc` at scrape time                   |
 
@@ -55,6 +56,8 @@ pub struct Gauges {
     pub runtime_lag: Duration,
     /// How long before its deadline a call stops waiting now.
     pub deadline_lead: Duration,
+    /// `/api/smart`'s hedge delay now.
+    pub hedge_delay: Duration,
     pub pool: PoolStats,
 }
 
@@ -192,6 +195,12 @@ impl Telemetry {
             "fanout_deadline_lead_seconds",
             "How long before its deadline a call stops waiting now: the 99.9th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
             now.deadline_lead.as_secs_f64(),
+        );
+        gauge(
+            &mut out,
+            "fanout_smart_hedge_delay_seconds",
+            "How long /api/smart waits for its first request before hedging: --hedge-delay-ms, or with `auto` the percentile of recent upstream latency (api::hedge)",
+            now.hedge_delay.as_secs_f64(),
         );
 
         family(

@@ -8,6 +8,7 @@ mod common;
 use std::time::Instant;
 
 use common::{ms, Service};
+use fanout::api::hedge::Delay;
 use fanout::simulator::{Fault, Reply};
 
 /// `/api/all`, `/api/first` and `/api/smart` all end in `502` when every request fails like this.
@@ -289,7 +290,10 @@ mod smart {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hedges_with_two_more_after_the_delay() {
-        let svc = Service::start_with(common::quiet_upstream(), |c| c.hedge_delay = ms(300)).await;
+        let svc = Service::start_with(common::quiet_upstream(), |c| {
+            c.hedge.delay = Delay::Fixed(ms(300))
+        })
+        .await;
         svc.sim.script([
             Reply::ok_time(1).after(ms(3000)),
             Reply::ok_time(2).after(ms(50)),
@@ -362,6 +366,173 @@ mod smart {
         let r = svc.get("/api/smart?timeout=500").await;
         assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
         assert_eq!(svc.sim.requests(), 3);
+    }
+}
+
+/// `/api/smart` with `--hedge-delay-ms auto`: the delay learned from the upstream's latency, under a budget.
+mod smart_auto {
+    use super::*;
+    use common::{get, samples, PATIENCE};
+    use fanout::api::hedge;
+    use fanout::config::Config;
+    use fanout::simulator::SimConfig;
+
+    /// An upstream answering every unscripted request in 10 ms.
+    fn ten_ms_upstream() -> SimConfig {
+        SimConfig {
+            latency_ms: (10, 10),
+            ..common::quiet_upstream()
+        }
+    }
+
+    /// Auto, with `budget`, bounds wide enough for a 10 ms upstream, and the delay read from the window's
+    /// last two seconds so that a test sees a shift within seconds.
+    fn auto(budget: f64) -> impl FnOnce(&mut Config) {
+        move |c| {
+            c.hedge = hedge::Settings {
+                delay: Delay::Auto,
+                min_delay: ms(1),
+                budget,
+                horizon_secs: 2,
+                ..hedge::Settings::default()
+            }
+        }
+    }
+
+    /// The hedge delay `/upstream` shows now, in ms.
+    async fn delay_ms(svc: &Service) -> f64 {
+        let view = svc.admin_get("/upstream").await.json();
+        view["hedge"]["delay_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no hedge delay in {view}"))
+    }
+
+    /// `fanout_smart_hedges_*_total{which}`.
+    async fn hedges(svc: &Service, which: &str) -> f64 {
+        let m = samples(&svc.admin_get("/metrics").await.text());
+        get(&m, &format!("fanout_smart_hedges{which}_total"))
+    }
+
+    /// `n` `/api/smart` calls at once, each on its own connection; every one must succeed.
+    async fn round(svc: &Service, n: usize) {
+        let addr = svc.addr;
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            calls.spawn(async move {
+                let mut client = common::Client::connect(addr).await;
+                client.get("/api/smart?timeout=5000").await
+            });
+        }
+        while let Some(r) = calls.join_next().await {
+            let r = r.expect("the call's task");
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+
+    /// Rounds of 8 calls at once until the hedge delay is `done`; fails after `PATIENCE`.
+    async fn calls_until(svc: &Service, done: impl Fn(f64) -> bool) {
+        let start = Instant::now();
+        loop {
+            let delay = delay_ms(svc).await;
+            if done(delay) {
+                return;
+            }
+            assert!(start.elapsed() < PATIENCE, "the delay stayed at {delay} ms");
+            round(svc, 8).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_delay_follows_a_latency_shift_up_and_down() {
+        // No budget: no call hedges on the delay, so each takes exactly one scripted reply.
+        let svc = Service::start_with(ten_ms_upstream(), auto(0.0)).await;
+        assert_eq!(
+            delay_ms(&svc).await,
+            300.0,
+            "the start, before any latency is known"
+        );
+        // A 10 ms upstream: the 95th percentile is about 10 ms.
+        calls_until(&svc, |d| d < 50.0).await;
+        // Slower: the next 160 requests take 150 ms; once they are over 5% of the window, the delay rises.
+        svc.sim.script(vec![Reply::ok().after(ms(150)); 160]);
+        calls_until(&svc, |d| d > 100.0).await;
+        // Fast again: back down once the last second holds only fast answers.
+        calls_until(&svc, |d| d < 50.0).await;
+        assert!(svc.sim.requests() > 160);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_budget_holds_when_the_upstream_slows_down() {
+        let svc = Service::start_with(ten_ms_upstream(), auto(0.25)).await;
+        calls_until(&svc, |d| d < 50.0).await;
+        let (requests, hedged, refused) = (
+            svc.sim.requests(),
+            hedges(&svc, "").await,
+            hedges(&svc, "_refused").await,
+        );
+        // The upstream slows to 100 ms while the window still says 10: every call's delay passes.
+        svc.sim.script(vec![Reply::ok().after(ms(100)); 240]);
+        for _ in 0..10 {
+            round(&svc, 8).await;
+        }
+        let hedged = hedges(&svc, "").await - hedged;
+        let refused = hedges(&svc, "_refused").await - refused;
+        let requests = svc.sim.requests() - requests;
+        // 80 calls earn 20 requests' worth, and at most the burst was saved before: 20 hedges of 2.
+        assert!(hedged <= 20.0, "{hedged} hedges");
+        assert!(refused >= 20.0, "{refused} refused");
+        assert!(requests <= 80 + 2 * 20, "{requests} upstream requests");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_budget_a_call_waits_for_its_first_request() {
+        // No budget: the delay (300 ms at start) passes, and no hedge is fired.
+        let svc = Service::start_with(common::quiet_upstream(), auto(0.0)).await;
+        svc.sim.script([Reply::ok_time(1).after(ms(500))]);
+        let r = svc.get("/api/smart?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 1}));
+        assert_eq!(svc.sim.requests(), 1);
+        assert_eq!(hedges(&svc, "_refused").await, 1.0);
+        assert_eq!(hedges(&svc, "").await, 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_budget_a_failure_still_fires_the_other_two_at_once() {
+        let svc = Service::start_with(common::quiet_upstream(), auto(0.0)).await;
+        svc.sim.script([
+            Reply::status(500).after(ms(400)),
+            Reply::ok_time(2).after(ms(20)),
+            Reply::ok_time(3).after(ms(3000)),
+        ]);
+        let t = Instant::now();
+        let r = svc.get("/api/smart?timeout=5000").await;
+        assert_eq!(r.json(), serde_json::json!({"time": 2}));
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+        assert_eq!(svc.sim.requests(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_contract_holds_502_when_all_fail_and_504_at_the_deadline() {
+        let svc = Service::start_with(common::quiet_upstream(), auto(0.0)).await;
+        // A failure hedges at once, budget or not; the last failure ends the call.
+        svc.sim.script([
+            Reply::status(500).after(ms(50)),
+            Reply::status(502).after(ms(50)),
+            Reply::fault(Fault::MissingTime).after(ms(50)),
+        ]);
+        let t = Instant::now();
+        let r = svc.get("/api/smart?timeout=10000").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_failed")
+        );
+        assert!(t.elapsed() < ms(2000), "took {:?}", t.elapsed());
+        // Over budget and hanging: the first request alone, until the deadline.
+        svc.sim.script([Reply::fault(Fault::Hang)]);
+        let before = svc.sim.requests();
+        let r = svc.get("/api/smart?timeout=500").await;
+        assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"));
+        assert_eq!(svc.sim.requests() - before, 1);
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{hanging_upstream, ms, Client, Service, PATIENCE};
+use fanout::api::hedge::Delay;
 use fanout::simulator::{Fault, SimConfig};
 
 /// API calls per scenario; three scenarios make about 2,000.
@@ -179,7 +180,7 @@ fn calls_cut_off_by_their_deadline_while_the_upstream_hangs_leave_nothing_open()
     one_at_a_time(scenario(
         hanging_upstream(),
         // Hedge early enough that /api/smart's extra requests start (and are cut off) too.
-        |config| config.hedge_delay = ms(5),
+        |config| config.hedge.delay = Delay::Fixed(ms(5)),
         |i| {
             let endpoint = [
                 "/api/all",
@@ -220,7 +221,7 @@ fn hedged_and_partial_answers_cancel_the_rest_and_leave_nothing_open() {
             failure_kinds: vec![Fault::Hang, Fault::SlowBody],
             ..SimConfig::default()
         },
-        |config| config.hedge_delay = ms(20),
+        |config| config.hedge.delay = Delay::Fixed(ms(20)),
         |i| match i % 2 {
             0 => "/api/smart?timeout=400".to_string(),
             _ => "/api/within-timeout?timeout=60".to_string(),

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use common::{get, ms, samples, Service, PATIENCE};
+use fanout::api::hedge::Delay;
 use fanout::simulator::{Fault, Reply, SimConfig};
 use serde_json::Value;
 
@@ -146,7 +147,10 @@ async fn metrics_count_calls_by_route_and_status_and_upstream_requests_by_outcom
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_counts_a_hedge_and_whether_it_won() {
-    let svc = Service::start_with(common::quiet_upstream(), |c| c.hedge_delay = ms(50)).await;
+    let svc = Service::start_with(common::quiet_upstream(), |c| {
+        c.hedge.delay = Delay::Fixed(ms(50))
+    })
+    .await;
     svc.sim.script([
         Reply::ok_time(1).after(ms(2000)),
         Reply::ok_time(2),
@@ -160,6 +164,17 @@ async fn smart_counts_a_hedge_and_whether_it_won() {
     .await;
     assert_eq!(get(&m, "fanout_smart_hedges_total"), 1.0);
     assert_eq!(get(&m, "fanout_smart_hedges_won_total"), 1.0);
+    assert_eq!(
+        get(&m, "fanout_smart_hedges_refused_total"),
+        0.0,
+        "a fixed delay has no budget"
+    );
+    assert_eq!(get(&m, "fanout_smart_hedge_delay_seconds"), 0.05);
+    let view: Value = svc.admin_get("/upstream").await.json();
+    assert_eq!(
+        view["hedge"],
+        serde_json::json!({"mode": "fixed", "delay_ms": 50.0})
+    );
     // The two slow requests were still running when the hedge answered.
     assert_eq!(get(&m, &client_count("cancelled")), 2.0);
     let line = access_line_where(&svc, |l| l["endpoint"] == "/api/smart").await;

@@ -45,6 +45,8 @@ pub struct Finished {
     pub attempts: Vec<Attempt>,
     /// Whether [`Calls::hedge`] started requests.
     pub hedged: bool,
+    /// Whether a hedge was refused by the budget ([`Calls::hedge_refused`]).
+    pub hedge_refused: bool,
     /// The index (in `attempts`) of the first request to succeed, if any did.
     pub first_success: Option<usize>,
 }
@@ -61,6 +63,7 @@ pub struct Calls {
     outcomes: mpsc::UnboundedReceiver<Box<Report>>,
     attempts: Vec<Started>,
     hedged: bool,
+    hedge_refused: bool,
     first_success: Option<usize>,
     /// Requests started whose outcome has not been taken yet.
     running: usize,
@@ -88,6 +91,7 @@ impl Calls {
             deadline,
             attempts: Vec::with_capacity(3),
             hedged: false,
+            hedge_refused: false,
             first_success: None,
             reply,
             outcomes,
@@ -127,6 +131,11 @@ impl Calls {
     /// Starts `n` hedge requests: as [`Calls::start`], and remembered as a hedge.
     pub fn hedge(&mut self, n: usize) {
         self.hedged |= self.start(n);
+    }
+
+    /// Notes that the hedge delay passed but the budget had no room for a hedge.
+    pub fn hedge_refused(&mut self) {
+        self.hedge_refused = true;
     }
 
     /// Notes an attempt's end: in its record, the metrics and the health window.
@@ -177,6 +186,7 @@ impl Calls {
                 })
                 .collect(),
             hedged: self.hedged,
+            hedge_refused: self.hedge_refused,
             first_success: self.first_success,
         }
     }

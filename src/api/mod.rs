@@ -2,9 +2,11 @@
 //!
 //! Reading order: [`Api::prepare`] and [`Api::run`] (here), then [`query`] (the `timeout` parameter),
 //! [`calls`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
-//! endpoint) and [`lead`] (how long before its deadline a call stops waiting).
+//! endpoint), [`hedge`] (when `/api/smart` hedges, and how often it may) and [`lead`] (how long before its
+//! deadline a call stops waiting).
 
 pub mod calls;
+pub mod hedge;
 pub mod lead;
 pub mod limit;
 pub mod query;
@@ -23,6 +25,7 @@ use crate::telemetry::{Attempt, Gauges, Telemetry};
 use crate::trace::CallTrace;
 use crate::upstream::{Place, PoolStats, Upstream, Work};
 use calls::Calls;
+use hedge::Hedging;
 use lead::Lead;
 use limit::Limit;
 use strategies::{Answer, Failure};
@@ -61,13 +64,13 @@ impl Handled {
 }
 
 /// The API's settings, read from flags by `config` (the defaults and their reasons are there, or in
-/// [`lead`] and [`limit`]).
+/// [`hedge`], [`lead`] and [`limit`]).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The largest `timeout` a caller may ask for.
     pub max_timeout_ms: u64,
-    /// `/api/smart` fires its two extra requests after this long without a success.
-    pub hedge_delay: Duration,
+    /// When `/api/smart` fires its two extra requests, and how often it may.
+    pub hedge: hedge::Settings,
     /// API calls in flight at once at most; more are shed.
     pub max_in_flight: usize,
     /// Runtime lag over which the in-flight limit falls below `max_in_flight` (zero: never).
@@ -81,7 +84,8 @@ pub struct Api {
     upstream: Arc<Upstream>,
     telemetry: Arc<Telemetry>,
     max_timeout_ms: u64,
-    hedge_delay: Duration,
+    /// `/api/smart`'s hedge delay and budget (see [`hedge`]).
+    hedging: Hedging,
     /// Admission control: calls in flight now, and the most allowed (see [`limit`]).
     in_flight: Arc<AtomicUsize>,
     limit: Arc<Limit>,
@@ -135,7 +139,7 @@ impl Api {
             upstream,
             telemetry,
             max_timeout_ms: settings.max_timeout_ms,
-            hedge_delay: settings.hedge_delay,
+            hedging: Hedging::new(&settings.hedge, Instant::now()),
             in_flight: Arc::new(AtomicUsize::new(0)),
             limit: Arc::new(Limit::new(settings.max_in_flight, settings.overload_lag)),
             connections: AtomicUsize::new(0),
@@ -161,6 +165,11 @@ impl Api {
         self.upstream.stats()
     }
 
+    /// `/api/smart`'s hedge delay and budget.
+    pub fn hedging(&self) -> &Hedging {
+        &self.hedging
+    }
+
     /// The in-flight limit, whose probes and control loop `serve` runs.
     pub fn limit(&self) -> &Arc<Limit> {
         &self.limit
@@ -173,6 +182,7 @@ impl Api {
             in_flight_limit: self.limit.current(),
             runtime_lag: self.limit.last_lag(),
             deadline_lead: self.lead.current(),
+            hedge_delay: self.hedging.current(),
             pool: self.upstream.stats(),
         })
     }
@@ -303,10 +313,16 @@ impl Api {
             Endpoint::All => strategies::all(&mut calls, deadline).await,
             Endpoint::First => strategies::first(&mut calls, deadline).await,
             Endpoint::WithinTimeout => Ok(strategies::within_timeout(&mut calls, deadline).await),
-            Endpoint::Smart => strategies::smart(&mut calls, deadline, self.hedge_delay).await,
+            Endpoint::Smart => {
+                let delay = self.hedging.delay(&self.telemetry.health, Instant::now());
+                strategies::smart(&mut calls, deadline, delay, &self.hedging).await
+            }
         };
         // The answer is decided: what is still running is cancelled now, before the response is written.
         let finished = calls.finish();
+        if finished.hedge_refused {
+            self.telemetry.metrics.hedges_refused.inc();
+        }
         if finished.hedged {
             self.telemetry.metrics.hedges.inc();
             // The answer of /api/smart is its first success; a hedge won if that was not request 0.
@@ -385,7 +401,7 @@ mod tests {
     fn admission_takes_places_up_to_the_limit_as_it_is_now() {
         let settings = Settings {
             max_timeout_ms: 1000,
-            hedge_delay: Duration::from_millis(300),
+            hedge: hedge::Settings::default(),
             max_in_flight: 80,
             overload_lag: limit::DEFAULT_LAG,
             max_deadline_lead: lead::DEFAULT_MAX,

@@ -9,6 +9,7 @@
 use tokio::time::{timeout_at, Duration, Instant};
 
 use super::calls::Calls;
+use super::hedge::Hedging;
 use crate::upstream::Work;
 
 /// Upstream requests per API call.
@@ -68,20 +69,37 @@ pub async fn within_timeout(calls: &mut Calls, deadline: Instant) -> Answer {
     Answer::List(successes)
 }
 
-/// `/api/smart`: a hedged request. One request; if it has not succeeded within `hedge_delay` (or failed
-/// sooner), 2 more at once; the first success of all 3, the first one included.
+/// `/api/smart`: a hedged request. One request; if it has not succeeded within `delay` (or failed sooner),
+/// 2 more at once; the first success of all 3, the first one included. When the delay passes and
+/// `hedging`'s budget has no room for 2 more requests, the call waits for its first request alone instead,
+/// and fires the other 2 only if that fails (see `api::hedge`).
 pub async fn smart(
     calls: &mut Calls,
     deadline: Instant,
-    hedge_delay: Duration,
+    delay: Duration,
+    hedging: &Hedging,
 ) -> Result<Answer, Failure> {
+    hedging.earn();
     calls.start(1);
-    let hedge_at = (Instant::now() + hedge_delay).min(deadline);
-    // The hedge timer drops only this wait: the first request runs on, its outcome kept for `first_success`.
-    if let Ok(Some(Ok(work))) = timeout_at(hedge_at, calls.next()).await {
-        return Ok(Answer::One(work));
+    let hedge_at = (Instant::now() + delay).min(deadline);
+    // The hedge timer drops only this wait: the first request runs on, its outcome kept for later.
+    match timeout_at(hedge_at, calls.next()).await {
+        Ok(Some(Ok(work))) => return Ok(Answer::One(work)),
+        // The first request failed early: hedge at once, whatever the budget.
+        Ok(_) => {}
+        // The deadline came first: too late to start more.
+        Err(_) if hedge_at == deadline => return Err(Failure::Timeout),
+        // The delay passed with the first request still running.
+        Err(_) if hedging.spend(FAN_OUT - 1) => {}
+        Err(_) => {
+            calls.hedge_refused();
+            match timeout_at(deadline, calls.next()).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Some(Ok(work))) => return Ok(Answer::One(work)),
+                Ok(_) => {} // it failed: hedge after all
+            }
+        }
     }
-    // The first request failed early, or the hedge delay passed with it still running.
     calls.hedge(FAN_OUT - 1);
     first_success(calls, deadline).await
 }
