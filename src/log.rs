@@ -68,7 +68,7 @@ impl Level {
 }
 
 /// Where lines go.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub enum Sink {
     #[default]
     Stdout,
@@ -76,17 +76,8 @@ pub enum Sink {
     Memory(MemoryLog),
 }
 
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Sink::Stdout => "Stdout",
-            Sink::Memory(_) => "Memory",
-        })
-    }
-}
-
 /// Lines kept in memory; clones share them.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct MemoryLog(Arc<Mutex<Vec<String>>>);
 
 impl MemoryLog {
@@ -152,10 +143,6 @@ impl Logger {
             ..settings
         });
         (logger, memory)
-    }
-
-    pub fn access_enabled(&self) -> bool {
-        self.settings.access
     }
 
     /// Warnings and errors held back by the limit since start.

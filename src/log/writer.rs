@@ -42,6 +42,7 @@ pub struct LineQueue {
     dropped_total: AtomicU64,
 }
 
+#[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
     /// Lines dropped since the writer last took the buffer.
@@ -56,13 +57,7 @@ struct Pending {
 impl LineQueue {
     pub fn new(capacity: usize) -> LineQueue {
         LineQueue {
-            pending: Mutex::new(Pending {
-                bytes: Vec::new(),
-                dropped: 0,
-                writer_waiting: false,
-                taken: 0,
-                written: 0,
-            }),
+            pending: Mutex::new(Pending::default()),
             capacity,
             lines_came: Condvar::new(),
             batch_written: Condvar::new(),
