@@ -96,12 +96,6 @@ enum End {
     Reset,
 }
 
-/// What to do after one response.
-enum Next {
-    KeepAlive,
-    End(End),
-}
-
 /// The parts of a request head the connection acts on.
 struct Head {
     seen: SeenRequest,
@@ -191,15 +185,10 @@ impl<S: Transport> Connection<S> {
             self.discard_body(body_len).await?;
 
             responses += 1;
-            let last = !keep_alive
-                || self
-                    .shared
-                    .config
-                    .close_after
-                    .is_some_and(|n| responses >= n);
-            match self.answer(reply, last).await? {
-                Next::KeepAlive => {}
-                Next::End(end) => return Ok(end),
+            let close_after = self.shared.config.close_after;
+            let last = !keep_alive || close_after.is_some_and(|n| responses >= n);
+            if let Some(end) = self.answer(reply, last).await? {
+                return Ok(end);
             }
         }
     }
@@ -240,14 +229,12 @@ impl<S: Transport> Connection<S> {
             if !self.buf.is_empty() {
                 request_deadline.get_or_insert_with(|| Instant::now() + REQUEST_TIMEOUT);
                 match parse_head(&self.buf) {
-                    Parsed::Complete(head, len) => {
+                    Some((head, len)) => {
                         self.buf.drain(..len);
                         return Ok(head);
                     }
-                    Parsed::Partial if self.buf.len() >= MAX_HEAD_BYTES => {
-                        return Ok(HeadRead::Reject(431));
-                    }
-                    Parsed::Partial => {}
+                    None if self.buf.len() >= MAX_HEAD_BYTES => return Ok(HeadRead::Reject(431)),
+                    None => {}
                 }
             }
             // The buffer grows by at most one chunk past a partial head under the limit, so it
@@ -301,13 +288,14 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Waits the reply's delay, then answers (or misbehaves). `last` says the connection must
-    /// close after this response (the client asked, or `close_after` was reached).
-    async fn answer(&mut self, reply: Reply, last: bool) -> io::Result<Next> {
+    /// Waits the reply's delay, then answers (or misbehaves), and says how the connection ends, if it
+    /// does (`None`: it stays open for the next request). `last` says the connection must close
+    /// after this response (the client asked, or `close_after` was reached).
+    async fn answer(&mut self, reply: Reply, last: bool) -> io::Result<Option<End>> {
         let close = last || reply.close;
         let delay = reply.delay.unwrap_or_else(|| self.shared.random_latency());
         if reply.kind != Kind::Fault(Fault::Hang) && !self.work(delay).await {
-            return Ok(Next::End(End::Drop));
+            return Ok(Some(End::Drop));
         }
         let time = reply
             .time
@@ -326,19 +314,15 @@ impl<S: Transport> Connection<S> {
                 Fault::Status500 => self.send_response(500, &error_body(500), close).await?,
                 Fault::InvalidJson => self.send_response(200, NOT_JSON, close).await?,
                 Fault::MissingTime => self.send_response(200, MISSING_TIME, close).await?,
-                Fault::Reset => return Ok(Next::End(End::Reset)),
+                Fault::Reset => return Ok(Some(End::Reset)),
                 Fault::Hang => {
                     self.hang().await;
-                    return Ok(Next::End(End::Drop));
+                    return Ok(Some(End::Drop));
                 }
                 Fault::SlowBody => self.send_slowly(&success_body(time), close).await?,
             },
         }
-        Ok(if close {
-            Next::End(End::Graceful)
-        } else {
-            Next::KeepAlive
-        })
+        Ok(close.then_some(End::Graceful))
     }
 
     /// Spends `delay` "working" before the answer, while watching the socket: a client that gives
@@ -448,25 +432,21 @@ async fn timeout_at<T>(
     tokio::time::timeout_at(deadline, future).await.ok()
 }
 
-enum Parsed {
-    Complete(HeadRead, usize),
-    Partial,
-}
-
-/// Parses one request head from the start of `buf` with httparse.
-fn parse_head(buf: &[u8]) -> Parsed {
+/// Parses one request head from the start of `buf` with httparse: what it asks for and its length
+/// in bytes, or `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Option<(HeadRead, usize)> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Complete(HeadRead::Reject(431), 0),
-        Err(_) => return Parsed::Complete(HeadRead::Reject(400), 0),
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => return Some((HeadRead::Reject(431), 0)),
+        Err(_) => return Some((HeadRead::Reject(400), 0)),
     };
     let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
     else {
         // httparse fills all three in a complete head; be defensive rather than panic.
-        return Parsed::Complete(HeadRead::Reject(400), 0);
+        return Some((HeadRead::Reject(400), 0));
     };
 
     let mut close = false;
@@ -481,19 +461,19 @@ fn parse_head(buf: &[u8]) -> Parsed {
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Complete(HeadRead::Reject(501), len);
+            return Some((HeadRead::Reject(501), len));
         } else if header.name.eq_ignore_ascii_case("content-length") {
             // RFC 9112 §6.3: an invalid or conflicting Content-Length is unrecoverable.
             match value.trim().parse::<u64>() {
                 Ok(n) if body_len.is_none_or(|previous| previous == n) => body_len = Some(n),
-                _ => return Parsed::Complete(HeadRead::Reject(400), len),
+                _ => return Some((HeadRead::Reject(400), len)),
             }
         }
         headers.push((header.name.to_string(), value));
     }
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_REQUEST_BODY_BYTES {
-        return Parsed::Complete(HeadRead::Reject(413), len);
+        return Some((HeadRead::Reject(413), len));
     }
     // RFC 9112 §9.3: HTTP/1.1 persists by default, HTTP/1.0 only when asked to.
     let keep_alive = if version >= 1 {
@@ -510,7 +490,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         keep_alive,
         body_len,
     };
-    Parsed::Complete(HeadRead::Head(head), len)
+    Some((HeadRead::Head(head), len))
 }
 
 /// A response head with `extra` header lines (each ending in CRLF) and, when `close`,

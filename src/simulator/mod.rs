@@ -254,11 +254,7 @@ impl Simulator {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let acceptor = if config.tls {
-            Some(tls::acceptor()?)
-        } else {
-            None
-        };
+        let acceptor = config.tls.then(tls::acceptor).transpose()?;
         let addr = listener.local_addr()?;
         let tls = config.tls;
         let shared = Arc::new(Shared::new(config));
