@@ -77,6 +77,11 @@ impl Response {
     }
 }
 
+/// `400 bad_request`: a request that breaks the protocol, or a limit whose answer is not a status of its own.
+pub(crate) fn bad_request(message: &str) -> Response {
+    Response::error(400, "bad_request", message)
+}
+
 /// What the response tells the client about the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persistence {
