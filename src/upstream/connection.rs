@@ -163,15 +163,11 @@ impl Connection {
                 return Ok(head);
             }
             if self.fill(deadline).await? == 0 {
-                let why = if self.received {
+                return Err(closed(if self.received {
                     "the upstream closed the connection in the middle of the response head"
                 } else {
                     "the upstream closed the connection without answering"
-                };
-                return Err(UpstreamError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    why,
-                )));
+                }));
             }
         }
     }
@@ -186,12 +182,8 @@ impl Connection {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         let too_large = UpstreamError::Protocol("response body larger than max_body_bytes");
-        let closed_early = || {
-            UpstreamError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the upstream closed the connection in the middle of the response body",
-            ))
-        };
+        let closed_early =
+            || closed("the upstream closed the connection in the middle of the response body");
         match framing {
             Framing::Empty => Ok(Vec::new()),
             Framing::Length(length) => {
@@ -308,6 +300,11 @@ impl Connection {
         let Connection { slot, .. } = self;
         slot
     }
+}
+
+/// The upstream closed the connection before the response was complete.
+fn closed(why: &'static str) -> UpstreamError {
+    UpstreamError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why))
 }
 
 // Stream forwards to whichever stream it holds; both are `Unpin`, so `Pin::new` is all the pinning needed.
