@@ -191,7 +191,8 @@ impl Fields {
                 // Not in RFC 9112: the de-facto `Keep-Alive: timeout=5, max=100` of Apache and nginx (described
                 // in RFC 2068 §19.7.1.1). Unparseable hints are ignored, not errors.
                 for param in list_items(header.value) {
-                    let Some((key, value)) = split_once(param, b'=') else {
+                    let mut key_value = param.splitn(2, |&b| b == b'=');
+                    let (Some(key), Some(value)) = (key_value.next(), key_value.next()) else {
                         continue;
                     };
                     if key.trim_ascii().eq_ignore_ascii_case(b"timeout") {
@@ -212,11 +213,6 @@ fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|item| !item.is_empty())
-}
-
-fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
-    let at = bytes.iter().position(|&b| b == separator)?;
-    Some((&bytes[..at], &bytes[at + 1..]))
 }
 
 /// `1*DIGIT` as a u64; `None` for anything else, including a sign or an overflow.
