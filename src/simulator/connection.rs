@@ -271,12 +271,9 @@ impl<S: Transport> Connection<S> {
     async fn discard_body(&mut self, mut len: u64) -> io::Result<()> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let buffered = self
-                .buf
-                .len()
-                .min(usize::try_from(len).unwrap_or(usize::MAX));
-            self.buf.drain(..buffered);
-            len -= buffered as u64;
+            let buffered = len.min(self.buf.len() as u64);
+            self.buf.drain(..buffered as usize);
+            len -= buffered;
             if len == 0 {
                 return Ok(());
             }
