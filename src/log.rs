@@ -23,7 +23,7 @@
 //! Tests give the logger a memory sink ([`Logger::in_memory`]) instead of stdout and read its lines.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::time::{Duration, Instant};
@@ -83,10 +83,13 @@ pub struct MemoryLog(Arc<Mutex<Vec<String>>>);
 impl MemoryLog {
     /// Every line so far, without its newline.
     pub fn lines(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
+    }
+
+    /// The lines, even if a thread panicked while holding the lock: every critical section is one push
+    /// or one clone.
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -249,11 +252,7 @@ impl Logger {
                 // and no worker waits on stdout (see `writer`).
                 writer::to_stdout(line.as_bytes());
             }
-            Sink::Memory(memory) => memory
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(line),
+            Sink::Memory(memory) => memory.lock().push(line),
         }
     }
 }
