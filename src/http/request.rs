@@ -243,26 +243,18 @@ fn valid_http_authority(v: &str) -> bool {
     !v.is_empty() && !v.starts_with(':') && valid_host(v)
 }
 
-/// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits.
+/// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits: so
+/// every piece after a "%" starts with two hex digits.
 fn valid_reg_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if !b
-                .get(i + 1..i + 3)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-            {
-                return false;
-            }
-            i += 3;
-        } else if unreserved_or_sub_delim(b[i]) {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
+    let mut pieces = name.split('%');
+    let first = pieces.next().unwrap_or_default();
+    first.bytes().all(unreserved_or_sub_delim)
+        && pieces.all(|piece| {
+            piece
+                .get(..2)
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                && piece.bytes().skip(2).all(unreserved_or_sub_delim)
+        })
 }
 
 /// IP-literal = "[" ( IPv6address / IPvFuture ) "]" (RFC 3986 §3.2.2), without the brackets. IPvFuture is
