@@ -273,9 +273,10 @@ impl Connection {
     }
 
     /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
-    /// only (RFC 9110 §9.3.2), told from the buffered request line since the head was not parsed.
+    /// only: its response "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused
+    /// included. It is told from the buffered request line, since the head was not parsed.
     async fn reject(&mut self, response: &Response) {
-        let head_only = starts_with_head(&self.buf);
+        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
         self.finish(response, head_only).await
     }
 
@@ -522,13 +523,10 @@ fn other_version(buf: &[u8]) -> OtherVersion {
     let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
     let version = &line[at..at + end.unwrap_or(line.len() - at)];
     let fits = version.len() <= 8
-        && version.iter().zip(b"HTTP/0.0").all(|(&b, &p)| {
-            if p == b'0' {
-                b.is_ascii_digit()
-            } else {
-                b == p
-            }
-        });
+        && version
+            .iter()
+            .zip(b"HTTP/0.0")
+            .all(|(&b, &p)| b == p || (p == b'0' && b.is_ascii_digit()));
     match end {
         _ if !fits => OtherVersion::Malformed,
         None => OtherVersion::Incomplete,
@@ -538,12 +536,6 @@ fn other_version(buf: &[u8]) -> OtherVersion {
         },
         Some(_) => OtherVersion::Unsupported,
     }
-}
-
-/// Whether the request at the front of `buf` is a `HEAD`. The response to a `HEAD` "MUST NOT" carry
-/// content (RFC 9110 §9.3.2), an error for a head we refused included.
-fn starts_with_head(buf: &[u8]) -> bool {
-    buf[request_line_start(buf)..].starts_with(b"HEAD ")
 }
 
 /// Where the request line starts in `buf`: after the empty lines before it, which httparse skips
