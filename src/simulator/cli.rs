@@ -168,24 +168,14 @@ pub async fn run(args: &[String]) -> Result<(), String> {
 ///
 /// Cancel safety: only listens; dropping it unregisters nothing that matters (tokio keeps the
 /// signal handlers installed for the life of the process).
+///
+/// Unix only, like the crate (`shutdown.rs` listens for SIGTERM the same way).
 async fn shutdown_signal() -> Result<(), String> {
-    let interrupted = async {
-        tokio::signal::ctrl_c()
-            .await
-            .map_err(|e| format!("cannot listen for SIGINT: {e}"))
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())
-            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
-        tokio::select! {
-            result = interrupted => result,
-            _ = terminate.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        interrupted.await
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map_err(|e| format!("cannot listen for SIGINT: {e}")),
+        _ = terminate.recv() => Ok(()),
     }
 }
