@@ -712,13 +712,10 @@ impl Upstream {
             return Err(Failed::Other(UpstreamError::Status(head.status)));
         }
 
-        let body = match conn
+        let body = conn
             .read_body(head.framing, self.max_body_bytes, deadline)
             .await
-        {
-            Ok(body) => body,
-            Err(error) => return Err(Failed::Other(error)),
-        };
+            .map_err(Failed::Other)?;
         // The exchange is complete: the connection's fate no longer depends on what the body says.
         self.release(conn, &head);
         payload::parse_work(&body).map_err(Failed::Other)
