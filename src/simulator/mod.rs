@@ -30,10 +30,10 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -49,6 +49,7 @@ mod tests;
 
 pub use cli::{parse_args, run, usage};
 pub use reply::Reply;
+pub use tls::ca_certs;
 
 use state::Shared;
 
@@ -141,11 +142,9 @@ impl SimConfig {
             ));
         }
         // `contains` is false for NaN too.
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err(format!(
-                "failure rate: {} is not within 0..=1",
-                self.failure_rate
-            ));
+        let rate = self.failure_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("failure rate: {rate} is not within 0..=1"));
         }
         if self.failure_rate > 0.0 && self.failure_kinds.is_empty() {
             return Err("failure kinds: a failure rate above 0 needs at least one kind".into());
@@ -297,23 +296,23 @@ impl Simulator {
 
     /// Connections accepted since start (including ones whose TLS handshake then failed).
     pub fn connections_accepted(&self) -> u64 {
-        self.shared.connections_accepted()
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections accepted and not yet closed. One the simulator closes gracefully (after
     /// `Connection: close`) stays counted until the client closes its end too, or [`LINGER`].
     pub fn connections_open(&self) -> u64 {
-        self.shared.connections_open()
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// TLS handshakes since start that resumed a session (with a ticket) rather than a full handshake.
     pub fn tls_resumed(&self) -> u64 {
-        self.shared.tls_resumptions()
+        self.shared.tls_resumed.load(Ordering::SeqCst)
     }
 
     /// Request heads received since start, on any path except `GET /stats`.
     pub fn requests(&self) -> u64 {
-        self.shared.requests()
+        self.shared.requests.load(Ordering::SeqCst)
     }
 
     /// The last [`SEEN_CAPACITY`] request heads, oldest first.
@@ -325,7 +324,9 @@ impl Simulator {
     ///
     /// Cancel safety: only observes; dropping it changes nothing.
     pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
-        self.shared.wait_until(timeout, |s| s.requests() >= n).await
+        self.shared
+            .wait_until(timeout, || self.requests() >= n)
+            .await
     }
 
     /// Waits until [`connections_open`](Self::connections_open) is exactly `n`; false if
@@ -334,7 +335,7 @@ impl Simulator {
     /// Cancel safety: only observes; dropping it changes nothing.
     pub async fn wait_connections_open(&self, n: u64, timeout: Duration) -> bool {
         self.shared
-            .wait_until(timeout, |s| s.connections_open() == n)
+            .wait_until(timeout, || self.connections_open() == n)
             .await
     }
 }
@@ -352,9 +353,4 @@ impl Drop for Simulator {
 /// The CA and the leaf key are public (they are in the source) and for testing only.
 pub fn ca_pem() -> &'static str {
     tls::CA_PEM
-}
-
-/// The test CA certificate, parsed, ready for a `rustls::RootCertStore`.
-pub fn ca_certs() -> Vec<CertificateDer<'static>> {
-    tls::ca_certs()
 }
