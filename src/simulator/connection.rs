@@ -203,14 +203,10 @@ impl<S: Transport> Connection<S> {
         if path == "/stats" && head.seen.method == "GET" {
             return Reply::body(200, self.shared.stats_json()).after(Duration::ZERO);
         }
-        let reply = if path == "/stats" {
-            Reply::status(405).after(Duration::ZERO)
-        } else if path != "/api/work" {
-            Reply::status(404).after(Duration::ZERO)
-        } else if head.seen.method != "GET" {
-            Reply::status(405).after(Duration::ZERO)
-        } else {
-            self.shared.next_reply()
+        let reply = match (path, head.seen.method == "GET") {
+            ("/api/work", true) => self.shared.next_reply(),
+            ("/api/work" | "/stats", _) => Reply::status(405).after(Duration::ZERO),
+            _ => Reply::status(404).after(Duration::ZERO),
         };
         self.shared.record(head.seen);
         reply
