@@ -178,12 +178,10 @@ impl Logger {
         }
         // The rate limit first: a warning held back (shedding comes in floods) costs no formatting.
         let held_back = match level <= Level::Warn {
-            true => match self.take_token(event) {
-                None => return,
-                Some(n) => n,
-            },
-            false => 0,
+            true => self.take_token(event),
+            false => Some(0),
         };
+        let Some(held_back) = held_back else { return };
         let mut line = line_start(level, event);
         if held_back > 0 {
             line.push_str(&format!("\"suppressed\":{held_back},"));
