@@ -39,8 +39,6 @@
 //! - Line endings must be CRLF: a bare LF is an error, which closes the door on request smuggling games that
 //!   rely on two parsers disagreeing about line ends.
 
-use std::fmt;
-
 /// Longest chunk-size line (size plus extensions) or trailer line we accept, CRLF excluded. Sizes themselves
 /// need at most 16 hex digits; the rest is room for extensions we ignore anyway.
 pub(crate) const MAX_LINE_BYTES: usize = 4096;
@@ -67,7 +65,7 @@ pub(crate) enum ChunkedError {
 }
 
 impl ChunkedError {
-    /// A fixed description, for errors that carry a `&'static str`.
+    /// A fixed description, for errors that carry a `&'static str` (the only way callers report one).
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChunkedError::InvalidSize => "chunked body: invalid chunk size",
@@ -79,14 +77,6 @@ impl ChunkedError {
         }
     }
 }
-
-impl fmt::Display for ChunkedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for ChunkedError {}
 
 /// Where the decoder is in the grammar above. Each state consumes one byte at a time except `Data`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
