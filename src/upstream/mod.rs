@@ -55,9 +55,10 @@ use tokio_rustls::TlsConnector;
 pub use resolve::DNS_CACHE_TTL;
 pub use target::DEFAULT_PATH;
 
+use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
-use pool::{Checkout, Counters, Gauge, Pool, Reaper};
+use pool::{Checkout, Counters, Gauge, Pool};
 use resolve::Resolver;
 use response::Head;
 use target::Target;
@@ -352,7 +353,7 @@ pub struct Upstream {
     rng: crate::rng::Rng,
     pool: Arc<Pool>,
     /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
-    reaper: OnceLock<Reaper>,
+    reaper: OnceLock<AbortOnDrop<()>>,
     /// Where request tasks are spawned (`UpstreamConfig::runtime`).
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -742,7 +743,7 @@ impl Upstream {
         // Two first fetches may race here; the loser's reaper is aborted as its handle is dropped.
         let _ = self
             .reaper
-            .set(Reaper::spawn(&self.pool, self.idle_timeout));
+            .set(pool::spawn_reaper(&self.pool, self.idle_timeout));
     }
 }
 
