@@ -119,19 +119,11 @@ impl CallTrace {
     /// Joins the caller's trace, or starts a new one. A trace we start is marked sampled: the access log
     /// records every call, so the upstream may record its side too.
     pub fn continue_or_start(caller: Option<&TraceParent>) -> CallTrace {
-        match caller {
-            Some(p) => CallTrace {
-                trace_id: p.trace_id,
-                span_id: new_span_id(),
-                parent_id: Some(p.parent_id),
-                flags: p.flags & SAMPLED,
-            },
-            None => CallTrace {
-                trace_id: new_trace_id(),
-                span_id: new_span_id(),
-                parent_id: None,
-                flags: SAMPLED,
-            },
+        CallTrace {
+            trace_id: caller.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            parent_id: caller.map(|p| p.parent_id),
+            flags: caller.map_or(SAMPLED, |p| p.flags & SAMPLED),
         }
     }
 
