@@ -109,16 +109,13 @@ fn framing(status: u16, fields: &Fields) -> Result<Framing, UpstreamError> {
     if (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Framing::Empty); // rule 1
     }
+    let invalid_length = UpstreamError::Protocol("invalid or conflicting Content-Length");
     match (fields.transfer_encoding, fields.content_length) {
         (Some(TransferEncoding::ChunkedLast), _) => Ok(Framing::Chunked), // rules 3 and 4
         (Some(TransferEncoding::Other), _) => Ok(Framing::UntilClose),    // rules 3 and 4
-        (None, Some(ContentLength::Invalid)) => {
-            Err(UpstreamError::Protocol(
-                "invalid or conflicting Content-Length",
-            )) // rule 5
-        }
-        (None, Some(ContentLength::Valid(n))) => Ok(Framing::Length(n)), // rule 6
-        (None, None) => Ok(Framing::UntilClose),                         // rule 8
+        (None, Some(ContentLength::Invalid)) => Err(invalid_length),      // rule 5
+        (None, Some(ContentLength::Valid(n))) => Ok(Framing::Length(n)),  // rule 6
+        (None, None) => Ok(Framing::UntilClose),                          // rule 8
     }
 }
 
