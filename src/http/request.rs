@@ -109,11 +109,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad_request("Content-Length is not a decimal number"));
             }
-            content_length = Some(
-                value
-                    .parse()
-                    .map_err(|_| bad_request("Content-Length is too large"))?,
-            );
+            let too_large = |_| bad_request("Content-Length is too large");
+            content_length = Some(value.parse().map_err(too_large)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
             transfer_codings.extend(
