@@ -94,11 +94,9 @@ impl LineQueue {
     pub fn flush(&self, limit: Duration) -> bool {
         let give_up = Instant::now() + limit;
         let mut pending = self.lock();
-        let target = if pending.bytes.is_empty() && pending.dropped == 0 {
-            pending.taken
-        } else {
-            pending.taken + 1
-        };
+        // Anything queued (a line, or a count of dropped ones) goes out with the next batch taken.
+        let queued = !pending.bytes.is_empty() || pending.dropped > 0;
+        let target = pending.taken + u64::from(queued);
         if std::mem::take(&mut pending.writer_waiting) {
             self.lines_came.notify_one();
         }
