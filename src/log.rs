@@ -22,6 +22,7 @@
 //!
 //! Tests give the logger a memory sink ([`Logger::in_memory`]) instead of stdout and read its lines.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -260,12 +261,9 @@ fn line_start(level: Level, event: &str) -> String {
     let mut line = String::with_capacity(384);
     line.push_str("{\"ts\":\"");
     write_rfc3339(&mut line, SystemTime::now());
-    line.push_str("\",\"level\":\"");
-    line.push_str(level.name());
-    line.push_str("\",\"event\":");
     // Event names are ours, but escape them anyway: a log line must always parse.
-    line.push_str(&serde_json::Value::from(event).to_string());
-    line.push(',');
+    let (level, event) = (level.name(), serde_json::Value::from(event));
+    let _ = write!(line, "\",\"level\":\"{level}\",\"event\":{event},");
     line
 }
 
