@@ -303,17 +303,17 @@ impl<S: Transport> Connection<S> {
             }
             Kind::Body(status, body) => self.send_response(status, &body, close).await?,
             Kind::Raw(bytes) => self.send(&bytes).await?,
-            Kind::Fault(fault) => match fault {
-                Fault::Status500 => self.send_response(500, &error_body(500), close).await?,
-                Fault::InvalidJson => self.send_response(200, NOT_JSON, close).await?,
-                Fault::MissingTime => self.send_response(200, MISSING_TIME, close).await?,
-                Fault::Reset => return Ok(Some(End::Reset)),
-                Fault::Hang => {
-                    self.hang().await;
-                    return Ok(Some(End::Drop));
-                }
-                Fault::SlowBody => self.send_slowly(&success_body(time), close).await?,
-            },
+            Kind::Fault(Fault::Status500) => {
+                self.send_response(500, &error_body(500), close).await?
+            }
+            Kind::Fault(Fault::InvalidJson) => self.send_response(200, NOT_JSON, close).await?,
+            Kind::Fault(Fault::MissingTime) => self.send_response(200, MISSING_TIME, close).await?,
+            Kind::Fault(Fault::Reset) => return Ok(Some(End::Reset)),
+            Kind::Fault(Fault::Hang) => {
+                self.hang().await;
+                return Ok(Some(End::Drop));
+            }
+            Kind::Fault(Fault::SlowBody) => self.send_slowly(&success_body(time), close).await?,
         }
         Ok(close.then_some(End::Graceful))
     }
@@ -352,11 +352,8 @@ impl<S: Transport> Connection<S> {
 
     /// A complete response framed by `Content-Length`, head and body in one write.
     async fn send_response(&mut self, status: u16, body: &[u8], close: bool) -> io::Result<()> {
-        let mut response = head(
-            status,
-            &format!("Content-Length: {}\r\n", body.len()),
-            close,
-        );
+        let length = format!("Content-Length: {}\r\n", body.len());
+        let mut response = head(status, &length, close);
         response.extend_from_slice(body);
         self.send(&response).await
     }
