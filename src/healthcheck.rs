@@ -72,7 +72,8 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
     let mut parts = line.splitn(3, ' ');
     let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return Err(format!("not an HTTP/1 response: {:?}", truncate(&line)));
+        let start: String = line.chars().take(80).collect();
+        return Err(format!("not an HTTP/1 response: {start:?}"));
     }
     match code {
         "200" => Ok(()),
@@ -169,13 +170,6 @@ fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
         _ => e.to_string(),
-    }
-}
-
-fn truncate(line: &str) -> &str {
-    match line.char_indices().nth(80) {
-        Some((i, _)) => &line[..i],
-        None => line,
     }
 }
 
