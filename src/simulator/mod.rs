@@ -233,7 +233,6 @@ impl SeenRequest {
 /// A running simulated upstream. Dropping it stops it and closes every socket it holds.
 pub struct Simulator {
     addr: SocketAddr,
-    tls: bool,
     shared: Arc<Shared>,
     /// The accept task; it owns the listener and every connection task (see the module doc).
     accept_task: JoinHandle<()>,
@@ -255,12 +254,10 @@ impl Simulator {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let acceptor = config.tls.then(tls::acceptor).transpose()?;
         let addr = listener.local_addr()?;
-        let tls = config.tls;
         let shared = Arc::new(Shared::new(config));
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         Ok(Simulator {
             addr,
-            tls,
             shared,
             accept_task,
         })
@@ -277,7 +274,11 @@ impl Simulator {
     /// another address gets that address in the URL.
     pub fn url(&self) -> String {
         let port = self.addr.port();
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.shared.config.tls {
+            "https"
+        } else {
+            "http"
+        };
         let host = match self.addr.ip() {
             IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "127.0.0.1".to_string(),
             IpAddr::V6(ip) if ip.is_loopback() || ip.is_unspecified() => "[::1]".to_string(),
