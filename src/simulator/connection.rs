@@ -13,6 +13,7 @@
 //! - §9.3.2 pipelining: requests that arrive back to back are answered in order; bytes read past
 //!   one head stay in the buffer for the next.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -415,10 +416,7 @@ fn deadline_in(duration: Duration) -> Instant {
 }
 
 /// `tokio::time::timeout_at`, as an `Option`: `None` when the deadline came first.
-async fn timeout_at<T>(
-    deadline: Instant,
-    future: impl std::future::Future<Output = T>,
-) -> Option<T> {
+async fn timeout_at<T>(deadline: Instant, future: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout_at(deadline, future).await.ok()
 }
 
