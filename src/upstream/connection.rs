@@ -290,16 +290,14 @@ impl Connection {
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(
-            Pin::new(&mut self.stream).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 
     /// Closes the connection but keeps its slot, to open a replacement without queueing again.
     pub(crate) fn into_slot(self) -> OwnedSemaphorePermit {
-        let Connection { slot, .. } = self;
-        slot
+        self.slot
     }
 }
 
