@@ -367,11 +367,9 @@ impl Upstream {
         if config.max_head_bytes == 0 || config.max_body_bytes == 0 {
             return Err("max_head_bytes and max_body_bytes must be above 0".into());
         }
-        if !(1..=Semaphore::MAX_PERMITS).contains(&config.pool_max_connections) {
-            return Err(format!(
-                "pool_max_connections must be from 1 to {}",
-                Semaphore::MAX_PERMITS
-            ));
+        let most = Semaphore::MAX_PERMITS;
+        if !(1..=most).contains(&config.pool_max_connections) {
+            return Err(format!("pool_max_connections must be from 1 to {most}"));
         }
         let target = Target::parse(&config.url)?;
         let tls = match target.tls {
