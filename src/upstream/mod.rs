@@ -541,8 +541,7 @@ impl Upstream {
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
         if Instant::now() >= deadline {
-            send(Err(UpstreamError::Timeout));
-            return;
+            return send(Err(UpstreamError::Timeout));
         }
         let connection = tokio::select! {
             connection = self.connection(deadline) => connection,
@@ -550,10 +549,7 @@ impl Upstream {
         };
         let (conn, reused) = match connection {
             Ok(found) => found,
-            Err(error) => {
-                send(Err(error));
-                return;
-            }
+            Err(error) => return send(Err(error)),
         };
 
         let request = self.request(options.trace);
@@ -565,10 +561,7 @@ impl Upstream {
             tokio::select! {
                 // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
                 biased;
-                result = &mut exchange => {
-                    send(result);
-                    return;
-                }
+                result = &mut exchange => return send(result),
                 () = reply.closed() => {}
             }
             // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
