@@ -397,12 +397,9 @@ impl<S: Transport> Connection<S> {
     /// most [`HANG_CAP`].
     async fn hang(&mut self) {
         let deadline = Instant::now() + HANG_CAP;
-        loop {
+        self.buf.clear();
+        while let Some(1..) = timeout_at(deadline, self.read_more()).await {
             self.buf.clear();
-            match timeout_at(deadline, self.read_more()).await {
-                Some(0) | None => return,
-                Some(_) => {}
-            }
         }
     }
 }
