@@ -38,16 +38,9 @@ pub fn imf_fixdate(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (weekday, month_name) = (DAYS[(days % 7) as usize], MONTHS[(month - 1) as usize]);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    format!("{weekday}, {day:02} {month_name} {year} {h:02}:{m:02}:{s:02} GMT")
 }
 
 /// Appends `now` as RFC 3339 UTC with milliseconds, e.g. `2026-11-28T08:49:37.123Z`: the log's timestamps.
@@ -57,13 +50,10 @@ pub fn write_rfc3339(out: &mut String, now: SystemTime) {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
+    let (h, m, s, ms) = (rem / 3600, rem % 3600 / 60, rem % 60, since.subsec_millis());
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"
     );
 }
 

@@ -9,7 +9,7 @@
 //! reserves 2), with one line saying why: Docker keeps the output of the last probes in `docker inspect`.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -57,9 +57,7 @@ pub fn run(args: &[String]) -> ExitCode {
 pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let (authority, path) = split_url(url)?;
-    let addrs = resolve(&authority)?;
-
-    let mut stream = connect(&addrs, deadline)?;
+    let mut stream = connect(&authority, deadline)?;
     // `Connection: close`: one request, then the server may close; we read only as far as the status line.
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: fanout-healthcheck\r\nConnection: close\r\n\r\n"
@@ -74,15 +72,15 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
     let mut parts = line.splitn(3, ' ');
     let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return Err(format!("not an HTTP/1 response: {:?}", truncate(&line)));
+        let start: String = line.chars().take(80).collect();
+        return Err(format!("not an HTTP/1 response: {start:?}"));
     }
-    if code == "200" {
-        Ok(())
-    } else {
-        Err(format!(
+    match code {
+        "200" => Ok(()),
+        _ => Err(format!(
             "answered {}",
             line.trim_start_matches(version).trim()
-        ))
+        )),
     }
 }
 
@@ -110,22 +108,15 @@ fn split_url(url: &str) -> Result<(String, &str), String> {
     Ok((authority, path))
 }
 
-fn resolve(authority: &str) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `HOST:PORT` and connects to the first address that accepts.
+fn connect(authority: &str, deadline: Instant) -> Result<TcpStream, String> {
     // An IP literal (the default) needs no resolver, which matters in a scratch image without /etc/hosts.
-    let addrs: Vec<SocketAddr> = authority
+    let addrs = authority
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{authority} has no address"));
-    }
-    Ok(addrs)
-}
-
-fn connect(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, String> {
-    let mut last = String::new();
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?;
+    let mut last = format!("{authority} has no address");
     for addr in addrs {
-        match TcpStream::connect_timeout(addr, remaining(deadline)?) {
+        match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = format!("cannot connect to {addr}: {}", describe(&e)),
         }
@@ -179,13 +170,6 @@ fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
         _ => e.to_string(),
-    }
-}
-
-fn truncate(line: &str) -> &str {
-    match line.char_indices().nth(80) {
-        Some((i, _)) => &line[..i],
-        None => line,
     }
 }
 

@@ -22,8 +22,9 @@
 //!
 //! Tests give the logger a memory sink ([`Logger::in_memory`]) instead of stdout and read its lines.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::time::{Duration, Instant};
@@ -68,7 +69,7 @@ impl Level {
 }
 
 /// Where lines go.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub enum Sink {
     #[default]
     Stdout,
@@ -76,26 +77,20 @@ pub enum Sink {
     Memory(MemoryLog),
 }
 
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Sink::Stdout => "Stdout",
-            Sink::Memory(_) => "Memory",
-        })
-    }
-}
-
 /// Lines kept in memory; clones share them.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct MemoryLog(Arc<Mutex<Vec<String>>>);
 
 impl MemoryLog {
     /// Every line so far, without its newline.
     pub fn lines(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
+    }
+
+    /// The lines, even if a thread panicked while holding the lock: every critical section is one push
+    /// or one clone.
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -154,10 +149,6 @@ impl Logger {
         (logger, memory)
     }
 
-    pub fn access_enabled(&self) -> bool {
-        self.settings.access
-    }
-
     /// Warnings and errors held back by the limit since start.
     pub fn suppressed_total(&self) -> u64 {
         self.suppressed_total.load(Ordering::Relaxed)
@@ -188,12 +179,10 @@ impl Logger {
         }
         // The rate limit first: a warning held back (shedding comes in floods) costs no formatting.
         let held_back = match level <= Level::Warn {
-            true => match self.take_token(event) {
-                None => return,
-                Some(n) => n,
-            },
-            false => 0,
+            true => self.take_token(event),
+            false => Some(0),
         };
+        let Some(held_back) = held_back else { return };
         let mut line = line_start(level, event);
         if held_back > 0 {
             line.push_str(&format!("\"suppressed\":{held_back},"));
@@ -262,11 +251,7 @@ impl Logger {
                 // and no worker waits on stdout (see `writer`).
                 writer::to_stdout(line.as_bytes());
             }
-            Sink::Memory(memory) => memory
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(line),
+            Sink::Memory(memory) => memory.lock().push(line),
         }
     }
 }
@@ -276,12 +261,9 @@ fn line_start(level: Level, event: &str) -> String {
     let mut line = String::with_capacity(384);
     line.push_str("{\"ts\":\"");
     write_rfc3339(&mut line, SystemTime::now());
-    line.push_str("\",\"level\":\"");
-    line.push_str(level.name());
-    line.push_str("\",\"event\":");
     // Event names are ours, but escape them anyway: a log line must always parse.
-    line.push_str(&serde_json::Value::from(event).to_string());
-    line.push(',');
+    let (level, event) = (level.name(), serde_json::Value::from(event));
+    let _ = write!(line, "\",\"level\":\"{level}\",\"event\":{event},");
     line
 }
 

@@ -20,17 +20,14 @@ impl Rng {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_nanos() as u64);
         let nth = STARTED.fetch_add(1, Ordering::Relaxed);
         Rng(AtomicU64::new(nanos ^ nth.wrapping_mul(GAMMA)))
     }
 
     pub(crate) fn next_u64(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA);
+        let state = self.0.fetch_add(GAMMA, Ordering::Relaxed);
+        let mut z = state.wrapping_add(GAMMA);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)

@@ -96,15 +96,11 @@ impl TraceParent {
 
     /// The header value, version 00 (the one we implement, whatever version we received).
     pub fn to_header(&self) -> [u8; HEADER_LEN] {
+        use std::io::Write;
         let mut out = [0u8; HEADER_LEN];
-        out[0] = b'0';
-        out[1] = b'0';
-        out[2] = b'-';
-        put_hex(&mut out[3..35], self.trace_id.0);
-        out[35] = b'-';
-        put_hex(&mut out[36..52], u128::from(self.parent_id.0));
-        out[52] = b'-';
-        put_hex(&mut out[53..55], u128::from(self.flags));
+        // `io::Write` for a byte slice: formatted in place, no allocation; it fits exactly.
+        let (trace_id, parent_id, flags) = (self.trace_id, self.parent_id, self.flags);
+        let _ = write!(&mut out[..], "00-{trace_id}-{parent_id}-{flags:02x}");
         out
     }
 }
@@ -123,19 +119,11 @@ impl CallTrace {
     /// Joins the caller's trace, or starts a new one. A trace we start is marked sampled: the access log
     /// records every call, so the upstream may record its side too.
     pub fn continue_or_start(caller: Option<&TraceParent>) -> CallTrace {
-        match caller {
-            Some(p) => CallTrace {
-                trace_id: p.trace_id,
-                span_id: new_span_id(),
-                parent_id: Some(p.parent_id),
-                flags: p.flags & SAMPLED,
-            },
-            None => CallTrace {
-                trace_id: new_trace_id(),
-                span_id: new_span_id(),
-                parent_id: None,
-                flags: SAMPLED,
-            },
+        CallTrace {
+            trace_id: caller.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            parent_id: caller.map(|p| p.parent_id),
+            flags: caller.map_or(SAMPLED, |p| p.flags & SAMPLED),
         }
     }
 
@@ -194,13 +182,6 @@ fn hex(digits: &[u8]) -> Option<u128> {
         };
         Some(acc << 4 | u128::from(nibble))
     })
-}
-
-fn put_hex(out: &mut [u8], mut value: u128) {
-    for slot in out.iter_mut().rev() {
-        *slot = b"0123456789abcdef"[(value & 0xf) as usize];
-        value >>= 4;
-    }
 }
 
 #[cfg(test)]

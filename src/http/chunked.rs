@@ -39,8 +39,6 @@
 //! - Line endings must be CRLF: a bare LF is an error, which closes the door on request smuggling games that
 //!   rely on two parsers disagreeing about line ends.
 
-use std::fmt;
-
 /// Longest chunk-size line (size plus extensions) or trailer line we accept, CRLF excluded. Sizes themselves
 /// need at most 16 hex digits; the rest is room for extensions we ignore anyway.
 pub(crate) const MAX_LINE_BYTES: usize = 4096;
@@ -67,7 +65,7 @@ pub(crate) enum ChunkedError {
 }
 
 impl ChunkedError {
-    /// A fixed description, for errors that carry a `&'static str`.
+    /// A fixed description, for errors that carry a `&'static str` (the only way callers report one).
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChunkedError::InvalidSize => "chunked body: invalid chunk size",
@@ -80,18 +78,11 @@ impl ChunkedError {
     }
 }
 
-impl fmt::Display for ChunkedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for ChunkedError {}
-
 /// Where the decoder is in the grammar above. Each state consumes one byte at a time except `Data`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum State {
     /// Before the first hex digit of a chunk size.
+    #[default]
     SizeStart,
     /// Inside the hex digits.
     Size,
@@ -184,7 +175,7 @@ impl Ext {
 }
 
 /// Decodes one chunked body. Feed it bytes with [`ChunkedDecoder::decode`] until [`ChunkedDecoder::is_done`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct ChunkedDecoder {
     state: State,
     /// The chunk size being parsed, then the data bytes still to copy.
@@ -195,20 +186,9 @@ pub(crate) struct ChunkedDecoder {
     trailer_bytes: usize,
 }
 
-impl Default for ChunkedDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ChunkedDecoder {
     pub(crate) fn new() -> Self {
-        ChunkedDecoder {
-            state: State::SizeStart,
-            remaining: 0,
-            line_bytes: 0,
-            trailer_bytes: 0,
-        }
+        Self::default()
     }
 
     /// True once the last chunk, the trailers and the final CRLF have been consumed.
@@ -249,30 +229,26 @@ impl ChunkedDecoder {
 
     /// Advances the state machine by one byte of framing (never called in `Data`).
     fn step(&mut self, byte: u8) -> Result<(), ChunkedError> {
-        match self.state {
-            state if state.on_size_line() => {
-                self.line_bytes += 1;
-                if self.line_bytes > MAX_LINE_BYTES {
-                    return Err(ChunkedError::LineTooLong);
-                }
+        let on_trailer = matches!(self.state, State::TrailerStart | State::Trailer);
+        if on_trailer || self.state.on_size_line() {
+            self.line_bytes += 1;
+            if self.line_bytes > MAX_LINE_BYTES {
+                return Err(ChunkedError::LineTooLong);
             }
-            State::TrailerStart | State::Trailer => {
-                self.line_bytes += 1;
-                self.trailer_bytes += 1;
-                if self.line_bytes > MAX_LINE_BYTES {
-                    return Err(ChunkedError::LineTooLong);
-                }
-                if self.trailer_bytes > MAX_TRAILER_BYTES {
-                    return Err(ChunkedError::TrailersTooLarge);
-                }
+        }
+        if on_trailer {
+            self.trailer_bytes += 1;
+            if self.trailer_bytes > MAX_TRAILER_BYTES {
+                return Err(ChunkedError::TrailersTooLarge);
             }
-            _ => {}
         }
 
         self.state = match (self.state, byte) {
             (State::SizeStart, _) => {
                 // chunk-size = 1*HEXDIG: at least one digit.
-                let digit = hex_value(byte).ok_or(ChunkedError::InvalidSize)?;
+                let digit = char::from(byte)
+                    .to_digit(16)
+                    .ok_or(ChunkedError::InvalidSize)?;
                 self.remaining = u64::from(digit);
                 State::Size
             }
@@ -280,7 +256,9 @@ impl ChunkedDecoder {
             (State::Size, b' ' | b'\t') => State::SizeEnd,
             (State::Size, b'\r') => State::SizeLf,
             (State::Size, _) => {
-                let digit = hex_value(byte).ok_or(ChunkedError::InvalidSize)?;
+                let digit = char::from(byte)
+                    .to_digit(16)
+                    .ok_or(ChunkedError::InvalidSize)?;
                 self.remaining = self
                     .remaining
                     .checked_mul(16)
@@ -330,15 +308,6 @@ fn is_tchar(byte: u8) -> bool {
 /// What a quoted-pair may escape (RFC 9110 §5.6.4): HTAB, SP, VCHAR or obs-text; no other control character.
 fn quotable(byte: u8) -> bool {
     matches!(byte, b'\t' | b' '..=b'~' | 0x80..=0xff)
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! request that breaks one is answered with an error and, where its framing is in doubt, the connection is
 //! closed, because the next request on it could not be found reliably (the root of request smuggling).
 
-use super::response::Response;
+use super::response::{bad_request, Response};
 use crate::trace::{TraceParent, TRACEPARENT};
 
 /// The parts of a request head the server acts on.
@@ -71,7 +71,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     // ASCII. httparse lets a raw UTF-8 target through; RFC 9112 §3 makes any other byte an invalid
     // request line, for which a 400 is the answer, not a route lookup.
     if !target.bytes().all(uri_char) {
-        return Err(bad(
+        return Err(bad_request(
             "malformed request line: the target has a byte outside the URI grammar",
         ));
     }
@@ -93,7 +93,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             hosts += 1;
             host = value;
             if !valid_host(value) {
-                return Err(bad("the Host header is not a valid host[:port]"));
+                return Err(bad_request("the Host header is not a valid host[:port]"));
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(ows_trim) {
@@ -104,16 +104,13 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             // RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A repeated
             // one is rejected too, even with equal values: two framings of one message are a smuggling smell.
             if content_length.is_some() {
-                return Err(bad("more than one Content-Length"));
+                return Err(bad_request("more than one Content-Length"));
             }
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("Content-Length is not a decimal number"));
+                return Err(bad_request("Content-Length is not a decimal number"));
             }
-            content_length = Some(
-                value
-                    .parse()
-                    .map_err(|_| bad("Content-Length is too large"))?,
-            );
+            let too_large = |_| bad_request("Content-Length is too large");
+            content_length = Some(value.parse().map_err(too_large)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
             transfer_codings.extend(
@@ -136,7 +133,9 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     // message that lacks a Host header field and to any request message that contains more than one Host
     // header field line or a Host header field with an invalid field value."
     if hosts > 1 || (hosts == 0 && minor_version == 1) {
-        return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
+        return Err(bad_request(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
     }
     // RFC 9112 §3.3: for a target in origin-form (or `*`), Host is the authority of the target URI, and with
     // an empty one the server "can reject the request or determine whether a configured default applies".
@@ -147,7 +146,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     // In absolute-form the target carries the authority and §3.2.2 says the server "MUST ignore" Host,
     // whose grammar allows an empty value (reg-name may be empty): `path_and_query` judges the target's.
     if hosts == 1 && (target.starts_with('/') || target == "*") && !valid_http_authority(host) {
-        return Err(bad(
+        return Err(bad_request(
             "the Host header names no host, which a request in origin form needs",
         ));
     }
@@ -158,22 +157,24 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
         if minor_version == 0 {
-            return Err(bad(
+            return Err(bad_request(
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request",
             ));
         }
         if content_length.is_some() {
-            return Err(bad(
+            return Err(bad_request(
                 "a request must not carry both Content-Length and Transfer-Encoding",
             ));
         }
         if transfer_codings.last().map(String::as_str) != Some("chunked") {
-            return Err(bad("the final transfer coding must be chunked"));
+            return Err(bad_request("the final transfer coding must be chunked"));
         }
         if transfer_codings.iter().filter(|c| *c == "chunked").count() > 1 {
             // RFC 9112 §6.1: "A sender MUST NOT apply the chunked transfer coding more than once": the
             // framing is in doubt, not a coding we do not know.
-            return Err(bad("the chunked transfer coding is applied more than once"));
+            return Err(bad_request(
+                "the chunked transfer coding is applied more than once",
+            ));
         }
         if transfer_codings.len() > 1 {
             // RFC 9112 §6.1: "A server that receives a request message with a transfer coding it does not
@@ -211,10 +212,6 @@ fn ows_trim(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
 
-fn bad(message: &str) -> Response {
-    Response::error(400, "bad_request", message)
-}
-
 /// Host = uri-host [ ":" port ] (RFC 9110 §7.2): an IP-literal in brackets or a reg-name, which has no ":"
 /// (RFC 3986 §3.2.2), then an optional port of digits. The grammar allows an empty value (RFC 9112 §3.2);
 /// whether an empty host is acceptable is for [`valid_http_authority`].
@@ -243,26 +240,18 @@ fn valid_http_authority(v: &str) -> bool {
     !v.is_empty() && !v.starts_with(':') && valid_host(v)
 }
 
-/// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits.
+/// reg-name = *( unreserved / pct-encoded / sub-delims ), where pct-encoded is "%" and two hex digits: so
+/// every piece after a "%" starts with two hex digits.
 fn valid_reg_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if !b
-                .get(i + 1..i + 3)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-            {
-                return false;
-            }
-            i += 3;
-        } else if unreserved_or_sub_delim(b[i]) {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
+    let mut pieces = name.split('%');
+    let first = pieces.next().unwrap_or_default();
+    first.bytes().all(unreserved_or_sub_delim)
+        && pieces.all(|piece| {
+            piece
+                .get(..2)
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                && piece.bytes().skip(2).all(unreserved_or_sub_delim)
+        })
 }
 
 /// IP-literal = "[" ( IPv6address / IPvFuture ) "]" (RFC 3986 §3.2.2), without the brackets. IPvFuture is

@@ -50,12 +50,11 @@ impl Response {
         use std::fmt::Write;
         let mut head = String::with_capacity(160);
         // We always answer as HTTP/1.1, our highest version (RFC 9110 §6.2).
-        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        let (status, content_type, length) = (self.status, self.content_type, self.body.len());
+        let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason(status));
         let _ = write!(
             head,
-            "Content-Type: {}\r\nContent-Length: {}\r\n",
-            self.content_type,
-            self.body.len()
+            "Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
         );
         date::with_now(|now| {
             let _ = write!(head, "Date: {now}\r\n");
@@ -75,6 +74,11 @@ impl Response {
         }
         out
     }
+}
+
+/// `400 bad_request`: a request that breaks the protocol, or a limit whose answer is not a status of its own.
+pub(crate) fn bad_request(message: &str) -> Response {
+    Response::error(400, "bad_request", message)
 }
 
 /// What the response tells the client about the connection.

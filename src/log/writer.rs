@@ -42,6 +42,7 @@ pub struct LineQueue {
     dropped_total: AtomicU64,
 }
 
+#[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
     /// Lines dropped since the writer last took the buffer.
@@ -56,13 +57,7 @@ struct Pending {
 impl LineQueue {
     pub fn new(capacity: usize) -> LineQueue {
         LineQueue {
-            pending: Mutex::new(Pending {
-                bytes: Vec::new(),
-                dropped: 0,
-                writer_waiting: false,
-                taken: 0,
-                written: 0,
-            }),
+            pending: Mutex::new(Pending::default()),
             capacity,
             lines_came: Condvar::new(),
             batch_written: Condvar::new(),
@@ -99,11 +94,9 @@ impl LineQueue {
     pub fn flush(&self, limit: Duration) -> bool {
         let give_up = Instant::now() + limit;
         let mut pending = self.lock();
-        let target = if pending.bytes.is_empty() && pending.dropped == 0 {
-            pending.taken
-        } else {
-            pending.taken + 1
-        };
+        // Anything queued (a line, or a count of dropped ones) goes out with the next batch taken.
+        let queued = !pending.bytes.is_empty() || pending.dropped > 0;
+        let target = pending.taken + u64::from(queued);
         if std::mem::take(&mut pending.writer_waiting) {
             self.lines_came.notify_one();
         }

@@ -26,7 +26,7 @@ use super::{Limits, MAX_HEADERS_CEILING};
 use crate::api::{Api, Call, Handled, Prepared};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, BodyLength, RequestHead};
-use crate::http::response::{Persistence, Response};
+use crate::http::response::{bad_request, Persistence, Response};
 use crate::metrics::ShedReason;
 use crate::task::AbortOnDrop;
 use crate::telemetry::RequestDone;
@@ -209,7 +209,8 @@ impl Connection {
             } = handled;
             let status = response.status;
             let response = response.with_header(TRACERESPONSE, trace.response_header());
-            let written = self.write(&response, head.is_head(), persistence).await;
+            let bytes = response.encode(head.is_head(), persistence);
+            let written = self.send(&bytes).await;
             // Observed once the response is written: its duration and overshoot are what the caller saw.
             self.api.telemetry().request_done(&RequestDone {
                 trace: &trace,
@@ -272,20 +273,11 @@ impl Connection {
     }
 
     /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
-    /// only (RFC 9110 §9.3.2), told from the buffered request line since the head was not parsed.
+    /// only: its response "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused
+    /// included. It is told from the buffered request line, since the head was not parsed.
     async fn reject(&mut self, response: &Response) {
-        let head_only = starts_with_head(&self.buf);
+        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
         self.finish(response, head_only).await
-    }
-
-    /// Writes one response within `write_timeout`; false if the client did not take it.
-    async fn write(
-        &mut self,
-        response: &Response,
-        head_only: bool,
-        persistence: Persistence,
-    ) -> bool {
-        self.send(&response.encode(head_only, persistence)).await
     }
 
     /// Writes `bytes` within `write_timeout`; false if the client did not take them. Every write to the
@@ -323,7 +315,7 @@ impl Connection {
                     Ok(Ok(0)) | Ok(Err(_)) => return Next::Done,
                     Ok(Ok(_)) => head_started = head_started.or_else(|| Some(Instant::now())),
                     Err(_) if between_requests => return Next::Done,
-                    Err(_) => return Next::Reject(Response::error(408, "request_timeout", "the request head was not received in time")),
+                    Err(_) => return Next::Reject(request_timeout("the request head")),
                 },
                 // Only between requests: a request that has begun to arrive is read and answered.
                 _ = self.shutdown.changed(), if between_requests => return Next::Done,
@@ -371,7 +363,7 @@ impl Connection {
                     decoded.clear();
                     let used = decoder
                         .decode(&self.buf, &mut decoded)
-                        .map_err(|e| Response::error(400, "bad_request", e.as_str()))?;
+                        .map_err(|e| bad_request(e.as_str()))?;
                     self.buf.drain(..used);
                     *total += decoded.len() as u64;
                     if *total > max {
@@ -385,26 +377,16 @@ impl Connection {
             self.buf.reserve(4096);
             match timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => {
-                    return Err(
-                        Response::error(400, "bad_request", "the request body ended early").into(),
-                    )
-                }
-                Err(_) => {
-                    return Err(Response::error(
-                        408,
-                        "request_timeout",
-                        "the request body was not received in time",
-                    )
-                    .into())
-                }
+                Ok(_) => return Err(bad_request("the request body ended early").into()),
+                Err(_) => return Err(request_timeout("the request body").into()),
             }
         }
     }
 
     /// Writes the last response with `Connection: close`, then closes without losing it.
     async fn finish(&mut self, response: &Response, head_only: bool) {
-        if self.write(response, head_only, Persistence::Close).await {
+        let bytes = response.encode(head_only, Persistence::Close);
+        if self.send(&bytes).await {
             self.linger().await;
         }
     }
@@ -506,17 +488,9 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
                 "http_version_not_supported",
                 "only HTTP/1.0 and HTTP/1.1 are supported",
             )),
-            OtherVersion::Malformed => Err(Response::error(
-                400,
-                "bad_request",
-                "malformed request: invalid HTTP version",
-            )),
+            OtherVersion::Malformed => Err(bad_request("malformed request: invalid HTTP version")),
         },
-        Err(e) => Err(Response::error(
-            400,
-            "bad_request",
-            &format!("malformed request: {e}"),
-        )),
+        Err(e) => Err(bad_request(&format!("malformed request: {e}"))),
     }
 }
 
@@ -549,13 +523,10 @@ fn other_version(buf: &[u8]) -> OtherVersion {
     let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
     let version = &line[at..at + end.unwrap_or(line.len() - at)];
     let fits = version.len() <= 8
-        && version.iter().zip(b"HTTP/0.0").all(|(&b, &p)| {
-            if p == b'0' {
-                b.is_ascii_digit()
-            } else {
-                b == p
-            }
-        });
+        && version
+            .iter()
+            .zip(b"HTTP/0.0")
+            .all(|(&b, &p)| b == p || (p == b'0' && b.is_ascii_digit()));
     match end {
         _ if !fits => OtherVersion::Malformed,
         None => OtherVersion::Incomplete,
@@ -565,12 +536,6 @@ fn other_version(buf: &[u8]) -> OtherVersion {
         },
         Some(_) => OtherVersion::Unsupported,
     }
-}
-
-/// Whether the request at the front of `buf` is a `HEAD`. The response to a `HEAD` "MUST NOT" carry
-/// content (RFC 9110 §9.3.2), an error for a head we refused included.
-fn starts_with_head(buf: &[u8]) -> bool {
-    buf[request_line_start(buf)..].starts_with(b"HEAD ")
 }
 
 /// Where the request line starts in `buf`: after the empty lines before it, which httparse skips
@@ -600,14 +565,10 @@ fn request_target(line: &[u8]) -> &[u8] {
 /// The check is the same whether the method arrived whole or the limit was passed while it was still
 /// arriving, so the answer does not depend on how it was split.
 fn method_too_long(limits: &Limits) -> Response {
-    Response::error(
-        400,
-        "bad_request",
-        &format!(
-            "malformed request line: the method is longer than {} bytes",
-            limits.max_uri_bytes
-        ),
-    )
+    let max = limits.max_uri_bytes;
+    bad_request(&format!(
+        "malformed request line: the method is longer than {max} bytes"
+    ))
 }
 
 fn head_too_large() -> Response {
@@ -619,12 +580,19 @@ fn head_too_large() -> Response {
 }
 
 fn uri_too_long(limits: &Limits) -> Response {
+    let max = limits.max_uri_bytes;
     Response::error(
         414,
         "uri_too_long",
-        &format!(
-            "the request target is longer than {} bytes",
-            limits.max_uri_bytes
-        ),
+        &format!("the request target is longer than {max} bytes"),
+    )
+}
+
+/// `408`: what should have followed the first byte of a request did not come within `head_timeout`.
+fn request_timeout(what: &str) -> Response {
+    Response::error(
+        408,
+        "request_timeout",
+        &format!("{what} was not received in time"),
     )
 }

@@ -19,7 +19,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub fn usage() -> String {
     let defaults = SimConfig::default();
     let (min, max) = defaults.latency_ms;
-    let kinds: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    let kinds = Fault::ALL.map(Fault::name).join(",");
     format!(
         "\
 Usage: fanout simulator [FLAGS]
@@ -47,8 +47,7 @@ Limits: request head {MAX_HEAD_BYTES} bytes, {MAX_HEADERS} header fields, reques
 {MAX_CONNECTIONS} connections at once; idle connections close after {IDLE_CAP:?} without --idle-close-ms;
 a hang lasts at most {HANG_CAP:?}; a slow body sends one byte per {SLOW_BODY_PAUSE:?};
 after closing, input is drained for at most {LINGER:?}.
-",
-        kinds = kinds.join(",")
+"
     )
 }
 
@@ -68,14 +67,9 @@ pub fn parse_args(args: &[String]) -> Result<(SocketAddr, SimConfig, Option<Path
             Some((flag, value)) => (flag, Some(value.to_string())),
             None => (arg.as_str(), None),
         };
-        let mut value = || -> Result<String, String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => args
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag}: needs a value")),
-            }
+        let mut value = || {
+            let v = inline.clone().or_else(|| args.next().cloned());
+            v.ok_or_else(|| format!("{flag}: needs a value"))
         };
         match flag {
             "--help" | "-h" => return Err(usage()),
@@ -89,29 +83,15 @@ pub fn parse_args(args: &[String]) -> Result<(SocketAddr, SimConfig, Option<Path
             "--latency-ms" => config.latency_ms = parse_latency(&value()?)?,
             "--failure-rate" => {
                 let v = value()?;
-                match v.parse::<f64>() {
-                    Ok(rate) if (0.0..=1.0).contains(&rate) => config.failure_rate = rate,
-                    _ => {
-                        return Err(format!(
-                            "--failure-rate: {v:?} is not a number within 0..=1"
-                        ))
-                    }
-                }
+                let rate = v.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r));
+                let bad = || format!("--failure-rate: {v:?} is not a number within 0..=1");
+                config.failure_rate = rate.ok_or_else(bad)?;
             }
             "--failures" => config.failure_kinds = parse_failures(&value()?)?,
-            "--close-after" => {
-                let v = value()?;
-                match v.parse::<u64>() {
-                    Ok(n) if n >= 1 => config.close_after = Some(n),
-                    _ => return Err(format!("--close-after: {v:?} is not a whole number >= 1")),
-                }
-            }
+            "--close-after" => config.close_after = Some(at_least_one(flag, &value()?)?),
             "--idle-close-ms" => {
-                let v = value()?;
-                match v.parse::<u64>() {
-                    Ok(n) if n >= 1 => config.idle_close = Some(Duration::from_millis(n)),
-                    _ => return Err(format!("--idle-close-ms: {v:?} is not a whole number >= 1")),
-                }
+                let ms = at_least_one(flag, &value()?)?;
+                config.idle_close = Some(Duration::from_millis(ms));
             }
             "--write-ca" => write_ca = Some(PathBuf::from(value()?)),
             "--plain" => return Err("--plain: takes no value".into()),
@@ -121,6 +101,12 @@ pub fn parse_args(args: &[String]) -> Result<(SocketAddr, SimConfig, Option<Path
     // Catches what single flags cannot: e.g. failures listed but none allowed with a rate.
     config.validate()?;
     Ok((listen, config, write_ca))
+}
+
+/// A whole number, at least 1: a count of responses, or milliseconds.
+fn at_least_one(flag: &str, v: &str) -> Result<u64, String> {
+    let n = v.parse::<u64>().ok().filter(|&n| n >= 1);
+    n.ok_or_else(|| format!("{flag}: {v:?} is not a whole number >= 1"))
 }
 
 /// `N` or `MIN-MAX`, in milliseconds, at most [`MAX_LATENCY_MS`].
@@ -146,11 +132,8 @@ fn parse_failures(v: &str) -> Result<Vec<Fault>, String> {
         .filter(|name| !name.is_empty())
         .map(|name| {
             Fault::from_name(name).ok_or_else(|| {
-                let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-                format!(
-                    "--failures: unknown kind {name:?} (known: {})",
-                    known.join(",")
-                )
+                let known = Fault::ALL.map(Fault::name).join(",");
+                format!("--failures: unknown kind {name:?} (known: {known})")
             })
         })
         .collect()
@@ -185,24 +168,14 @@ pub async fn run(args: &[String]) -> Result<(), String> {
 ///
 /// Cancel safety: only listens; dropping it unregisters nothing that matters (tokio keeps the
 /// signal handlers installed for the life of the process).
+///
+/// Unix only, like the crate (`shutdown.rs` listens for SIGTERM the same way).
 async fn shutdown_signal() -> Result<(), String> {
-    let interrupted = async {
-        tokio::signal::ctrl_c()
-            .await
-            .map_err(|e| format!("cannot listen for SIGINT: {e}"))
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())
-            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
-        tokio::select! {
-            result = interrupted => result,
-            _ = terminate.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        interrupted.await
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map_err(|e| format!("cannot listen for SIGINT: {e}")),
+        _ = terminate.recv() => Ok(()),
     }
 }

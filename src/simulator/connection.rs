@@ -13,6 +13,7 @@
 //! - §9.3.2 pipelining: requests that arrive back to back are answered in order; bytes read past
 //!   one head stay in the buffer for the next.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,12 +95,6 @@ enum End {
     Drop,
     /// Abort the TCP connection with an RST.
     Reset,
-}
-
-/// What to do after one response.
-enum Next {
-    KeepAlive,
-    End(End),
 }
 
 /// The parts of a request head the connection acts on.
@@ -191,15 +186,10 @@ impl<S: Transport> Connection<S> {
             self.discard_body(body_len).await?;
 
             responses += 1;
-            let last = !keep_alive
-                || self
-                    .shared
-                    .config
-                    .close_after
-                    .is_some_and(|n| responses >= n);
-            match self.answer(reply, last).await? {
-                Next::KeepAlive => {}
-                Next::End(end) => return Ok(end),
+            let close_after = self.shared.config.close_after;
+            let last = !keep_alive || close_after.is_some_and(|n| responses >= n);
+            if let Some(end) = self.answer(reply, last).await? {
+                return Ok(end);
             }
         }
     }
@@ -214,14 +204,10 @@ impl<S: Transport> Connection<S> {
         if path == "/stats" && head.seen.method == "GET" {
             return Reply::body(200, self.shared.stats_json()).after(Duration::ZERO);
         }
-        let reply = if path == "/stats" {
-            Reply::status(405).after(Duration::ZERO)
-        } else if path != "/api/work" {
-            Reply::status(404).after(Duration::ZERO)
-        } else if head.seen.method != "GET" {
-            Reply::status(405).after(Duration::ZERO)
-        } else {
-            self.shared.next_reply()
+        let reply = match (path, head.seen.method == "GET") {
+            ("/api/work", true) => self.shared.next_reply(),
+            ("/api/work" | "/stats", _) => Reply::status(405).after(Duration::ZERO),
+            _ => Reply::status(404).after(Duration::ZERO),
         };
         self.shared.record(head.seen);
         reply
@@ -240,14 +226,12 @@ impl<S: Transport> Connection<S> {
             if !self.buf.is_empty() {
                 request_deadline.get_or_insert_with(|| Instant::now() + REQUEST_TIMEOUT);
                 match parse_head(&self.buf) {
-                    Parsed::Complete(head, len) => {
+                    Some((head, len)) => {
                         self.buf.drain(..len);
                         return Ok(head);
                     }
-                    Parsed::Partial if self.buf.len() >= MAX_HEAD_BYTES => {
-                        return Ok(HeadRead::Reject(431));
-                    }
-                    Parsed::Partial => {}
+                    None if self.buf.len() >= MAX_HEAD_BYTES => return Ok(HeadRead::Reject(431)),
+                    None => {}
                 }
             }
             // The buffer grows by at most one chunk past a partial head under the limit, so it
@@ -284,12 +268,9 @@ impl<S: Transport> Connection<S> {
     async fn discard_body(&mut self, mut len: u64) -> io::Result<()> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let buffered = self
-                .buf
-                .len()
-                .min(usize::try_from(len).unwrap_or(usize::MAX));
-            self.buf.drain(..buffered);
-            len -= buffered as u64;
+            let buffered = len.min(self.buf.len() as u64);
+            self.buf.drain(..buffered as usize);
+            len -= buffered;
             if len == 0 {
                 return Ok(());
             }
@@ -301,13 +282,14 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Waits the reply's delay, then answers (or misbehaves). `last` says the connection must
-    /// close after this response (the client asked, or `close_after` was reached).
-    async fn answer(&mut self, reply: Reply, last: bool) -> io::Result<Next> {
+    /// Waits the reply's delay, then answers (or misbehaves), and says how the connection ends, if it
+    /// does (`None`: it stays open for the next request). `last` says the connection must close
+    /// after this response (the client asked, or `close_after` was reached).
+    async fn answer(&mut self, reply: Reply, last: bool) -> io::Result<Option<End>> {
         let close = last || reply.close;
         let delay = reply.delay.unwrap_or_else(|| self.shared.random_latency());
         if reply.kind != Kind::Fault(Fault::Hang) && !self.work(delay).await {
-            return Ok(Next::End(End::Drop));
+            return Ok(Some(End::Drop));
         }
         let time = reply
             .time
@@ -322,23 +304,19 @@ impl<S: Transport> Connection<S> {
             }
             Kind::Body(status, body) => self.send_response(status, &body, close).await?,
             Kind::Raw(bytes) => self.send(&bytes).await?,
-            Kind::Fault(fault) => match fault {
-                Fault::Status500 => self.send_response(500, &error_body(500), close).await?,
-                Fault::InvalidJson => self.send_response(200, NOT_JSON, close).await?,
-                Fault::MissingTime => self.send_response(200, MISSING_TIME, close).await?,
-                Fault::Reset => return Ok(Next::End(End::Reset)),
-                Fault::Hang => {
-                    self.hang().await;
-                    return Ok(Next::End(End::Drop));
-                }
-                Fault::SlowBody => self.send_slowly(&success_body(time), close).await?,
-            },
+            Kind::Fault(Fault::Status500) => {
+                self.send_response(500, &error_body(500), close).await?
+            }
+            Kind::Fault(Fault::InvalidJson) => self.send_response(200, NOT_JSON, close).await?,
+            Kind::Fault(Fault::MissingTime) => self.send_response(200, MISSING_TIME, close).await?,
+            Kind::Fault(Fault::Reset) => return Ok(Some(End::Reset)),
+            Kind::Fault(Fault::Hang) => {
+                self.hang().await;
+                return Ok(Some(End::Drop));
+            }
+            Kind::Fault(Fault::SlowBody) => self.send_slowly(&success_body(time), close).await?,
         }
-        Ok(if close {
-            Next::End(End::Graceful)
-        } else {
-            Next::KeepAlive
-        })
+        Ok(close.then_some(End::Graceful))
     }
 
     /// Spends `delay` "working" before the answer, while watching the socket: a client that gives
@@ -375,11 +353,8 @@ impl<S: Transport> Connection<S> {
 
     /// A complete response framed by `Content-Length`, head and body in one write.
     async fn send_response(&mut self, status: u16, body: &[u8], close: bool) -> io::Result<()> {
-        let mut response = head(
-            status,
-            &format!("Content-Length: {}\r\n", body.len()),
-            close,
-        );
+        let length = format!("Content-Length: {}\r\n", body.len());
+        let mut response = head(status, &length, close);
         response.extend_from_slice(body);
         self.send(&response).await
     }
@@ -422,12 +397,9 @@ impl<S: Transport> Connection<S> {
     /// most [`HANG_CAP`].
     async fn hang(&mut self) {
         let deadline = Instant::now() + HANG_CAP;
-        loop {
+        self.buf.clear();
+        while let Some(1..) = timeout_at(deadline, self.read_more()).await {
             self.buf.clear();
-            match timeout_at(deadline, self.read_more()).await {
-                Some(0) | None => return,
-                Some(_) => {}
-            }
         }
     }
 }
@@ -441,32 +413,25 @@ fn deadline_in(duration: Duration) -> Instant {
 }
 
 /// `tokio::time::timeout_at`, as an `Option`: `None` when the deadline came first.
-async fn timeout_at<T>(
-    deadline: Instant,
-    future: impl std::future::Future<Output = T>,
-) -> Option<T> {
+async fn timeout_at<T>(deadline: Instant, future: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout_at(deadline, future).await.ok()
 }
 
-enum Parsed {
-    Complete(HeadRead, usize),
-    Partial,
-}
-
-/// Parses one request head from the start of `buf` with httparse.
-fn parse_head(buf: &[u8]) -> Parsed {
+/// Parses one request head from the start of `buf` with httparse: what it asks for and its length
+/// in bytes, or `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Option<(HeadRead, usize)> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Complete(HeadRead::Reject(431), 0),
-        Err(_) => return Parsed::Complete(HeadRead::Reject(400), 0),
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => return Some((HeadRead::Reject(431), 0)),
+        Err(_) => return Some((HeadRead::Reject(400), 0)),
     };
     let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
     else {
         // httparse fills all three in a complete head; be defensive rather than panic.
-        return Parsed::Complete(HeadRead::Reject(400), 0);
+        return Some((HeadRead::Reject(400), 0));
     };
 
     let mut close = false;
@@ -481,19 +446,19 @@ fn parse_head(buf: &[u8]) -> Parsed {
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Complete(HeadRead::Reject(501), len);
+            return Some((HeadRead::Reject(501), len));
         } else if header.name.eq_ignore_ascii_case("content-length") {
             // RFC 9112 §6.3: an invalid or conflicting Content-Length is unrecoverable.
             match value.trim().parse::<u64>() {
                 Ok(n) if body_len.is_none_or(|previous| previous == n) => body_len = Some(n),
-                _ => return Parsed::Complete(HeadRead::Reject(400), len),
+                _ => return Some((HeadRead::Reject(400), len)),
             }
         }
         headers.push((header.name.to_string(), value));
     }
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_REQUEST_BODY_BYTES {
-        return Parsed::Complete(HeadRead::Reject(413), len);
+        return Some((HeadRead::Reject(413), len));
     }
     // RFC 9112 §9.3: HTTP/1.1 persists by default, HTTP/1.0 only when asked to.
     let keep_alive = if version >= 1 {
@@ -510,7 +475,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         keep_alive,
         body_len,
     };
-    Parsed::Complete(HeadRead::Head(head), len)
+    Some((HeadRead::Head(head), len))
 }
 
 /// A response head with `extra` header lines (each ending in CRLF) and, when `close`,

@@ -30,10 +30,10 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -49,6 +49,7 @@ mod tests;
 
 pub use cli::{parse_args, run, usage};
 pub use reply::Reply;
+pub use tls::ca_certs;
 
 use state::Shared;
 
@@ -141,11 +142,9 @@ impl SimConfig {
             ));
         }
         // `contains` is false for NaN too.
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err(format!(
-                "failure rate: {} is not within 0..=1",
-                self.failure_rate
-            ));
+        let rate = self.failure_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("failure rate: {rate} is not within 0..=1"));
         }
         if self.failure_rate > 0.0 && self.failure_kinds.is_empty() {
             return Err("failure kinds: a failure rate above 0 needs at least one kind".into());
@@ -234,7 +233,6 @@ impl SeenRequest {
 /// A running simulated upstream. Dropping it stops it and closes every socket it holds.
 pub struct Simulator {
     addr: SocketAddr,
-    tls: bool,
     shared: Arc<Shared>,
     /// The accept task; it owns the listener and every connection task (see the module doc).
     accept_task: JoinHandle<()>,
@@ -254,18 +252,12 @@ impl Simulator {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let acceptor = if config.tls {
-            Some(tls::acceptor()?)
-        } else {
-            None
-        };
+        let acceptor = config.tls.then(tls::acceptor).transpose()?;
         let addr = listener.local_addr()?;
-        let tls = config.tls;
         let shared = Arc::new(Shared::new(config));
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         Ok(Simulator {
             addr,
-            tls,
             shared,
             accept_task,
         })
@@ -282,7 +274,11 @@ impl Simulator {
     /// another address gets that address in the URL.
     pub fn url(&self) -> String {
         let port = self.addr.port();
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.shared.config.tls {
+            "https"
+        } else {
+            "http"
+        };
         let host = match self.addr.ip() {
             IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => "127.0.0.1".to_string(),
             IpAddr::V6(ip) if ip.is_loopback() || ip.is_unspecified() => "[::1]".to_string(),
@@ -301,23 +297,23 @@ impl Simulator {
 
     /// Connections accepted since start (including ones whose TLS handshake then failed).
     pub fn connections_accepted(&self) -> u64 {
-        self.shared.connections_accepted()
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections accepted and not yet closed. One the simulator closes gracefully (after
     /// `Connection: close`) stays counted until the client closes its end too, or [`LINGER`].
     pub fn connections_open(&self) -> u64 {
-        self.shared.connections_open()
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// TLS handshakes since start that resumed a session (with a ticket) rather than a full handshake.
     pub fn tls_resumed(&self) -> u64 {
-        self.shared.tls_resumptions()
+        self.shared.tls_resumed.load(Ordering::SeqCst)
     }
 
     /// Request heads received since start, on any path except `GET /stats`.
     pub fn requests(&self) -> u64 {
-        self.shared.requests()
+        self.shared.requests.load(Ordering::SeqCst)
     }
 
     /// The last [`SEEN_CAPACITY`] request heads, oldest first.
@@ -329,7 +325,9 @@ impl Simulator {
     ///
     /// Cancel safety: only observes; dropping it changes nothing.
     pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
-        self.shared.wait_until(timeout, |s| s.requests() >= n).await
+        self.shared
+            .wait_until(timeout, || self.requests() >= n)
+            .await
     }
 
     /// Waits until [`connections_open`](Self::connections_open) is exactly `n`; false if
@@ -338,7 +336,7 @@ impl Simulator {
     /// Cancel safety: only observes; dropping it changes nothing.
     pub async fn wait_connections_open(&self, n: u64, timeout: Duration) -> bool {
         self.shared
-            .wait_until(timeout, |s| s.connections_open() == n)
+            .wait_until(timeout, || self.connections_open() == n)
             .await
     }
 }
@@ -356,9 +354,4 @@ impl Drop for Simulator {
 /// The CA and the leaf key are public (they are in the source) and for testing only.
 pub fn ca_pem() -> &'static str {
     tls::CA_PEM
-}
-
-/// The test CA certificate, parsed, ready for a `rustls::RootCertStore`.
-pub fn ca_certs() -> Vec<CertificateDer<'static>> {
-    tls::ca_certs()
 }

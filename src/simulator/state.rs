@@ -21,11 +21,12 @@ pub(super) struct Shared {
     pub(super) config: SimConfig,
     script: Mutex<VecDeque<Reply>>,
     seen: Mutex<VecDeque<SeenRequest>>,
-    accepted: AtomicU64,
+    // The counters behind the `Simulator` methods of the same names (read with `Ordering::SeqCst`).
+    pub(super) accepted: AtomicU64,
     /// TLS handshakes that resumed an earlier session (a ticket) instead of a full handshake.
-    tls_resumed: AtomicU64,
-    open: AtomicU64,
-    requests: AtomicU64,
+    pub(super) tls_resumed: AtomicU64,
+    pub(super) open: AtomicU64,
+    pub(super) requests: AtomicU64,
     bell: watch::Sender<()>,
     rng: Rng,
 }
@@ -106,31 +107,16 @@ impl Shared {
         self.tls_resumed.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(super) fn tls_resumptions(&self) -> u64 {
-        self.tls_resumed.load(Ordering::SeqCst)
-    }
-
-    pub(super) fn connections_accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    pub(super) fn connections_open(&self) -> u64 {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    pub(super) fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-
     /// The body of `GET /stats`: `{"connections_accepted": N, "connections_open": N,
     /// "requests": N, "tls_resumed": N}`. `connections_open` includes the connection asking.
     pub(super) fn stats_json(&self) -> Vec<u8> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
         format!(
             "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}, \"tls_resumed\": {}}}",
-            self.connections_accepted(),
-            self.connections_open(),
-            self.requests(),
-            self.tls_resumptions()
+            load(&self.accepted),
+            load(&self.open),
+            load(&self.requests),
+            load(&self.tls_resumed)
         )
         .into_bytes()
     }
@@ -142,14 +128,10 @@ impl Shared {
     /// Waits until `condition` holds, or `limit` passes (false).
     ///
     /// Cancel safety: only observes; dropping it changes nothing.
-    pub(super) async fn wait_until(
-        &self,
-        limit: Duration,
-        condition: impl Fn(&Shared) -> bool,
-    ) -> bool {
+    pub(super) async fn wait_until(&self, limit: Duration, condition: impl Fn() -> bool) -> bool {
         // Subscribe before the first check: a change after this point is never missed.
         let mut bell = self.bell.subscribe();
-        let waited = tokio::time::timeout(limit, bell.wait_for(|_| condition(self))).await;
+        let waited = tokio::time::timeout(limit, bell.wait_for(|_| condition())).await;
         // The inner error (sender dropped) cannot happen while `self` is alive; treat it as "no".
         matches!(waited, Ok(Ok(_)))
     }

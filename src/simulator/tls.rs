@@ -19,7 +19,8 @@ const LEAF_PEM: &str = include_str!("certs/leaf.pem");
 /// The server certificate's private key (PKCS#8). Public, test-only.
 const LEAF_KEY_PEM: &str = include_str!("certs/leaf.key.pem");
 
-pub(super) fn ca_certs() -> Vec<CertificateDer<'static>> {
+/// The test CA certificate, parsed, ready for a `rustls::RootCertStore`.
+pub fn ca_certs() -> Vec<CertificateDer<'static>> {
     // The PEM is a constant checked by a unit test, not input: a failure here is a broken build.
     CertificateDer::pem_slice_iter(CA_PEM.as_bytes())
         .collect::<Result<Vec<_>, _>>()

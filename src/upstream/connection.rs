@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Duration, Instant};
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::response::{self, Framing, Head};
@@ -40,12 +39,14 @@ pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
 /// scheduled and see the close. Far below any real answer's time (the upstream takes 100 ms and more).
 const STALE_SLACK: Duration = Duration::from_millis(10);
 
-/// The byte stream under HTTP: a TCP socket, or TLS over one.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    // Boxed: a TLS session is a few hundred bytes, the TCP variant a few words.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// The byte stream under HTTP: a TCP socket, or TLS over one. Boxed once per connection, not per request,
+/// so that nothing past `connect` needs to know which.
+type Stream = Box<dyn Io>;
+
+/// What a [`Stream`] is: any byte stream we can move between tasks.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One connection and what we know about it.
 pub(crate) struct Connection {
@@ -95,14 +96,14 @@ pub(crate) async fn connect(
     // A request goes out in one write and we wait for its answer: Nagle's algorithm would only add delay.
     tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
 
-    let stream = match tls {
-        None => Stream::Plain(tcp),
+    let stream: Stream = match tls {
+        None => Box::new(tcp),
         Some((connector, server_name)) => {
             let handshake = connector.connect(server_name.clone(), tcp);
             match timeout_at(deadline, handshake).await {
                 Err(_elapsed) => return Err(UpstreamError::Timeout),
                 Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
-                Ok(Ok(tls_stream)) => Stream::Tls(Box::new(tls_stream)),
+                Ok(Ok(tls_stream)) => Box::new(tls_stream),
             }
         }
     };
@@ -163,15 +164,11 @@ impl Connection {
                 return Ok(head);
             }
             if self.fill(deadline).await? == 0 {
-                let why = if self.received {
+                return Err(closed(if self.received {
                     "the upstream closed the connection in the middle of the response head"
                 } else {
                     "the upstream closed the connection without answering"
-                };
-                return Err(UpstreamError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    why,
-                )));
+                }));
             }
         }
     }
@@ -186,12 +183,8 @@ impl Connection {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         let too_large = UpstreamError::Protocol("response body larger than max_body_bytes");
-        let closed_early = || {
-            UpstreamError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the upstream closed the connection in the middle of the response body",
-            ))
-        };
+        let closed_early =
+            || closed("the upstream closed the connection in the middle of the response body");
         match framing {
             Framing::Empty => Ok(Vec::new()),
             Framing::Length(length) => {
@@ -297,57 +290,18 @@ impl Connection {
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(
-            Pin::new(&mut self.stream).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 
     /// Closes the connection but keeps its slot, to open a replacement without queueing again.
     pub(crate) fn into_slot(self) -> OwnedSemaphorePermit {
-        let Connection { slot, .. } = self;
-        slot
+        self.slot
     }
 }
 
-// Stream forwards to whichever stream it holds; both are `Unpin`, so `Pin::new` is all the pinning needed.
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
+/// The upstream closed the connection before the response was complete.
+fn closed(why: &'static str) -> UpstreamError {
+    UpstreamError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, why))
 }

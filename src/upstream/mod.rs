@@ -55,9 +55,10 @@ use tokio_rustls::TlsConnector;
 pub use resolve::DNS_CACHE_TTL;
 pub use target::DEFAULT_PATH;
 
+use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
-use pool::{Checkout, Counters, Gauge, Pool, Reaper};
+use pool::{Checkout, Counters, Gauge, Pool};
 use resolve::Resolver;
 use response::Head;
 use target::Target;
@@ -352,7 +353,7 @@ pub struct Upstream {
     rng: crate::rng::Rng,
     pool: Arc<Pool>,
     /// The idle-connection reaper, started on the first runtime we see; stopped when this is dropped.
-    reaper: OnceLock<Reaper>,
+    reaper: OnceLock<AbortOnDrop<()>>,
     /// Where request tasks are spawned (`UpstreamConfig::runtime`).
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -366,11 +367,9 @@ impl Upstream {
         if config.max_head_bytes == 0 || config.max_body_bytes == 0 {
             return Err("max_head_bytes and max_body_bytes must be above 0".into());
         }
-        if !(1..=Semaphore::MAX_PERMITS).contains(&config.pool_max_connections) {
-            return Err(format!(
-                "pool_max_connections must be from 1 to {}",
-                Semaphore::MAX_PERMITS
-            ));
+        let most = Semaphore::MAX_PERMITS;
+        if !(1..=most).contains(&config.pool_max_connections) {
+            return Err(format!("pool_max_connections must be from 1 to {most}"));
         }
         let target = Target::parse(&config.url)?;
         let tls = match target.tls {
@@ -542,8 +541,7 @@ impl Upstream {
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
         if Instant::now() >= deadline {
-            send(Err(UpstreamError::Timeout));
-            return;
+            return send(Err(UpstreamError::Timeout));
         }
         let connection = tokio::select! {
             connection = self.connection(deadline) => connection,
@@ -551,10 +549,7 @@ impl Upstream {
         };
         let (conn, reused) = match connection {
             Ok(found) => found,
-            Err(error) => {
-                send(Err(error));
-                return;
-            }
+            Err(error) => return send(Err(error)),
         };
 
         let request = self.request(options.trace);
@@ -566,10 +561,7 @@ impl Upstream {
             tokio::select! {
                 // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
                 biased;
-                result = &mut exchange => {
-                    send(result);
-                    return;
-                }
+                result = &mut exchange => return send(result),
                 () = reply.closed() => {}
             }
             // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
@@ -712,13 +704,10 @@ impl Upstream {
             return Err(Failed::Other(UpstreamError::Status(head.status)));
         }
 
-        let body = match conn
+        let body = conn
             .read_body(head.framing, self.max_body_bytes, deadline)
             .await
-        {
-            Ok(body) => body,
-            Err(error) => return Err(Failed::Other(error)),
-        };
+            .map_err(Failed::Other)?;
         // The exchange is complete: the connection's fate no longer depends on what the body says.
         self.release(conn, &head);
         payload::parse_work(&body).map_err(Failed::Other)
@@ -745,7 +734,7 @@ impl Upstream {
         // Two first fetches may race here; the loser's reaper is aborted as its handle is dropped.
         let _ = self
             .reaper
-            .set(Reaper::spawn(&self.pool, self.idle_timeout));
+            .set(pool::spawn_reaper(&self.pool, self.idle_timeout));
     }
 }
 

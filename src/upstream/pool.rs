@@ -279,30 +279,21 @@ impl Pool {
     }
 }
 
-/// The background task closing expired idle connections. Dropping this handle stops the task.
+/// Spawns the reaper, the background task closing expired idle connections, on the current tokio runtime
+/// (call only from inside one). Dropping the handle stops the task.
 ///
 /// The task holds only a `Weak` to the pool, so it never keeps the pool alive; the owner (the `Upstream`)
-/// holds this handle, so the task ends when the `Upstream` is dropped, right away rather than at its next tick.
-pub(crate) struct Reaper {
-    _task: AbortOnDrop<()>,
-}
-
-impl Reaper {
-    /// Spawns the reaper on the current tokio runtime. Call only from inside one.
-    pub(crate) fn spawn(pool: &Arc<Pool>, idle_timeout: Duration) -> Reaper {
-        let every = (idle_timeout / 2).clamp(MIN_REAP_INTERVAL, MAX_REAP_INTERVAL);
-        let pool: Weak<Pool> = Arc::downgrade(pool);
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match pool.upgrade() {
-                    Some(pool) => pool.reap(),
-                    None => return,
-                }
+/// holds the handle, so the task ends when the `Upstream` is dropped, right away rather than at its next tick.
+pub(crate) fn spawn_reaper(pool: &Arc<Pool>, idle_timeout: Duration) -> AbortOnDrop<()> {
+    let every = (idle_timeout / 2).clamp(MIN_REAP_INTERVAL, MAX_REAP_INTERVAL);
+    let pool: Weak<Pool> = Arc::downgrade(pool);
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match pool.upgrade() {
+                Some(pool) => pool.reap(),
+                None => return,
             }
-        });
-        Reaper {
-            _task: AbortOnDrop(task),
         }
-    }
+    }))
 }

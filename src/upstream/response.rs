@@ -109,16 +109,13 @@ fn framing(status: u16, fields: &Fields) -> Result<Framing, UpstreamError> {
     if (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Framing::Empty); // rule 1
     }
+    let invalid_length = UpstreamError::Protocol("invalid or conflicting Content-Length");
     match (fields.transfer_encoding, fields.content_length) {
         (Some(TransferEncoding::ChunkedLast), _) => Ok(Framing::Chunked), // rules 3 and 4
         (Some(TransferEncoding::Other), _) => Ok(Framing::UntilClose),    // rules 3 and 4
-        (None, Some(ContentLength::Invalid)) => {
-            Err(UpstreamError::Protocol(
-                "invalid or conflicting Content-Length",
-            )) // rule 5
-        }
-        (None, Some(ContentLength::Valid(n))) => Ok(Framing::Length(n)), // rule 6
-        (None, None) => Ok(Framing::UntilClose),                         // rule 8
+        (None, Some(ContentLength::Invalid)) => Err(invalid_length),      // rule 5
+        (None, Some(ContentLength::Valid(n))) => Ok(Framing::Length(n)),  // rule 6
+        (None, None) => Ok(Framing::UntilClose),                          // rule 8
     }
 }
 
@@ -191,7 +188,8 @@ impl Fields {
                 // Not in RFC 9112: the de-facto `Keep-Alive: timeout=5, max=100` of Apache and nginx (described
                 // in RFC 2068 §19.7.1.1). Unparseable hints are ignored, not errors.
                 for param in list_items(header.value) {
-                    let Some((key, value)) = split_once(param, b'=') else {
+                    let mut key_value = param.splitn(2, |&b| b == b'=');
+                    let (Some(key), Some(value)) = (key_value.next(), key_value.next()) else {
                         continue;
                     };
                     if key.trim_ascii().eq_ignore_ascii_case(b"timeout") {
@@ -212,11 +210,6 @@ fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|item| !item.is_empty())
-}
-
-fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
-    let at = bytes.iter().position(|&b| b == separator)?;
-    Some((&bytes[..at], &bytes[at + 1..]))
 }
 
 /// `1*DIGIT` as a u64; `None` for anything else, including a sign or an overflow.

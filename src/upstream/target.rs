@@ -69,19 +69,14 @@ impl Target {
                 .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
         };
 
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
+        // The query (from its '?') stays as it came; an empty path, or just "/", is DEFAULT_PATH.
+        let (path, query) =
+            path_and_query.split_at(path_and_query.find('?').unwrap_or(path_and_query.len()));
+        let path = match path {
+            "" | "/" => DEFAULT_PATH,
+            path => path,
         };
-        let mut path_and_query = if path.is_empty() || path == "/" {
-            DEFAULT_PATH.to_owned()
-        } else {
-            path.to_owned()
-        };
-        if let Some(query) = query {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
-        }
+        let path_and_query = format!("{path}{query}");
         // The request line is `GET <target> HTTP/1.1`: a space or control byte would break it (RFC 9112 §3.2).
         if !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad(

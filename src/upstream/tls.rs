@@ -41,7 +41,10 @@ pub(crate) fn connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsCo
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = Resumption::store(Arc::new(SessionStore::new()));
+    config.resumption = Resumption::store(Arc::new(SessionStore {
+        other: ClientSessionMemoryCache::new(8),
+        tls13: Mutex::new(None),
+    }));
 
     Ok(TlsConnector::from(Arc::new(config)))
 }
@@ -82,15 +85,6 @@ struct SessionStore {
     /// The server's name and its tickets, oldest at the front. One server: a client is built per upstream,
     /// and a ticket for another name (never asked for here) would replace them rather than grow the store.
     tls13: Mutex<Option<(ServerName<'static>, VecDeque<Tls13ClientSessionValue>)>>,
-}
-
-impl SessionStore {
-    fn new() -> SessionStore {
-        SessionStore {
-            other: ClientSessionMemoryCache::new(8),
-            tls13: Mutex::new(None),
-        }
-    }
 }
 
 impl ClientSessionStore for SessionStore {
