@@ -186,15 +186,22 @@ mod tests {
         let url = format!("http://{}/healthz", listener.local_addr().expect("addr"));
         let handle = thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).expect("read") == 1 {
-                head.push(byte[0]);
-            }
+            let head = read_head(&mut conn);
             conn.write_all(reply).expect("write");
-            String::from_utf8(head).expect("utf-8")
+            head
         });
         (url, handle)
+    }
+
+    /// Reads a request head byte by byte: the request read before the socket closes, so that closing it
+    /// sends a FIN, not the reset a close with unread bytes would (which could beat the reply's last bytes).
+    fn read_head(conn: &mut std::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).expect("read") == 1 {
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).expect("utf-8")
     }
 
     #[test]
@@ -223,6 +230,7 @@ mod tests {
         let url = format!("http://{}/", listener.local_addr().expect("addr"));
         let server = thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
+            read_head(&mut conn);
             for part in [&b"HTTP/1.1 2"[..], b"00 OK\r", b"\n\r\n"] {
                 conn.write_all(part).expect("write");
                 conn.flush().expect("flush");
