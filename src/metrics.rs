@@ -18,7 +18,7 @@
 
 pub mod process;
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -264,20 +264,14 @@ impl Metrics {
                 &format!("outcome=\"{}\"", outcome.label()),
             );
         }
-        family(
+        labelled(
             out,
             "fanout_calls_shed_total",
             "counter",
             "API calls answered at once without upstream requests, by the limit that shed them",
+            "reason",
+            ShedReason::ALL.map(|reason| (reason.label(), self.shed[reason as usize].get())),
         );
-        for reason in ShedReason::ALL {
-            let _ = writeln!(
-                out,
-                "fanout_calls_shed_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.shed[reason as usize].get()
-            );
-        }
         counter(
             out,
             "fanout_smart_hedges_total",
@@ -313,15 +307,30 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A whole counter family without labels.
-pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub fn counter(out: &mut String, name: &str, help: &str, value: impl Display) {
     family(out, name, "counter", help);
     let _ = writeln!(out, "{name} {value}");
 }
 
 /// A whole gauge family without labels.
-pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+pub fn gauge(out: &mut String, name: &str, help: &str, value: impl Display) {
     family(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// A whole family with one label: a `label="value"` series for each (value, figure) pair.
+pub fn labelled<V: Display, F: Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (V, F)>,
+) {
+    family(out, name, kind, help);
+    for (value, figure) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {figure}");
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::endpoint::Endpoint;
 use crate::health::{self, Health};
 use crate::log::{LogSettings, Logger};
-use crate::metrics::{self, counter, family, gauge, Metrics};
+use crate::metrics::{self, counter, gauge, labelled, Metrics};
 use crate::trace::{CallTrace, SpanId};
 use crate::upstream::{OutcomeKind, PoolStats};
 
@@ -203,21 +203,13 @@ impl Telemetry {
             now.hedge_delay.as_secs_f64(),
         );
 
-        family(
+        labelled(
             &mut out,
             "fanout_upstream_pool_connections",
             "gauge",
             "Open upstream connections by state: idle in the pool, or active (in an exchange, or being opened)",
-        );
-        let _ = writeln!(
-            out,
-            "fanout_upstream_pool_connections{{state=\"idle\"}} {}",
-            pool.idle
-        );
-        let _ = writeln!(
-            out,
-            "fanout_upstream_pool_connections{{state=\"active\"}} {}",
-            pool.open.saturating_sub(pool.idle)
+            "state",
+            [("idle", pool.idle), ("active", pool.open.saturating_sub(pool.idle))],
         );
         counter(
             &mut out,
@@ -244,49 +236,36 @@ impl Telemetry {
             pool.slot_waits,
         );
         gauge(&mut out, "fanout_upstream_pool_lingering", "Upstream exchanges finishing in the background now, after their caller stopped waiting", pool.lingering);
-        family(
+        labelled(
             &mut out,
             "fanout_upstream_background_exchanges_total",
             "counter",
             "Upstream exchanges whose caller stopped waiting, by how they ended: finished (connection kept) or abandoned (closed)",
-        );
-        let _ = writeln!(
-            out,
-            "fanout_upstream_background_exchanges_total{{result=\"finished\"}} {}",
-            pool.finished_in_background
-        );
-        let _ = writeln!(
-            out,
-            "fanout_upstream_background_exchanges_total{{result=\"abandoned\"}} {}",
-            pool.abandoned
+            "result",
+            [("finished", pool.finished_in_background), ("abandoned", pool.abandoned)],
         );
 
         let window = self.health.snapshot();
-        family(
+        labelled(
             &mut out,
             "fanout_upstream_recent_requests",
             "gauge",
             "Upstream requests in the last 60 s by outcome (a sliding window; for history, use rate() on fanout_http_client_request_duration_seconds_count)",
+            "outcome",
+            OutcomeKind::ALL.map(|outcome| (outcome.label(), window.outcomes[outcome as usize])),
         );
-        for outcome in OutcomeKind::ALL {
-            let _ = writeln!(
-                out,
-                "fanout_upstream_recent_requests{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                window.outcomes[outcome as usize]
-            );
-        }
         if let Some(ratio) = window.success_ratio {
             gauge(&mut out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
         }
         if let Some(latency) = window.latency {
-            family(&mut out, "fanout_upstream_recent_latency_seconds", "gauge", "Latency quantiles (label q) of successful upstream requests in the last 60 s, estimated from buckets; not a summary, so not `quantile`");
-            for (q, v) in health::QUANTILES.iter().zip(latency) {
-                let _ = writeln!(
-                    out,
-                    "fanout_upstream_recent_latency_seconds{{q=\"{q}\"}} {v}"
-                );
-            }
+            labelled(
+                &mut out,
+                "fanout_upstream_recent_latency_seconds",
+                "gauge",
+                "Latency quantiles (label q) of successful upstream requests in the last 60 s, estimated from buckets; not a summary, so not `quantile`",
+                "q",
+                health::QUANTILES.iter().zip(latency),
+            );
         }
         gauge(&mut out, "fanout_upstream_healthy", "1 while the upstream's recent success ratio is at or above --upstream-health-threshold", u8::from(self.health.is_healthy()));
         gauge(

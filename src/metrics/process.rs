@@ -6,10 +6,9 @@
 //! Prometheus-instrumented process find them there. Anything `/proc` does not give (another OS, a sandbox)
 //! is left out of the page rather than reported as 0.
 
-use std::fmt::Write;
 use std::fs;
 
-use super::gauge;
+use super::{counter, gauge};
 
 /// Clock ticks per second in `/proc/*/stat` (USER_HZ). It is 100 on every Linux architecture, and
 /// prometheus/procfs assumes the same; reading it properly needs `sysconf`, that is, libc.
@@ -30,7 +29,7 @@ pub fn render(out: &mut String) {
     let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
 
     if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-        family_value_counter(
+        counter(
             out,
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
@@ -79,11 +78,6 @@ pub fn render(out: &mut String) {
             boot + start_ticks / USER_HZ,
         );
     }
-}
-
-fn family_value_counter(out: &mut String, name: &str, help: &str, value: f64) {
-    super::family(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
 }
 
 /// A `kB` line of /proc/self/status, in KiB.
