@@ -353,11 +353,9 @@ impl Api {
             self.lead.record(now - deadline, now);
         }
         Handled {
-            response,
-            endpoint: Some(endpoint),
             timeout: Some(timeout),
             attempts: finished.attempts,
-            shed: false,
+            ..Handled::plain(response, Some(endpoint))
         }
     }
 
