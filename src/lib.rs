@@ -106,7 +106,7 @@ pub async fn serve(
         }
     };
     extra_roots.extend(config.extra_roots.iter().cloned());
-    let upstream_config = UpstreamConfig {
+    let upstream = Arc::new(Upstream::new(UpstreamConfig {
         extra_roots,
         pool_max_connections: config.pool.max_connections,
         pool_max_idle: config.pool.max_idle,
@@ -115,19 +115,16 @@ pub async fn serve(
         linger: config.pool.linger,
         runtime: config.upstream_runtime.clone(),
         ..UpstreamConfig::new(url)
-    };
-    let upstream = Arc::new(Upstream::new(upstream_config)?);
+    })?);
 
     let addr = listener
         .local_addr()
         .map_err(|e| format!("the listener has no address: {e}"))?;
-    let admin_addr = match &admin {
-        Some(l) => Some(
-            l.local_addr()
-                .map_err(|e| format!("the admin listener has no address: {e}"))?,
-        ),
-        None => None,
-    };
+    let admin_addr = admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| format!("the admin listener has no address: {e}"))?;
     let telemetry = Arc::new(Telemetry::new(
         config.log.clone(),
         config.upstream_health_threshold,
