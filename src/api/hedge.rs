@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{Duration, Instant};
 
+use super::{claim_due, micros};
 use crate::health::{Health, WINDOW_SECS};
 
 /// The delay with a fixed `--hedge-delay-ms`, and with `auto` until enough latencies are known: the
@@ -149,18 +150,7 @@ impl Hedging {
 
     fn refresh(&self, health: &Health, now: Instant) {
         let now_us = micros(now.saturating_duration_since(self.epoch));
-        let due = self.next_refresh_us.load(Ordering::Relaxed);
-        if now_us < due
-            || self
-                .next_refresh_us
-                .compare_exchange(
-                    due,
-                    now_us + micros(REFRESH),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        if !claim_due(&self.next_refresh_us, now_us, REFRESH) {
             return; // not due, or another call is computing it
         }
         let recent = health.last(self.settings.horizon_secs);
@@ -220,10 +210,6 @@ impl Hedging {
             }),
         }
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

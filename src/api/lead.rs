@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{Duration, Instant};
 
+use super::{claim_due, micros};
+
 /// The least lead: tokio's timer fires on whole milliseconds, rounding up, so a timer aimed at the
 /// deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
 pub const FLOOR: Duration = Duration::from_millis(1);
@@ -107,17 +109,8 @@ impl Lead {
     /// that is more.
     fn roll_over(&self, now: Instant) {
         let now_us = micros(now.saturating_duration_since(self.epoch));
-        let end = self.window_end_us.load(Ordering::Relaxed);
-        if now_us < end {
-            return;
-        }
-        let next_end = now_us + micros(WINDOW);
-        if self
-            .window_end_us
-            .compare_exchange(end, next_end, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return; // another call is rolling it over
+        if !claim_due(&self.window_end_us, now_us, WINDOW) {
+            return; // not over, or another call is rolling it over
         }
         let counts: [u64; BUCKETS] =
             std::array::from_fn(|i| self.delays[i].swap(0, Ordering::Relaxed));
@@ -141,10 +134,6 @@ impl Lead {
         let lead_us = lead_us.clamp(micros(FLOOR), self.max_us);
         self.lead_us.store(lead_us, Ordering::Relaxed);
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
