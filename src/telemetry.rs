@@ -109,14 +109,9 @@ impl Telemetry {
         // Overshoot is signed in the log (negative: early) and clamped at 0 in the histogram.
         let overshoot_ms = done.timeout.map(|timeout| {
             let deadline = done.started + timeout;
-            self.metrics
-                .overshoot
-                .observe(done.written.saturating_duration_since(deadline));
-            if done.written >= deadline {
-                ms(done.written - deadline)
-            } else {
-                -ms(deadline - done.written)
-            }
+            let late = done.written.saturating_duration_since(deadline);
+            self.metrics.overshoot.observe(late);
+            ms(late) - ms(deadline.saturating_duration_since(done.written))
         });
         self.log.access(|line| {
             let t = done.trace;
