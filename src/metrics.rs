@@ -143,12 +143,9 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (i, n) in self.buckets().into_iter().enumerate() {
+        let bounds = self.bounds_s.iter().map(f64::to_string);
+        for (le, n) in bounds.chain(["+Inf".into()]).zip(self.buckets()) {
             cumulative += n;
-            let le = match self.bounds_s.get(i) {
-                Some(bound) => format!("{bound}"),
-                None => "+Inf".to_string(),
-            };
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
