@@ -263,18 +263,9 @@ impl Config {
     fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
         let l = &mut self.limits;
         match flag {
-            "--listen" => {
-                self.listen = v.parse().map_err(|_| {
-                    format!("`{v}` is not an address like 0.0.0.0:8080 or [::1]:8080")
-                })?
-            }
+            "--listen" => self.listen = address(v, "0.0.0.0:8080 or [::1]:8080")?,
             "--admin-listen" if v == "off" => self.admin_listen = None,
-            "--admin-listen" => {
-                self.admin_listen =
-                    Some(v.parse().map_err(|_| {
-                        format!("`{v}` is not an address like 0.0.0.0:8081, nor `off`")
-                    })?)
-            }
+            "--admin-listen" => self.admin_listen = Some(address(v, "0.0.0.0:8081, nor `off`")?),
             "--log" => {
                 self.log.level = Level::parse(v)
                     .ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))?
@@ -348,6 +339,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A socket address; `like` gives examples of one, for the message.
+fn address(v: &str, like: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("`{v}` is not an address like {like}"))
 }
 
 fn number(v: &str, min: u64, max: u64) -> Result<u64, String> {
