@@ -171,10 +171,8 @@ impl Health {
             if second == 0 || second + secs <= now {
                 continue;
             }
-            for (sum, c) in outcomes.iter_mut().zip(&slot.outcomes) {
-                *sum += c.load(Ordering::Relaxed);
-            }
-            for (sum, c) in latency.iter_mut().zip(&slot.latency) {
+            let counts = slot.outcomes.iter().chain(&slot.latency);
+            for (sum, c) in outcomes.iter_mut().chain(&mut latency).zip(counts) {
                 *sum += c.load(Ordering::Relaxed);
             }
         }
