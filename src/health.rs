@@ -187,10 +187,6 @@ impl Health {
         }
     }
 
-    pub fn threshold(&self) -> f64 {
-        self.threshold
-    }
-
     /// Whether the upstream counts as healthy (as of the watcher's last look).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)

@@ -127,25 +127,13 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Bucket counts, not cumulative, the `+Inf` bucket last.
-    pub fn buckets(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    pub fn bounds(&self) -> &'static [f64] {
-        self.bounds_s
-    }
-
     /// Writes the `_bucket`, `_sum` and `_count` series, with `labels` (`a="x",b="y"`, maybe empty).
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         let bounds = self.bounds_s.iter().map(f64::to_string);
-        for (le, n) in bounds.chain(["+Inf".into()]).zip(self.buckets()) {
-            cumulative += n;
+        for (le, n) in bounds.chain(["+Inf".into()]).zip(&*self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
