@@ -4,6 +4,7 @@
 //! environment variable (`FANOUT_MAX_TIMEOUT_MS=5000`); a flag wins over the environment. Unknown flags
 //! and bad values stop the program with a message naming the setting, before anything is bound.
 
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,16 +200,12 @@ pub fn help() -> String {
          fanout healthcheck [URL]  exit 0 if URL (default http://127.0.0.1:8081/healthz) answers 200\n\nflags (each also read from its environment variable; a flag wins):\n",
     );
     for s in SETTINGS {
-        let default = if s.default.is_empty() {
-            String::new()
-        } else {
-            format!(" [default: {}]", s.default)
-        };
         let flag = format!("{} {}", s.flag, s.value);
-        out.push_str(&format!(
-            "  {flag:<30} {}\n      {}{default}\n",
-            s.env, s.help
-        ));
+        let _ = write!(out, "  {flag:<30} {}\n      {}", s.env, s.help);
+        if !s.default.is_empty() {
+            let _ = write!(out, " [default: {}]", s.default);
+        }
+        out.push('\n');
     }
     out.push_str("  --help                         this text\n");
     out
