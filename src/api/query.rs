@@ -34,11 +34,8 @@ pub fn timeout_ms(query: &str, max: u64) -> Result<u64, String> {
         ));
     }
     // All digits: parsing fails only on overflow, which is "too large" as well.
-    match std::str::from_utf8(&value)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(ms) if ms <= max => Ok(ms),
+    match String::from_utf8_lossy(&value).parse::<u64>() {
+        Ok(ms) if ms <= max => Ok(ms),
         _ => Err(format!(
             "query parameter `timeout` is too large: it must be {accepted}, not `{shown}`"
         )),
