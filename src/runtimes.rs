@@ -55,10 +55,8 @@ impl Runtimes {
     /// Stops every runtime. Tasks still running (upstream requests finishing in the background) are
     /// dropped with their runtime; a DNS lookup stuck on a blocking pool is given a second, not forever.
     pub fn shutdown(self) {
-        for runtime in [Some(self.api), self.upstream, self.shed]
-            .into_iter()
-            .flatten()
-        {
+        let all = [Some(self.api), self.upstream, self.shed];
+        for runtime in all.into_iter().flatten() {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
     }
