@@ -212,18 +212,14 @@ impl Calls {
             OutcomeKind::of(&report.outcome),
             report.duration,
         );
+        if let Err(e) = &report.outcome {
+            self.failures.push(e.to_string());
+        }
         match report.outcome {
             // A request that ran out of time did not finish: the deadline has come, and the strategy's own
             // timer must decide (an `/api/all` whose third request timed out is a 504, not a 200 with two).
-            Err(UpstreamError::Timeout) => {
-                self.failures.push(UpstreamError::Timeout.to_string());
-                pending().await
-            }
-            Err(e) => {
-                self.failures.push(e.to_string());
-                Some(Err(e))
-            }
-            Ok(work) => Some(Ok(work)),
+            Err(UpstreamError::Timeout) => pending().await,
+            outcome => Some(outcome),
         }
     }
 
