@@ -124,19 +124,6 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// The settings the API reads.
-    pub fn api_settings(&self) -> crate::api::Settings {
-        crate::api::Settings {
-            max_timeout_ms: self.max_timeout_ms,
-            hedge: self.hedge.clone(),
-            max_in_flight: self.limits.max_in_flight,
-            overload_lag: self.limits.overload_lag,
-            max_deadline_lead: self.max_deadline_lead,
-        }
-    }
-}
-
 /// One setting: its flag, environment variable, value name, default (as shown by `--help`) and help text.
 struct Setting {
     flag: &'static str,
@@ -212,6 +199,17 @@ pub fn help() -> String {
 }
 
 impl Config {
+    /// The settings the API reads.
+    pub fn api_settings(&self) -> crate::api::Settings {
+        crate::api::Settings {
+            max_timeout_ms: self.max_timeout_ms,
+            hedge: self.hedge.clone(),
+            max_in_flight: self.limits.max_in_flight,
+            overload_lag: self.limits.overload_lag,
+            max_deadline_lead: self.max_deadline_lead,
+        }
+    }
+
     /// Reads the settings from `args` (without the program name) and from the environment.
     pub fn from_args_and_env(args: &[String]) -> Result<Command, String> {
         Self::parse(args, |name| std::env::var(name).ok())
