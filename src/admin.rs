@@ -56,13 +56,10 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: impl Future<Outpu
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(accepted) => accepted,
+                let Ok((stream, _peer)) = accepted else {
                     // Out of file descriptors, say: retrying at once would spin.
-                    Err(_) => {
-                        tokio::time::sleep(crate::server::ACCEPT_BACKOFF).await;
-                        continue;
-                    }
+                    tokio::time::sleep(crate::server::ACCEPT_BACKOFF).await;
+                    continue;
                 };
                 // Over the cap the connection is dropped (closed), never queued.
                 let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
