@@ -90,17 +90,15 @@ fn status_kib(key: &str) -> Option<u64> {
 /// The soft limit on open files, from /proc/self/limits ("Max open files  1024  4096  files").
 fn max_open_files() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let values = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    values.split_whitespace().next()?.parse().ok()
 }
 
 /// The system's boot time in seconds since the epoch (`btime` in /proc/stat).
 fn boot_time() -> Option<f64> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    line[6..].trim().parse().ok()
+    let seconds = stat.lines().find_map(|l| l.strip_prefix("btime "))?;
+    seconds.trim().parse().ok()
 }
