@@ -389,6 +389,27 @@ fn encode(answer: &Answer) -> Vec<u8> {
     body
 }
 
+/// A duration in whole µs, as `hedge` and `lead` keep instants and durations in atomics.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Whether the caller is the one to act on a period ending at `*end` (µs, like `now_us`): true once the
+/// period is over and this caller moved `end` to `period` from now; false before it is over, or when
+/// another caller moved it first (one compare-exchange, no lock).
+fn claim_due(end: &AtomicU64, now_us: u64, period: Duration) -> bool {
+    let due = end.load(Ordering::Relaxed);
+    now_us >= due
+        && end
+            .compare_exchange(
+                due,
+                now_us + micros(period),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,25 +449,4 @@ mod tests {
         assert_eq!(fill(&api).len(), 72);
         assert_eq!(api.in_flight(), 0, "every place given back");
     }
-}
-
-/// A duration in whole µs, as `hedge` and `lead` keep instants and durations in atomics.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Whether the caller is the one to act on a period ending at `*end` (µs, like `now_us`): true once the
-/// period is over and this caller moved `end` to `period` from now; false before it is over, or when
-/// another caller moved it first (one compare-exchange, no lock).
-fn claim_due(end: &AtomicU64, now_us: u64, period: Duration) -> bool {
-    let due = end.load(Ordering::Relaxed);
-    now_us >= due
-        && end
-            .compare_exchange(
-                due,
-                now_us + micros(period),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
 }
