@@ -231,13 +231,9 @@ impl Config {
             let Some(i) = SETTINGS.iter().position(|s| s.flag == name) else {
                 return Err(format!("unknown argument `{arg}`"));
             };
-            let value = match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs a value ({})", SETTINGS[i].value))?,
-            };
+            let value = inline
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value ({})", SETTINGS[i].value))?;
             raw[i] = Some(value);
         }
 
