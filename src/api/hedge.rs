@@ -23,9 +23,10 @@
 //! the delay passed are at most `--hedge-budget` ([`DEFAULT_BUDGET`]) per call, as Finagle's extra-load cap
 //! and gRPC's hedging throttle do it: a token bucket. Each `/api/smart` call earns `budget` requests of
 //! credit; a hedge spends one per request it fires, 2; the credit starts empty and is capped at [`BURST`]
-//! requests, so a quiet spell cannot save up a flood. (`--hedge-budget 0`: never on the delay.) Over budget, a call waits for its first request alone, and hedges
-//! only if that fails: a failure still fires the other two at once, as the contract says, and costs no
-//! credit. With a fixed delay there is no budget: every call may hedge, as before.
+//! requests, so a quiet spell cannot save up a flood. (`--hedge-budget 0`: never on the delay.) Over
+//! budget, a call waits for its first request alone, and hedges only if that fails: a failure still fires
+//! the other two at once, as the contract says, and costs no credit. With a fixed delay there is no budget:
+//! every call may hedge, as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
