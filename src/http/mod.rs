@@ -5,7 +5,7 @@
 //! answers with a [`Response`], the upstream client (`upstream/`) decodes chunked responses, and the
 //! simulator serves with them. None of them needs to know the others to use this module.
 
-pub mod chunked;
+pub(crate) mod chunked;
 pub mod request;
 pub mod response;
 
