@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::CA_PEM;
 use super::{
-    ca_pem, Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
+    Fault, SimConfig, Simulator, HANG_CAP, IDLE_CAP, LINGER, MAX_CONNECTIONS, MAX_HEADERS,
     MAX_HEAD_BYTES, MAX_LATENCY_MS, MAX_REQUEST_BODY_BYTES, SLOW_BODY_PAUSE,
 };
 
@@ -131,7 +132,8 @@ fn parse_failures(v: &str) -> Result<Vec<Fault>, String> {
         .map(str::trim)
         .filter(|name| !name.is_empty())
         .map(|name| {
-            Fault::from_name(name).ok_or_else(|| {
+            let fault = Fault::ALL.into_iter().find(|fault| fault.name() == name);
+            fault.ok_or_else(|| {
                 let known = Fault::ALL.map(Fault::name).join(",");
                 format!("--failures: unknown kind {name:?} (known: {known})")
             })
@@ -154,7 +156,7 @@ pub async fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("simulator: {e}"))?;
     if let Some(path) = &write_ca {
         // std::fs in async code: one small file, once, before serving; not worth a blocking task.
-        std::fs::write(path, ca_pem())
+        std::fs::write(path, CA_PEM)
             .map_err(|e| format!("--write-ca: cannot write {}: {e}", path.display()))?;
     }
     println!("fanout simulator: serving {}", simulator.url());

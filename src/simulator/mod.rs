@@ -197,17 +197,6 @@ impl Fault {
             Fault::SlowBody => "slow-body",
         }
     }
-
-    /// The inverse of [`Fault::name`].
-    pub fn from_name(name: &str) -> Option<Fault> {
-        Fault::ALL.into_iter().find(|fault| fault.name() == name)
-    }
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// One request head as the simulator received it, for tests to inspect.
@@ -347,11 +336,4 @@ impl Drop for Simulator {
         // connection task) the next time it gets to it, which is promptly. It never panics.
         self.accept_task.abort();
     }
-}
-
-/// The test CA certificate, PEM. Clients trust it to talk TLS to the simulator.
-///
-/// The CA and the leaf key are public (they are in the source) and for testing only.
-pub fn ca_pem() -> &'static str {
-    tls::CA_PEM
 }

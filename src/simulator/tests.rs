@@ -723,7 +723,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 #[test]
 fn the_ca_pem_holds_exactly_one_certificate() {
     assert_eq!(ca_certs().len(), 1);
-    assert!(ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(tls::CA_PEM.starts_with("-----BEGIN CERTIFICATE-----"));
 }
 
 #[tokio::test]
