@@ -3,7 +3,7 @@
 //! Typical use: `fanout simulator --write-ca /tmp/sim-ca.pem` in one terminal, and fanout (or
 //! curl `--cacert /tmp/sim-ca.pem`) pointed at the URL it prints in another.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,12 +14,11 @@ use super::{
 };
 
 /// Where `fanout simulator` listens unless told otherwise.
-const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8443));
 
 /// The `--help` text, limits included.
 pub fn usage() -> String {
-    let defaults = SimConfig::default();
-    let (min, max) = defaults.latency_ms;
+    let (min, max) = SimConfig::default().latency_ms;
     let kinds = Fault::ALL.map(Fault::name).join(",");
     format!(
         "\
@@ -55,9 +54,7 @@ after closing, input is drained for at most {LINGER:?}.
 /// Parses the arguments after `simulator`: (listen address, configuration, `--write-ca` file).
 /// `--help` comes back as `Err(usage())`; [`run`] prints it and succeeds instead.
 pub fn parse_args(args: &[String]) -> Result<(SocketAddr, SimConfig, Option<PathBuf>), String> {
-    let mut listen: SocketAddr = DEFAULT_LISTEN
-        .parse()
-        .map_err(|e| format!("default listen address: {e}"))?;
+    let mut listen = DEFAULT_LISTEN;
     let mut config = SimConfig::default();
     let mut write_ca = None;
 
@@ -160,10 +157,8 @@ pub async fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("--write-ca: cannot write {}: {e}", path.display()))?;
     }
     println!("fanout simulator: serving {}", simulator.url());
-    let stopped = shutdown_signal().await;
-    // Dropping the simulator closes the listener and every connection.
-    drop(simulator);
-    stopped
+    // Returning drops the simulator, which closes the listener and every connection.
+    shutdown_signal().await
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what `kill` and service managers send).
