@@ -142,19 +142,12 @@ impl<S: Transport> Connection<S> {
         let end = self.exchanges().await.unwrap_or(End::Drop);
         match end {
             End::Graceful => {
-                // RFC 9112 §9.6: close in stages. Half-close first (TLS close_notify, then FIN);
-                // then read and drop whatever the client still sends until it closes too. Closing
-                // with unread input makes the kernel send an RST, which can destroy the response
-                // we just sent before the client reads it (likely after a 431 or 413).
-                // Bounded: a peer that stopped reading cannot hold us in close_notify forever,
-                // and one that never closes is left after LINGER.
+                // RFC 9112 §9.6: close in stages: half-close (TLS close_notify, then FIN), then
+                // drain until the client closes too, so that unread input does not make the kernel
+                // send an RST that destroys our response (likely after a 431 or 413). Both stages
+                // are bounded: a peer that stopped reading cannot hold us in close_notify forever.
                 let _ = timeout(WRITE_TIMEOUT, self.stream.shutdown()).await;
-                let drain = async {
-                    while self.read_more().await > 0 {
-                        self.buf.clear()
-                    }
-                };
-                let _ = timeout(LINGER, drain).await;
+                self.drain(LINGER).await;
             }
             End::Drop => {}
             End::Reset => {
@@ -311,7 +304,7 @@ impl<S: Transport> Connection<S> {
             Kind::Fault(Fault::MissingTime) => self.send_response(200, MISSING_TIME, close).await?,
             Kind::Fault(Fault::Reset) => return Ok(Some(End::Reset)),
             Kind::Fault(Fault::Hang) => {
-                self.hang().await;
+                self.drain(HANG_CAP).await;
                 return Ok(Some(End::Drop));
             }
             Kind::Fault(Fault::SlowBody) => self.send_slowly(&success_body(time), close).await?,
@@ -393,10 +386,10 @@ impl<S: Transport> Connection<S> {
         self.send(b"0\r\nX-Sim-Trailer: done\r\n\r\n").await
     }
 
-    /// Never answers: reads and drops whatever the client sends until it closes, or for at
-    /// most [`HANG_CAP`].
-    async fn hang(&mut self) {
-        let deadline = Instant::now() + HANG_CAP;
+    /// Reads and drops whatever the client sends until it closes, or for at most `limit`: how a
+    /// hang waits for its client to give up, and how a graceful close lingers.
+    async fn drain(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         self.buf.clear();
         while let Some(1..) = timeout_at(deadline, self.read_more()).await {
             self.buf.clear();
