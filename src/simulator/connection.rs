@@ -168,8 +168,7 @@ impl<S: Transport> Connection<S> {
                 HeadRead::Head(head) => head,
                 HeadRead::PeerClosed | HeadRead::Idle => return Ok(End::Drop),
                 HeadRead::Reject(status) => {
-                    self.send_response(status, &error_body(status), true)
-                        .await?;
+                    self.send_error(status, true).await?;
                     return Ok(End::Graceful);
                 }
             };
@@ -291,15 +290,10 @@ impl<S: Transport> Connection<S> {
         match reply.kind {
             Kind::Ok => self.send_response(200, &success_body(time), close).await?,
             Kind::Chunked => self.send_chunked(&success_body(time), close).await?,
-            Kind::Status(status) => {
-                self.send_response(status, &error_body(status), close)
-                    .await?
-            }
+            Kind::Status(status) => self.send_error(status, close).await?,
             Kind::Body(status, body) => self.send_response(status, &body, close).await?,
             Kind::Raw(bytes) => self.send(&bytes).await?,
-            Kind::Fault(Fault::Status500) => {
-                self.send_response(500, &error_body(500), close).await?
-            }
+            Kind::Fault(Fault::Status500) => self.send_error(500, close).await?,
             Kind::Fault(Fault::InvalidJson) => self.send_response(200, NOT_JSON, close).await?,
             Kind::Fault(Fault::MissingTime) => self.send_response(200, MISSING_TIME, close).await?,
             Kind::Fault(Fault::Reset) => return Ok(Some(End::Reset)),
@@ -350,6 +344,13 @@ impl<S: Transport> Connection<S> {
         let mut response = head(status, &length, close);
         response.extend_from_slice(body);
         self.send(&response).await
+    }
+
+    /// This status with a small JSON error body, e.g. `{"error": "not found", "status": 404}`.
+    async fn send_error(&mut self, status: u16, close: bool) -> io::Result<()> {
+        let error = reason(status).to_ascii_lowercase();
+        let body = format!("{{\"error\": \"{error}\", \"status\": {status}}}");
+        self.send_response(status, body.as_bytes(), close).await
     }
 
     /// The head at once, then the body one byte per [`SLOW_BODY_PAUSE`].
@@ -486,14 +487,6 @@ fn head(status: u16, extra: &str, close: bool) -> Vec<u8> {
 
 fn success_body(time: u64) -> Vec<u8> {
     format!("{{\"time\": {time}}}").into_bytes()
-}
-
-fn error_body(status: u16) -> Vec<u8> {
-    format!(
-        "{{\"error\": \"{}\", \"status\": {status}}}",
-        reason(status).to_ascii_lowercase()
-    )
-    .into_bytes()
 }
 
 /// fanout's reason phrases, and a made-up one for codes fanout never sends (tests script any status).
