@@ -172,14 +172,12 @@ impl<S: Transport> Connection<S> {
                     return Ok(End::Graceful);
                 }
             };
-            let body_len = head.body_len;
-            let keep_alive = head.keep_alive;
-            let reply = self.route(head);
-            self.discard_body(body_len).await?;
+            let reply = self.route(head.seen);
+            self.discard_body(head.body_len).await?;
 
             responses += 1;
             let close_after = self.shared.config.close_after;
-            let last = !keep_alive || close_after.is_some_and(|n| responses >= n);
+            let last = !head.keep_alive || close_after.is_some_and(|n| responses >= n);
             if let Some(end) = self.answer(reply, last).await? {
                 return Ok(end);
             }
@@ -191,17 +189,17 @@ impl<S: Transport> Connection<S> {
     /// `GET /stats` answers the counters at once and is neither counted in `requests` nor kept
     /// in `seen`: a benchmark polls it before and after a run and subtracts, so it must not
     /// disturb what it measures.
-    fn route(&self, head: Head) -> Reply {
-        let path = head.seen.path.split('?').next().unwrap_or("");
-        if path == "/stats" && head.seen.method == "GET" {
+    fn route(&self, request: SeenRequest) -> Reply {
+        let path = request.path.split('?').next().unwrap_or("");
+        if path == "/stats" && request.method == "GET" {
             return Reply::body(200, self.shared.stats_json()).after(Duration::ZERO);
         }
-        let reply = match (path, head.seen.method == "GET") {
+        let reply = match (path, request.method == "GET") {
             ("/api/work", true) => self.shared.next_reply(),
             ("/api/work" | "/stats", _) => Reply::status(405).after(Duration::ZERO),
             _ => Reply::status(404).after(Duration::ZERO),
         };
-        self.shared.record(head.seen);
+        self.shared.record(request);
         reply
     }
 
@@ -455,11 +453,7 @@ fn parse_head(buf: &[u8]) -> Option<(HeadRead, usize)> {
         return Some((HeadRead::Reject(413), len));
     }
     // RFC 9112 §9.3: HTTP/1.1 persists by default, HTTP/1.0 only when asked to.
-    let keep_alive = if version >= 1 {
-        !close
-    } else {
-        keep_alive_token && !close
-    };
+    let keep_alive = !close && (version >= 1 || keep_alive_token);
     let head = Head {
         seen: SeenRequest {
             method: method.to_string(),
