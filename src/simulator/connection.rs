@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ pub(super) async fn serve(
             // A failed or stalled handshake leaves nobody to answer: dropping it closes the socket.
             if let Ok(Ok(tls)) = handshake {
                 if tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
-                    shared.tls_resumed();
+                    shared.tls_resumed.fetch_add(1, Ordering::SeqCst);
                 }
                 Connection::new(tls, shared, open).run().await;
             }

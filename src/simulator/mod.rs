@@ -51,7 +51,7 @@ pub use cli::{parse_args, run, usage};
 pub use reply::Reply;
 pub use tls::ca_certs;
 
-use state::Shared;
+use state::{lock, Shared};
 
 // ---------------------------------------------------------------------------------------------
 // Limits. Each bounds something a peer (or a forgetful test) controls; `--help` prints them.
@@ -281,7 +281,7 @@ impl Simulator {
     /// (across all connections). Other paths do not consume them. When the queue is empty,
     /// requests follow the [`SimConfig`].
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.shared.script(replies);
+        lock(&self.shared.script).extend(replies);
     }
 
     /// Connections accepted since start (including ones whose TLS handshake then failed).
@@ -307,7 +307,7 @@ impl Simulator {
 
     /// The last [`SEEN_CAPACITY`] request heads, oldest first.
     pub fn seen(&self) -> Vec<SeenRequest> {
-        self.shared.seen()
+        lock(&self.shared.seen).iter().cloned().collect()
     }
 
     /// Waits until [`requests`](Self::requests) is at least `n`; false if `timeout` came first.

@@ -19,11 +19,10 @@ use crate::rng::Rng;
 
 pub(super) struct Shared {
     pub(super) config: SimConfig,
-    script: Mutex<VecDeque<Reply>>,
-    seen: Mutex<VecDeque<SeenRequest>>,
+    pub(super) script: Mutex<VecDeque<Reply>>,
+    pub(super) seen: Mutex<VecDeque<SeenRequest>>,
     // The counters behind the `Simulator` methods of the same names (read with `Ordering::SeqCst`).
     pub(super) accepted: AtomicU64,
-    /// TLS handshakes that resumed an earlier session (a ticket) instead of a full handshake.
     pub(super) tls_resumed: AtomicU64,
     pub(super) open: AtomicU64,
     pub(super) requests: AtomicU64,
@@ -32,7 +31,7 @@ pub(super) struct Shared {
 }
 
 /// A poisoned lock only means another task panicked mid-push; the data is still a valid queue.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -54,10 +53,6 @@ impl Shared {
     fn ring(&self) {
         // `send_replace` marks the value changed even when nobody is subscribed yet.
         self.bell.send_replace(());
-    }
-
-    pub(super) fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        lock(&self.script).extend(replies);
     }
 
     /// The reply for the `GET /api/work` that just arrived: the next scripted one, or one drawn
@@ -102,11 +97,6 @@ impl Shared {
         OpenConnection(self.clone())
     }
 
-    /// Counts a TLS handshake that resumed a session.
-    pub(super) fn tls_resumed(&self) {
-        self.tls_resumed.fetch_add(1, Ordering::SeqCst);
-    }
-
     /// The body of `GET /stats`: `{"connections_accepted": N, "connections_open": N,
     /// "requests": N, "tls_resumed": N}`. `connections_open` includes the connection asking.
     pub(super) fn stats_json(&self) -> Vec<u8> {
@@ -119,10 +109,6 @@ impl Shared {
             load(&self.tls_resumed)
         )
         .into_bytes()
-    }
-
-    pub(super) fn seen(&self) -> Vec<SeenRequest> {
-        lock(&self.seen).iter().cloned().collect()
     }
 
     /// Waits until `condition` holds, or `limit` passes (false).
