@@ -53,9 +53,7 @@ pub use tls::ca_certs;
 
 use state::{lock, Shared};
 
-// ---------------------------------------------------------------------------------------------
 // Limits. Each bounds something a peer (or a forgetful test) controls; `--help` prints them.
-// ---------------------------------------------------------------------------------------------
 
 /// Largest request head (request line + headers) accepted; a larger one gets 431 and a close.
 /// 16 KiB is far above any head our client sends and small enough to keep per connection.

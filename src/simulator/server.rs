@@ -1,9 +1,6 @@
-//! The accept loop: one task per connection, all owned here.
-//!
-//! The loop owns the listener and a `JoinSet` of connection tasks. When the
-//! [`Simulator`](super::Simulator) is dropped it aborts this task; dropping the `JoinSet` then
-//! aborts every connection task, and each dropped task closes its socket. That chain is the whole
-//! shutdown story: no task is detached, so none can outlive the simulator.
+//! The accept loop: one task per connection, all owned here in a `JoinSet`. Aborting the loop (as
+//! dropping the [`Simulator`](super::Simulator) does) drops the set, which aborts every connection
+//! task, which closes its socket: no task is detached, so none can outlive the simulator.
 
 use std::sync::Arc;
 
@@ -57,9 +54,8 @@ pub(super) async fn accept_loop(
 
 /// A connection task that panicked is a bug in the simulator: say so, keep serving the others.
 fn reap(finished: Option<Result<(), tokio::task::JoinError>>) {
-    if let Some(Err(e)) = finished {
-        if e.is_panic() {
-            eprintln!("simulator: a connection task panicked: {e}");
-        }
+    match finished {
+        Some(Err(e)) if e.is_panic() => eprintln!("simulator: a connection task panicked: {e}"),
+        _ => {}
     }
 }
