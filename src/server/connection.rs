@@ -65,15 +65,6 @@ enum Served {
 /// call (its place held).
 type Pending = (RequestHead, Instant, CallTrace, Call);
 
-/// What reading the next request gave.
-enum Next {
-    Request(RequestHead),
-    /// The client closed, went idle too long, or the server is shutting down between requests.
-    Done,
-    /// The request is unacceptable: send this and close.
-    Reject(Response),
-}
-
 pub(crate) struct Connection {
     stream: TcpStream,
     /// Bytes received and not yet consumed; bounded by `max_head_bytes` plus one read.
@@ -162,13 +153,8 @@ impl Connection {
                     (head, started, trace, Prepared::Call(call), false)
                 }
                 None => {
-                    let head = match self.next_request().await {
-                        Next::Request(head) => head,
-                        Next::Done => return Served::Done,
-                        Next::Reject(response) => {
-                            self.reject(&response).await;
-                            return Served::Done;
-                        }
+                    let Some(head) = self.next_request().await else {
+                        return Served::Done;
                     };
                     // The deadline counts from here: the head is parsed (the API contract).
                     let started = Instant::now();
@@ -256,10 +242,8 @@ impl Connection {
     /// within the head timeout) gets `503 overloaded` with `Retry-After` and the connection is closed.
     /// Nothing reaches the API, and the client hears at once instead of waiting in the kernel's backlog.
     pub(crate) async fn refuse(mut self) {
-        let head = match self.next_request().await {
-            Next::Request(head) => head,
-            Next::Done => return,
-            Next::Reject(response) => return self.reject(&response).await,
+        let Some(head) = self.next_request().await else {
+            return;
         };
         self.api
             .shed(ShedReason::MaxConnections, self.limits.max_connections);
@@ -272,14 +256,6 @@ impl Connection {
         self.finish(&response, head.is_head()).await
     }
 
-    /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
-    /// only: its response "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused
-    /// included. It is told from the buffered request line, since the head was not parsed.
-    async fn reject(&mut self, response: &Response) {
-        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
-        self.finish(response, head_only).await
-    }
-
     /// Writes `bytes` within `write_timeout`; false if the client did not take them. Every write to the
     /// client goes through here, so a client that stops reading cannot hold the connection.
     async fn send(&mut self, bytes: &[u8]) -> bool {
@@ -289,18 +265,20 @@ impl Connection {
         )
     }
 
-    /// Reads until a whole request head is in the buffer, then parses and interprets it.
-    async fn next_request(&mut self) -> Next {
+    /// Reads until a whole request head is in the buffer, then parses and interprets it. `None`: the client
+    /// closed or went idle too long, the server is shutting down between requests, or the head could not be
+    /// accepted (its error has been sent, and the connection is to close).
+    async fn next_request(&mut self) -> Option<RequestHead> {
         let mut head_started = (!self.buf.is_empty()).then(Instant::now);
-        loop {
+        let refusal = loop {
             if !self.buf.is_empty() {
                 match parse(&self.buf, &self.limits) {
                     Ok(Some((head, len))) => {
                         self.buf.drain(..len);
-                        return Next::Request(head);
+                        return Some(head);
                     }
                     Ok(None) => {}
-                    Err(response) => return Next::Reject(response),
+                    Err(response) => break response,
                 }
             }
             let read_until = match head_started {
@@ -312,15 +290,21 @@ impl Connection {
             let between_requests = head_started.is_none();
             tokio::select! {
                 read = timeout_at(read_until, self.stream.read_buf(&mut self.buf)) => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => return Next::Done,
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
                     Ok(Ok(_)) => head_started = head_started.or_else(|| Some(Instant::now())),
-                    Err(_) if between_requests => return Next::Done,
-                    Err(_) => return Next::Reject(request_timeout("the request head")),
+                    Err(_) if between_requests => return None,
+                    Err(_) => break request_timeout("the request head"),
                 },
                 // Only between requests: a request that has begun to arrive is read and answered.
-                _ = self.shutdown.changed(), if between_requests => return Next::Done,
+                _ = self.shutdown.changed(), if between_requests => return None,
             }
-        }
+        };
+        // A `HEAD` gets the head of the error only: its response "MUST NOT" carry content (RFC 9110 §9.3.2),
+        // an error for a head we refused included. It is told from the buffered request line, since the head
+        // was not parsed.
+        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
+        self.finish(&refusal, head_only).await;
+        None
     }
 
     /// Reads and throws away a request body; no endpoint uses one, but it must be consumed to find the next
