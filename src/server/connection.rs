@@ -186,27 +186,22 @@ impl Connection {
             } else {
                 Persistence::KeepAlive
             };
-            let Handled {
-                response,
-                endpoint,
-                timeout: call_timeout,
-                attempts,
-                shed,
-            } = handled;
-            let status = response.status;
-            let response = response.with_header(TRACERESPONSE, trace.response_header());
+            let status = handled.response.status;
+            let response = handled
+                .response
+                .with_header(TRACERESPONSE, trace.response_header());
             let bytes = response.encode(head.is_head(), persistence);
             let written = self.send(&bytes).await;
             // Observed once the response is written: its duration and overshoot are what the caller saw.
             self.api.telemetry().request_done(&RequestDone {
                 trace: &trace,
                 method: &head.method,
-                endpoint,
-                timeout: call_timeout,
+                endpoint: handled.endpoint,
+                timeout: handled.timeout,
                 status,
                 started,
                 written: Instant::now(),
-                attempts: &attempts,
+                attempts: &handled.attempts,
             });
             if !written {
                 return Served::Done;
@@ -215,7 +210,7 @@ impl Connection {
                 self.linger().await;
                 return Served::Done;
             }
-            if !shed {
+            if !handled.shed {
                 continue;
             }
             if !self.limits.shed_pause.is_zero() {
