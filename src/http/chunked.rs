@@ -244,18 +244,12 @@ impl ChunkedDecoder {
         }
 
         self.state = match (self.state, byte) {
-            (State::SizeStart, _) => {
-                // chunk-size = 1*HEXDIG: at least one digit.
-                let digit = char::from(byte)
-                    .to_digit(16)
-                    .ok_or(ChunkedError::InvalidSize)?;
-                self.remaining = u64::from(digit);
-                State::Size
-            }
             (State::Size, b';') => State::Extension(Ext::NameStart),
             (State::Size, b' ' | b'\t') => State::SizeEnd,
             (State::Size, b'\r') => State::SizeLf,
-            (State::Size, _) => {
+            // chunk-size = 1*HEXDIG: at least one digit. `remaining` is 0 at the start of a size: the
+            // previous chunk's data has all been copied.
+            (State::SizeStart | State::Size, _) => {
                 let digit = char::from(byte)
                     .to_digit(16)
                     .ok_or(ChunkedError::InvalidSize)?;
