@@ -36,7 +36,7 @@ use crate::trace::{CallTrace, TRACERESPONSE};
 /// that data the client already sent does not make our kernel answer with a reset that destroys the
 /// response before the client read it.
 const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_BYTES: u64 = 64 * 1024;
 
 /// A request body still to be read and discarded.
 enum Body {
@@ -372,20 +372,11 @@ impl Connection {
 
     /// Closes after the last response without losing it.
     async fn linger(&mut self) {
-        // Half-close, then read until the client closes too (or the linger bound), so the response is not
-        // destroyed by a reset. See LINGER.
+        // Half-close, then read and drop what comes until the client closes too (or LINGER, or LINGER_BYTES),
+        // so the response is not destroyed by a reset.
         let _ = self.stream.shutdown().await;
-        let _ = timeout(LINGER, async {
-            let mut scratch = [0u8; 4096];
-            let mut drained = 0;
-            while drained < LINGER_BYTES {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
+        let mut unread = (&mut self.stream).take(LINGER_BYTES);
+        let _ = timeout(LINGER, tokio::io::copy(&mut unread, &mut tokio::io::sink())).await;
     }
 }
 
