@@ -478,20 +478,14 @@ enum OtherVersion {
 }
 
 fn other_version(buf: &[u8]) -> OtherVersion {
-    let start = request_line_start(buf);
-    let line = &buf[start..];
+    let line = &buf[request_line_start(buf)..];
     // httparse accepted the method and target, each followed by one SP: the version follows the second.
-    let Some(at) = line
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b' ')
-        .nth(1)
-        .map(|(i, _)| i + 1)
-    else {
+    let Some(rest) = line.splitn(3, |&b| b == b' ').nth(2) else {
         return OtherVersion::Malformed;
     };
-    let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
-    let version = &line[at..at + end.unwrap_or(line.len() - at)];
+    let at = buf.len() - rest.len(); // where `rest` starts in `buf`: it runs to the end
+    let end = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+    let version = &rest[..end.unwrap_or(rest.len())];
     let fits = version.len() <= 8
         && version
             .iter()
@@ -501,9 +495,7 @@ fn other_version(buf: &[u8]) -> OtherVersion {
         _ if !fits => OtherVersion::Malformed,
         None => OtherVersion::Incomplete,
         Some(_) if version.len() < 8 => OtherVersion::Malformed,
-        Some(_) if version[5] == b'1' => OtherVersion::Http1 {
-            minor_at: start + at + 7,
-        },
+        Some(_) if version[5] == b'1' => OtherVersion::Http1 { minor_at: at + 7 },
         Some(_) => OtherVersion::Unsupported,
     }
 }
