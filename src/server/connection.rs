@@ -214,11 +214,9 @@ impl Connection {
                 continue;
             }
             if !self.limits.shed_pause.is_zero() {
-                // Backpressure, if configured. After a shed answer (`503` with `Retry-After: 1`, or `200 []`
-                // from `/api/within-timeout`) this connection's next request is not read for
-                // `--shed-pause-ms`. A caller that asks again at once, ignoring `Retry-After`, waits here
-                // instead of costing another parse and answer; but the wait is part of its next answer's
-                // time, so it is off by default (DESIGN.md, "Shedding on a runtime of its own").
+                // Backpressure, if configured: after a shed answer (`503` with `Retry-After: 1`, or `200 []`
+                // from `/api/within-timeout`) a caller that asks again at once waits here instead of costing
+                // another parse and answer. Off by default: the wait is part of its next answer's time.
                 tokio::select! {
                     () = tokio::time::sleep(self.limits.shed_pause) => {}
                     _ = self.shutdown.changed() => {}
