@@ -110,16 +110,6 @@ enum State {
     Done,
 }
 
-impl State {
-    /// On a chunk-size line, which [`MAX_LINE_BYTES`] bounds.
-    fn on_size_line(self) -> bool {
-        matches!(
-            self,
-            State::SizeStart | State::Size | State::SizeEnd | State::Extension(_)
-        )
-    }
-}
-
 /// Where the decoder is in `chunk-ext`, one byte at a time so that a line split anywhere across reads is
 /// judged the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,8 +219,12 @@ impl ChunkedDecoder {
 
     /// Advances the state machine by one byte of framing (never called in `Data`).
     fn step(&mut self, byte: u8) -> Result<(), ChunkedError> {
+        let on_size_line = matches!(
+            self.state,
+            State::SizeStart | State::Size | State::SizeEnd | State::Extension(_)
+        );
         let on_trailer = matches!(self.state, State::TrailerStart | State::Trailer);
-        if on_trailer || self.state.on_size_line() {
+        if on_size_line || on_trailer {
             self.line_bytes += 1;
             if self.line_bytes > MAX_LINE_BYTES {
                 return Err(ChunkedError::LineTooLong);
@@ -244,18 +238,12 @@ impl ChunkedDecoder {
         }
 
         self.state = match (self.state, byte) {
-            (State::SizeStart, _) => {
-                // chunk-size = 1*HEXDIG: at least one digit.
-                let digit = char::from(byte)
-                    .to_digit(16)
-                    .ok_or(ChunkedError::InvalidSize)?;
-                self.remaining = u64::from(digit);
-                State::Size
-            }
             (State::Size, b';') => State::Extension(Ext::NameStart),
             (State::Size, b' ' | b'\t') => State::SizeEnd,
             (State::Size, b'\r') => State::SizeLf,
-            (State::Size, _) => {
+            // chunk-size = 1*HEXDIG: at least one digit. `remaining` is 0 at the start of a size: the
+            // previous chunk's data has all been copied.
+            (State::SizeStart | State::Size, _) => {
                 let digit = char::from(byte)
                     .to_digit(16)
                     .ok_or(ChunkedError::InvalidSize)?;

@@ -81,8 +81,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
     let mut close = false;
     let mut keep_alive_token = false;
     let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut transfer_codings: Vec<String> = Vec::new();
+    // `Some` once a Transfer-Encoding is seen: presence decides, and an empty one has no final chunked either.
+    let mut transfer_codings: Option<Vec<String>> = None;
     let mut expect_continue = false;
     let mut traceparents = 0;
     let mut traceparent = None;
@@ -112,8 +112,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
             let too_large = |_| bad_request("Content-Length is too large");
             content_length = Some(value.parse().map_err(too_large)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-            transfer_codings.extend(
+            transfer_codings.get_or_insert_default().extend(
                 value
                     .split(',')
                     .map(|c| ows_trim(c).to_ascii_lowercase())
@@ -151,8 +150,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         ));
     }
 
-    // Presence decides, not the value: an empty Transfer-Encoding has no final chunked coding either.
-    let body = if transfer_encoding {
+    let body = if let Some(transfer_codings) = transfer_codings {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; §6.3 rule 3: with
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".

@@ -44,8 +44,8 @@ impl Response {
     }
 
     /// The bytes to write. `head_only` leaves out the content (for `HEAD`), but keeps its Content-Length
-    /// (RFC 9110 §9.3.2); `close` adds `Connection: close`, `keep_alive_10` the `keep-alive` an HTTP/1.0
-    /// client needs to keep the connection.
+    /// (RFC 9110 §9.3.2); `connection` adds `Connection: close`, or the `keep-alive` an HTTP/1.0 client
+    /// needs to keep the connection.
     pub fn encode(&self, head_only: bool, connection: Persistence) -> Vec<u8> {
         use std::fmt::Write;
         let mut head = String::with_capacity(160);

@@ -36,7 +36,7 @@ use crate::trace::{CallTrace, TRACERESPONSE};
 /// that data the client already sent does not make our kernel answer with a reset that destroys the
 /// response before the client read it.
 const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_BYTES: u64 = 64 * 1024;
 
 /// A request body still to be read and discarded.
 enum Body {
@@ -64,15 +64,6 @@ enum Served {
 /// A call admitted on the shed runtime and not yet run: its head, when that was parsed, its span, and the
 /// call (its place held).
 type Pending = (RequestHead, Instant, CallTrace, Call);
-
-/// What reading the next request gave.
-enum Next {
-    Request(RequestHead),
-    /// The client closed, went idle too long, or the server is shutting down between requests.
-    Done,
-    /// The request is unacceptable: send this and close.
-    Reject(Response),
-}
 
 pub(crate) struct Connection {
     stream: TcpStream,
@@ -162,13 +153,8 @@ impl Connection {
                     (head, started, trace, Prepared::Call(call), false)
                 }
                 None => {
-                    let head = match self.next_request().await {
-                        Next::Request(head) => head,
-                        Next::Done => return Served::Done,
-                        Next::Reject(response) => {
-                            self.reject(&response).await;
-                            return Served::Done;
-                        }
+                    let Some(head) = self.next_request().await else {
+                        return Served::Done;
                     };
                     // The deadline counts from here: the head is parsed (the API contract).
                     let started = Instant::now();
@@ -200,27 +186,22 @@ impl Connection {
             } else {
                 Persistence::KeepAlive
             };
-            let Handled {
-                response,
-                endpoint,
-                timeout: call_timeout,
-                attempts,
-                shed,
-            } = handled;
-            let status = response.status;
-            let response = response.with_header(TRACERESPONSE, trace.response_header());
+            let status = handled.response.status;
+            let response = handled
+                .response
+                .with_header(TRACERESPONSE, trace.response_header());
             let bytes = response.encode(head.is_head(), persistence);
             let written = self.send(&bytes).await;
             // Observed once the response is written: its duration and overshoot are what the caller saw.
             self.api.telemetry().request_done(&RequestDone {
                 trace: &trace,
                 method: &head.method,
-                endpoint,
-                timeout: call_timeout,
+                endpoint: handled.endpoint,
+                timeout: handled.timeout,
                 status,
                 started,
                 written: Instant::now(),
-                attempts: &attempts,
+                attempts: &handled.attempts,
             });
             if !written {
                 return Served::Done;
@@ -229,15 +210,13 @@ impl Connection {
                 self.linger().await;
                 return Served::Done;
             }
-            if !shed {
+            if !handled.shed {
                 continue;
             }
             if !self.limits.shed_pause.is_zero() {
-                // Backpressure, if configured. After a shed answer (`503` with `Retry-After: 1`, or `200 []`
-                // from `/api/within-timeout`) this connection's next request is not read for
-                // `--shed-pause-ms`. A caller that asks again at once, ignoring `Retry-After`, waits here
-                // instead of costing another parse and answer; but the wait is part of its next answer's
-                // time, so it is off by default (DESIGN.md, "Shedding on a runtime of its own").
+                // Backpressure, if configured: after a shed answer (`503` with `Retry-After: 1`, or `200 []`
+                // from `/api/within-timeout`) a caller that asks again at once waits here instead of costing
+                // another parse and answer. Off by default: the wait is part of its next answer's time.
                 tokio::select! {
                     () = tokio::time::sleep(self.limits.shed_pause) => {}
                     _ = self.shutdown.changed() => {}
@@ -256,10 +235,8 @@ impl Connection {
     /// within the head timeout) gets `503 overloaded` with `Retry-After` and the connection is closed.
     /// Nothing reaches the API, and the client hears at once instead of waiting in the kernel's backlog.
     pub(crate) async fn refuse(mut self) {
-        let head = match self.next_request().await {
-            Next::Request(head) => head,
-            Next::Done => return,
-            Next::Reject(response) => return self.reject(&response).await,
+        let Some(head) = self.next_request().await else {
+            return;
         };
         self.api
             .shed(ShedReason::MaxConnections, self.limits.max_connections);
@@ -272,14 +249,6 @@ impl Connection {
         self.finish(&response, head.is_head()).await
     }
 
-    /// Answers a request head that could not be accepted, and closes. A `HEAD` gets the head of the error
-    /// only: its response "MUST NOT" carry content (RFC 9110 §9.3.2), an error for a head we refused
-    /// included. It is told from the buffered request line, since the head was not parsed.
-    async fn reject(&mut self, response: &Response) {
-        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
-        self.finish(response, head_only).await
-    }
-
     /// Writes `bytes` within `write_timeout`; false if the client did not take them. Every write to the
     /// client goes through here, so a client that stops reading cannot hold the connection.
     async fn send(&mut self, bytes: &[u8]) -> bool {
@@ -289,18 +258,20 @@ impl Connection {
         )
     }
 
-    /// Reads until a whole request head is in the buffer, then parses and interprets it.
-    async fn next_request(&mut self) -> Next {
+    /// Reads until a whole request head is in the buffer, then parses and interprets it. `None`: the client
+    /// closed or went idle too long, the server is shutting down between requests, or the head could not be
+    /// accepted (its error has been sent, and the connection is to close).
+    async fn next_request(&mut self) -> Option<RequestHead> {
         let mut head_started = (!self.buf.is_empty()).then(Instant::now);
-        loop {
+        let refusal = loop {
             if !self.buf.is_empty() {
                 match parse(&self.buf, &self.limits) {
                     Ok(Some((head, len))) => {
                         self.buf.drain(..len);
-                        return Next::Request(head);
+                        return Some(head);
                     }
                     Ok(None) => {}
-                    Err(response) => return Next::Reject(response),
+                    Err(response) => break response,
                 }
             }
             let read_until = match head_started {
@@ -312,15 +283,21 @@ impl Connection {
             let between_requests = head_started.is_none();
             tokio::select! {
                 read = timeout_at(read_until, self.stream.read_buf(&mut self.buf)) => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => return Next::Done,
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
                     Ok(Ok(_)) => head_started = head_started.or_else(|| Some(Instant::now())),
-                    Err(_) if between_requests => return Next::Done,
-                    Err(_) => return Next::Reject(request_timeout("the request head")),
+                    Err(_) if between_requests => return None,
+                    Err(_) => break request_timeout("the request head"),
                 },
                 // Only between requests: a request that has begun to arrive is read and answered.
-                _ = self.shutdown.changed(), if between_requests => return Next::Done,
+                _ = self.shutdown.changed(), if between_requests => return None,
             }
-        }
+        };
+        // A `HEAD` gets the head of the error only: its response "MUST NOT" carry content (RFC 9110 §9.3.2),
+        // an error for a head we refused included. It is told from the buffered request line, since the head
+        // was not parsed.
+        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
+        self.finish(&refusal, head_only).await;
+        None
     }
 
     /// Reads and throws away a request body; no endpoint uses one, but it must be consumed to find the next
@@ -393,20 +370,11 @@ impl Connection {
 
     /// Closes after the last response without losing it.
     async fn linger(&mut self) {
-        // Half-close, then read until the client closes too (or the linger bound), so the response is not
-        // destroyed by a reset. See LINGER.
+        // Half-close, then read and drop what comes until the client closes too (or LINGER, or LINGER_BYTES),
+        // so the response is not destroyed by a reset.
         let _ = self.stream.shutdown().await;
-        let _ = timeout(LINGER, async {
-            let mut scratch = [0u8; 4096];
-            let mut drained = 0;
-            while drained < LINGER_BYTES {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
+        let mut unread = (&mut self.stream).take(LINGER_BYTES);
+        let _ = timeout(LINGER, tokio::io::copy(&mut unread, &mut tokio::io::sink())).await;
     }
 }
 
@@ -508,20 +476,14 @@ enum OtherVersion {
 }
 
 fn other_version(buf: &[u8]) -> OtherVersion {
-    let start = request_line_start(buf);
-    let line = &buf[start..];
+    let line = &buf[request_line_start(buf)..];
     // httparse accepted the method and target, each followed by one SP: the version follows the second.
-    let Some(at) = line
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b' ')
-        .nth(1)
-        .map(|(i, _)| i + 1)
-    else {
+    let Some(rest) = line.splitn(3, |&b| b == b' ').nth(2) else {
         return OtherVersion::Malformed;
     };
-    let end = line[at..].iter().position(|&b| b == b'\r' || b == b'\n');
-    let version = &line[at..at + end.unwrap_or(line.len() - at)];
+    let at = buf.len() - rest.len(); // where `rest` starts in `buf`: it runs to the end
+    let end = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+    let version = &rest[..end.unwrap_or(rest.len())];
     let fits = version.len() <= 8
         && version
             .iter()
@@ -531,9 +493,7 @@ fn other_version(buf: &[u8]) -> OtherVersion {
         _ if !fits => OtherVersion::Malformed,
         None => OtherVersion::Incomplete,
         Some(_) if version.len() < 8 => OtherVersion::Malformed,
-        Some(_) if version[5] == b'1' => OtherVersion::Http1 {
-            minor_at: start + at + 7,
-        },
+        Some(_) if version[5] == b'1' => OtherVersion::Http1 { minor_at: at + 7 },
         Some(_) => OtherVersion::Unsupported,
     }
 }

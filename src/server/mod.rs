@@ -96,12 +96,10 @@ pub async fn serve(
             },
             Some(done) = connections.join_next(), if !connections.is_empty() => {
                 api.connections_open(connections.len());
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        api.telemetry().log.error("connection_panicked", serde_json::json!({
-                            "error": e.to_string(),
-                        }));
-                    }
+                if let Some(e) = done.err().filter(|e| e.is_panic()) {
+                    api.telemetry().log.error("connection_panicked", serde_json::json!({
+                        "error": e.to_string(),
+                    }));
                 }
             }
         }
