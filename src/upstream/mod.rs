@@ -52,9 +52,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
-pub use resolve::DNS_CACHE_TTL;
-pub use target::DEFAULT_PATH;
-
 use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;

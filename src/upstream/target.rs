@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rustls_pki_types::{DnsName, ServerName};
 
 /// The path asked for when the URL has none (or just `/`).
-pub const DEFAULT_PATH: &str = "/api/work";
+const DEFAULT_PATH: &str = "/api/work";
 
 /// The upstream's host, as the URL spelled it.
 #[derive(Clone, Debug, PartialEq, Eq)]
