@@ -2,8 +2,7 @@
 //!
 //! [`Upstream::start`] is the whole interface: one `GET` of the work URL, run as its own task and bounded by
 //! the caller's deadline, whose outcome (a [`Work`], or an [`UpstreamError`] that names what went wrong)
-//! comes back on a channel the caller owns. [`Upstream::fetch`] is `start` plus a wait, for one answer. Both
-//! are called concurrently from many tasks through an `Arc<Upstream>`.
+//! comes back on a channel the caller owns. Many tasks call it at once, through an `Arc<Upstream>`.
 //!
 //! # Reading order
 //!
@@ -49,7 +48,7 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
 use crate::task::AbortOnDrop;
@@ -114,11 +113,11 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// An idle connection older than this is closed, not reused.
     pub pool_idle_timeout: Duration,
-    /// Open connections (active or idle) at most. A fetch that finds none free waits for one, in arrival
+    /// Open connections (active or idle) at most. A request that finds none free waits for one, in arrival
     /// order, until its deadline.
     pub pool_max_connections: usize,
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
-    /// connection (see [`Upstream::fetch`]). Zero closes such connections at once.
+    /// connection (see [`Upstream::start`]). Zero closes such connections at once.
     pub linger: Duration,
     /// The runtime request tasks run on when started with [`Place::UpstreamRuntime`]; `None`: the runtime
     /// of whoever calls [`Upstream::start`], always.
@@ -206,11 +205,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The outcome label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        self.outcome().label()
-    }
-
     /// The kind of outcome, for logs and metrics.
     ///
     /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
@@ -359,7 +353,7 @@ impl Upstream {
     /// Checks the configuration and prepares everything that does not need the network. Connections are
     /// opened on demand, so this succeeds even while the upstream is down.
     ///
-    /// Called inside a tokio runtime, it starts the idle reaper; otherwise the first `fetch` does.
+    /// Called inside a tokio runtime, it starts the idle reaper; otherwise the first `start` does.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
         if config.max_head_bytes == 0 || config.max_body_bytes == 0 {
             return Err("max_head_bytes and max_body_bytes must be above 0".into());
@@ -475,32 +469,6 @@ impl Upstream {
         match runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),
-        }
-    }
-
-    /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
-    ///
-    /// Cancel safety: dropping the future is the caller leaving, with the effects described on `start`.
-    pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
-        self.fetch_traced(deadline, None).await
-    }
-
-    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent`.
-    pub async fn fetch_traced(
-        self: &Arc<Self>,
-        deadline: Instant,
-        trace: Option<TraceParent>,
-    ) -> Result<Work, UpstreamError> {
-        let (reply, mut outcome) = mpsc::unbounded_channel();
-        let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
-        match timeout_at(deadline, outcome.recv()).await {
-            Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Some(report)) => report.outcome,
-            // The task always sends unless it panicked, which would be a bug here.
-            Ok(None) => Err(UpstreamError::Io(io::Error::other(
-                "the request task ended without an answer",
-            ))),
         }
     }
 
@@ -728,7 +696,7 @@ impl Upstream {
         if self.reaper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        // Two first fetches may race here; the loser's reaper is aborted as its handle is dropped.
+        // Two first requests may race here; the loser's reaper is aborted as its handle is dropped.
         let _ = self
             .reaper
             .set(pool::spawn_reaper(&self.pool, self.idle_timeout));

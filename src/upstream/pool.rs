@@ -6,7 +6,7 @@
 //! 1. **Only complete exchanges come back.** A connection is offered back ([`Pool::put`]) only after its
 //!    response was read to the end and said the connection may persist. A connection whose exchange was
 //!    cut short, by an error or by running out of time (the caller's deadline, or the linger time after the
-//!    caller left, see `Upstream::fetch`), is dropped, which closes it.
+//!    caller left, see `Upstream::start`), is dropped, which closes it.
 //! 2. **Last in, first out.** Checkout takes the most recently returned connection: it is the least likely to
 //!    have been closed by the server, and the oldest ones are left to expire.
 //! 3. **Check before use.** Checkout skips (and closes) a connection that is past its expiry or that the
