@@ -329,7 +329,6 @@ pub struct PoolStats {
 /// The upstream client: shared by all API calls (`Arc<Upstream>`).
 pub struct Upstream {
     url: String,
-    target: Target,
     /// The TLS connector and the name the certificate must match; `None` for `http://`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     resolver: Resolver,
@@ -372,9 +371,8 @@ impl Upstream {
             target.path_and_query, target.host_header
         );
         let upstream = Upstream {
-            resolver: Resolver::new(target.host.clone(), target.port),
+            resolver: Resolver::new(target.host, target.port),
             url: config.url,
-            target,
             tls,
             request_prefix: request_prefix.into_bytes().into_boxed_slice(),
             max_head_bytes: config.max_head_bytes,
@@ -707,7 +705,6 @@ impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("url", &self.url)
-            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }

@@ -26,7 +26,7 @@ pub(crate) enum Host {
 }
 
 /// The parsed upstream URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Target {
     /// `https`: speak TLS after connecting.
     pub tls: bool,
