@@ -75,7 +75,7 @@ pub(crate) struct Connection {
 /// socket is closed and the slot released.
 pub(crate) async fn connect(
     addrs: &[SocketAddr],
-    tls: Option<(&TlsConnector, &ServerName<'static>)>,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
     slot: OwnedSemaphorePermit,
     deadline: Instant,
 ) -> Result<Connection, UpstreamError> {

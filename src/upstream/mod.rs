@@ -629,8 +629,7 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<Connection, UpstreamError> {
         let addrs = self.resolver.resolve(deadline).await?;
-        let tls = self.tls.as_ref().map(|(connector, name)| (connector, name));
-        let conn = connection::connect(&addrs, tls, slot, deadline).await?;
+        let conn = connection::connect(&addrs, self.tls.as_ref(), slot, deadline).await?;
         Counters::count(&self.pool.counters.connects);
         Ok(conn)
     }
