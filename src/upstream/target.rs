@@ -84,16 +84,14 @@ impl Target {
             ));
         }
 
-        let host_text = match &host {
+        let mut host_header = match &host {
             Host::Name(name) => name.clone(),
             Host::Ip(IpAddr::V4(ip)) => ip.to_string(),
             Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
         };
-        let host_header = if port == default_port {
-            host_text
-        } else {
-            format!("{host_text}:{port}")
-        };
+        if port != default_port {
+            host_header = format!("{host_header}:{port}");
+        }
 
         Ok(Target {
             tls,
