@@ -398,7 +398,7 @@ impl Upstream {
         self.pool.stats()
     }
 
-    /// Starts one `GET` of the work URL as its own task; its outcome is sent on `reply`.
+    /// Starts one `GET` of the work URL per entry of `requests`, each as its own task; outcomes go to `reply`.
     ///
     /// The task is the whole life of the request: get a connection (from the pool, or a new one), send the
     /// request, read the response, give the connection back. The caller holds the receiving end of `reply`,
@@ -415,9 +415,6 @@ impl Upstream {
     /// `deadline + linger` at the latest, and a replacement (its pause and its connect) within one and a half
     /// `linger` more. It sends at most one outcome. A caller must stop waiting at its own deadline: this sends
     /// no `Timeout` at that instant.
-    ///
-    /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
-    /// [`Report`], with the request's duration, so that a caller can tell its requests apart.
     ///
     /// `start` takes all of a caller's requests at once, one `RequestOptions` each, because of how they are
     /// spawned. Tokio puts a newly spawned task in its worker's LIFO slot, to run next; a second spawn from
@@ -584,17 +581,15 @@ impl Upstream {
 
     /// One exchange, and the stale-connection retry.
     ///
-    /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the
-    /// close can cross our request on the wire. If a *reused* connection failed before a single byte of
-    /// response came back, and within two round trips of the request going out
-    /// (`Connection::closed_before_read`), that is the likely story: try once more on a fresh connection,
-    /// reusing the dead one's slot, if the caller's `deadline` allows. So soon, we cannot tell it apart from
-    /// a server that read the request and reset the connection at once, which is why RFC 9112 §9.3.1 allows
-    /// this only for idempotent requests such as this GET. A reset that comes later is the upstream's
-    /// failure, as the API contract says, and so is a fresh connection's; a response that started and broke
-    /// off is never retried. Every wait is bounded by
-    /// `hard_deadline` (the caller's deadline plus the linger time). The retry sends the same bytes, trace
-    /// context included: for the caller it is the same attempt.
+    /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the close
+    /// can cross our request on the wire. If a *reused* connection failed before a single byte of response came
+    /// back, and within two round trips of the request going out (`Connection::closed_before_read`), that is the
+    /// likely story: try once more on a fresh connection, reusing the dead one's slot, if the caller's `deadline`
+    /// allows. So soon, we cannot tell it apart from a server that read the request and reset the connection at
+    /// once, which is why RFC 9112 §9.3.1 allows this only for idempotent requests such as this GET. A later
+    /// reset, a fresh connection's failure and a response that broke off are the upstream's failures, never
+    /// retried. Every wait is bounded by `hard_deadline` (the caller's deadline plus the linger time). The retry
+    /// sends the same bytes, trace context included: for the caller it is the same attempt.
     ///
     /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
     async fn exchange_with_retry(

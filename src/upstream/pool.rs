@@ -192,9 +192,8 @@ impl Pool {
     /// Offers back a connection whose exchange completed and whose response allowed reuse.
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
-    /// handshake. (Until this was measured, `put` closed it so that its slot went to the waiter, who then
-    /// opened a new connection; with the cap reached under overload that meant one handshake per request,
-    /// and the handshakes' CPU made requests late enough to keep the pool at the cap: DESIGN.md, "The rules
+    /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
+    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The rules
     /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
     /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
