@@ -26,8 +26,7 @@ use super::UpstreamError;
 use crate::http::chunked::ChunkedDecoder;
 
 /// How much we ask the socket for per read. The whole answer (head and a `{"time": N}` body) is usually a few
-/// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering. The chunk is on the
-/// stack, and only the bytes that came are copied to the heap (see `Connection::fill`).
+/// hundred bytes; 8 KiB takes it in one read, and matches the TLS layer's buffering (see `Connection::fill`).
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Most 1xx interim responses skipped before the final one. We never send `Expect: 100-continue`, so a
@@ -75,7 +74,7 @@ pub(crate) struct Connection {
 /// socket is closed and the slot released.
 pub(crate) async fn connect(
     addrs: &[SocketAddr],
-    tls: Option<(&TlsConnector, &ServerName<'static>)>,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
     slot: OwnedSemaphorePermit,
     deadline: Instant,
 ) -> Result<Connection, UpstreamError> {

@@ -2,8 +2,7 @@
 //!
 //! [`Upstream::start`] is the whole interface: one `GET` of the work URL, run as its own task and bounded by
 //! the caller's deadline, whose outcome (a [`Work`], or an [`UpstreamError`] that names what went wrong)
-//! comes back on a channel the caller owns. [`Upstream::fetch`] is `start` plus a wait, for one answer. Both
-//! are called concurrently from many tasks through an `Arc<Upstream>`.
+//! comes back on a channel the caller owns. Many tasks call it at once, through an `Arc<Upstream>`.
 //!
 //! # Reading order
 //!
@@ -49,11 +48,8 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
-
-pub use resolve::DNS_CACHE_TTL;
-pub use target::DEFAULT_PATH;
 
 use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
@@ -117,11 +113,11 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// An idle connection older than this is closed, not reused.
     pub pool_idle_timeout: Duration,
-    /// Open connections (active or idle) at most. A fetch that finds none free waits for one, in arrival
+    /// Open connections (active or idle) at most. A request that finds none free waits for one, in arrival
     /// order, until its deadline.
     pub pool_max_connections: usize,
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
-    /// connection (see [`Upstream::fetch`]). Zero closes such connections at once.
+    /// connection (see [`Upstream::start`]). Zero closes such connections at once.
     pub linger: Duration,
     /// The runtime request tasks run on when started with [`Place::UpstreamRuntime`]; `None`: the runtime
     /// of whoever calls [`Upstream::start`], always.
@@ -209,11 +205,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The outcome label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        self.outcome().label()
-    }
-
     /// The kind of outcome, for logs and metrics.
     ///
     /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
@@ -338,7 +329,6 @@ pub struct PoolStats {
 /// The upstream client: shared by all API calls (`Arc<Upstream>`).
 pub struct Upstream {
     url: String,
-    target: Target,
     /// The TLS connector and the name the certificate must match; `None` for `http://`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     resolver: Resolver,
@@ -362,7 +352,7 @@ impl Upstream {
     /// Checks the configuration and prepares everything that does not need the network. Connections are
     /// opened on demand, so this succeeds even while the upstream is down.
     ///
-    /// Called inside a tokio runtime, it starts the idle reaper; otherwise the first `fetch` does.
+    /// Called inside a tokio runtime, it starts the idle reaper; otherwise the first `start` does.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
         if config.max_head_bytes == 0 || config.max_body_bytes == 0 {
             return Err("max_head_bytes and max_body_bytes must be above 0".into());
@@ -381,9 +371,8 @@ impl Upstream {
             target.path_and_query, target.host_header
         );
         let upstream = Upstream {
-            resolver: Resolver::new(target.host.clone(), target.port),
+            resolver: Resolver::new(target.host, target.port),
             url: config.url,
-            target,
             tls,
             request_prefix: request_prefix.into_bytes().into_boxed_slice(),
             max_head_bytes: config.max_head_bytes,
@@ -409,7 +398,7 @@ impl Upstream {
         self.pool.stats()
     }
 
-    /// Starts one `GET` of the work URL as its own task; its outcome is sent on `reply`.
+    /// Starts one `GET` of the work URL per entry of `requests`, each as its own task; outcomes go to `reply`.
     ///
     /// The task is the whole life of the request: get a connection (from the pool, or a new one), send the
     /// request, read the response, give the connection back. The caller holds the receiving end of `reply`,
@@ -426,9 +415,6 @@ impl Upstream {
     /// `deadline + linger` at the latest, and a replacement (its pause and its connect) within one and a half
     /// `linger` more. It sends at most one outcome. A caller must stop waiting at its own deadline: this sends
     /// no `Timeout` at that instant.
-    ///
-    /// `options.trace`, if any, goes upstream as the request's `traceparent`; `options.tag` comes back in the
-    /// [`Report`], with the request's duration, so that a caller can tell its requests apart.
     ///
     /// `start` takes all of a caller's requests at once, one `RequestOptions` each, because of how they are
     /// spawned. Tokio puts a newly spawned task in its worker's LIFO slot, to run next; a second spawn from
@@ -478,32 +464,6 @@ impl Upstream {
         match runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),
-        }
-    }
-
-    /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
-    ///
-    /// Cancel safety: dropping the future is the caller leaving, with the effects described on `start`.
-    pub async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
-        self.fetch_traced(deadline, None).await
-    }
-
-    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent`.
-    pub async fn fetch_traced(
-        self: &Arc<Self>,
-        deadline: Instant,
-        trace: Option<TraceParent>,
-    ) -> Result<Work, UpstreamError> {
-        let (reply, mut outcome) = mpsc::unbounded_channel();
-        let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
-        match timeout_at(deadline, outcome.recv()).await {
-            Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Some(report)) => report.outcome,
-            // The task always sends unless it panicked, which would be a bug here.
-            Ok(None) => Err(UpstreamError::Io(io::Error::other(
-                "the request task ended without an answer",
-            ))),
         }
     }
 
@@ -621,17 +581,15 @@ impl Upstream {
 
     /// One exchange, and the stale-connection retry.
     ///
-    /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the
-    /// close can cross our request on the wire. If a *reused* connection failed before a single byte of
-    /// response came back, and within two round trips of the request going out
-    /// (`Connection::closed_before_read`), that is the likely story: try once more on a fresh connection,
-    /// reusing the dead one's slot, if the caller's `deadline` allows. So soon, we cannot tell it apart from
-    /// a server that read the request and reset the connection at once, which is why RFC 9112 §9.3.1 allows
-    /// this only for idempotent requests such as this GET. A reset that comes later is the upstream's
-    /// failure, as the API contract says, and so is a fresh connection's; a response that started and broke
-    /// off is never retried. Every wait is bounded by
-    /// `hard_deadline` (the caller's deadline plus the linger time). The retry sends the same bytes, trace
-    /// context included: for the caller it is the same attempt.
+    /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the close
+    /// can cross our request on the wire. If a *reused* connection failed before a single byte of response came
+    /// back, and within two round trips of the request going out (`Connection::closed_before_read`), that is the
+    /// likely story: try once more on a fresh connection, reusing the dead one's slot, if the caller's `deadline`
+    /// allows. So soon, we cannot tell it apart from a server that read the request and reset the connection at
+    /// once, which is why RFC 9112 §9.3.1 allows this only for idempotent requests such as this GET. A later
+    /// reset, a fresh connection's failure and a response that broke off are the upstream's failures, never
+    /// retried. Every wait is bounded by `hard_deadline` (the caller's deadline plus the linger time). The retry
+    /// sends the same bytes, trace context included: for the caller it is the same attempt.
     ///
     /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
     async fn exchange_with_retry(
@@ -666,8 +624,7 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<Connection, UpstreamError> {
         let addrs = self.resolver.resolve(deadline).await?;
-        let tls = self.tls.as_ref().map(|(connector, name)| (connector, name));
-        let conn = connection::connect(&addrs, tls, slot, deadline).await?;
+        let conn = connection::connect(&addrs, self.tls.as_ref(), slot, deadline).await?;
         Counters::count(&self.pool.counters.connects);
         Ok(conn)
     }
@@ -731,7 +688,7 @@ impl Upstream {
         if self.reaper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        // Two first fetches may race here; the loser's reaper is aborted as its handle is dropped.
+        // Two first requests may race here; the loser's reaper is aborted as its handle is dropped.
         let _ = self
             .reaper
             .set(pool::spawn_reaper(&self.pool, self.idle_timeout));
@@ -742,7 +699,6 @@ impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("url", &self.url)
-            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }

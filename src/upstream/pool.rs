@@ -6,7 +6,7 @@
 //! 1. **Only complete exchanges come back.** A connection is offered back ([`Pool::put`]) only after its
 //!    response was read to the end and said the connection may persist. A connection whose exchange was
 //!    cut short, by an error or by running out of time (the caller's deadline, or the linger time after the
-//!    caller left, see `Upstream::fetch`), is dropped, which closes it.
+//!    caller left, see `Upstream::start`), is dropped, which closes it.
 //! 2. **Last in, first out.** Checkout takes the most recently returned connection: it is the least likely to
 //!    have been closed by the server, and the oldest ones are left to expire.
 //! 3. **Check before use.** Checkout skips (and closes) a connection that is past its expiry or that the
@@ -54,16 +54,6 @@ pub(crate) enum Checkout {
     Reused(Connection),
     /// No idle connection, but room for a new one: the caller connects with this slot.
     Fresh(OwnedSemaphorePermit),
-}
-
-/// Checkout's decision, taken under the lock and carried out after it.
-enum Next<'a> {
-    /// Look at this idle connection.
-    Check(Idle),
-    /// Queue for a slot, or for a connection handed over by [`Pool::put`] on this channel.
-    /// (Counted in `waiting` until the wait ends, however it ends: slot, connection, deadline, or future
-    /// dropped.)
-    Wait(Gauge<'a>, oneshot::Receiver<Idle>),
 }
 
 /// What the pool's lock guards.
@@ -140,64 +130,55 @@ impl Pool {
     /// handover channel, which dropping gives up. A connection handed over in the instant the caller left is
     /// closed with the channel. Once it returns, the caller owns the connection or slot.
     pub(crate) async fn checkout(&self, deadline: Instant) -> Result<Checkout, UpstreamError> {
-        loop {
-            // Decide under the lock, act outside it.
-            let next = {
-                let mut shelf = self.lock_shelf();
-                match shelf.idle.pop() {
-                    Some(candidate) => Next::Check(candidate),
-                    None => match self.slots.clone().try_acquire_owned() {
-                        Ok(slot) => return Ok(Checkout::Fresh(slot)),
-                        // Queued under the same lock that `put` looks at the queue under, so a connection
-                        // returned right after we found the list empty comes to us, not to the list.
-                        Err(_no_permit) => {
-                            let (handover, receiver) = oneshot::channel();
-                            shelf.waiters.push_back(handover);
-                            Next::Wait(Gauge::up(&self.waiting), receiver)
-                        }
-                    },
+        // Under the lock only to take a connection or a slot, or to queue: a connection is checked, and
+        // closed if dead, outside it.
+        let (_waiting, mut handover) = loop {
+            let mut shelf = self.lock_shelf();
+            if let Some(mut candidate) = shelf.idle.pop() {
+                drop(shelf);
+                if candidate.expires > Instant::now() && candidate.conn.is_open() {
+                    Counters::count(&self.counters.reuses);
+                    return Ok(Checkout::Reused(candidate.conn));
                 }
-            };
-            match next {
-                Next::Check(mut candidate) => {
-                    if candidate.expires > Instant::now() && candidate.conn.is_open() {
-                        Counters::count(&self.counters.reuses);
-                        return Ok(Checkout::Reused(candidate.conn));
-                    }
-                    // Expired, or closed by the server: dropping it closes the socket and frees its slot.
-                    drop(candidate);
-                }
-                Next::Wait(_waiting, mut handover) => {
-                    Counters::count(&self.counters.slot_waits);
-                    let wait = async {
-                        tokio::select! {
-                            // `put` never drops a sender it took from the queue without sending.
-                            Ok(idle) = &mut handover => {
-                                Counters::count(&self.counters.reuses);
-                                Ok(Checkout::Reused(idle.conn))
-                            }
-                            slot = self.slots.clone().acquire_owned() => match slot {
-                                Ok(slot) => Ok(Checkout::Fresh(slot)),
-                                // We never close the semaphore; a closed one would mean the pool is gone.
-                                Err(_closed) => Err(UpstreamError::Io(std::io::Error::other(
-                                    "connection pool closed",
-                                ))),
-                            },
-                        }
-                    };
-                    let result = timeout_at(deadline, wait)
-                        .await
-                        .unwrap_or(Err(UpstreamError::Timeout));
-                    // A slot (or the deadline) won, but a connection may have been handed over in the
-                    // meantime: it goes back to the pool rather than being closed.
-                    handover.close();
-                    if let Ok(idle) = handover.try_recv() {
-                        self.put(idle.conn, idle.expires);
-                    }
-                    return result;
-                }
+                continue; // expired, or closed by the server: dropping it closes the socket and frees its slot
             }
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return Ok(Checkout::Fresh(slot));
+            }
+            // Queued under the same lock that `put` looks at the queue under, so a connection returned right
+            // after we found the list empty comes to us, not to the list. Counted in `waiting` until the wait
+            // ends, however it ends: slot, connection, deadline, or future dropped.
+            let (sender, receiver) = oneshot::channel();
+            shelf.waiters.push_back(sender);
+            break (Gauge::up(&self.waiting), receiver);
+        };
+        Counters::count(&self.counters.slot_waits);
+        let wait = async {
+            tokio::select! {
+                // `put` never drops a sender it took from the queue without sending.
+                Ok(idle) = &mut handover => {
+                    Counters::count(&self.counters.reuses);
+                    Ok(Checkout::Reused(idle.conn))
+                }
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => Ok(Checkout::Fresh(slot)),
+                    // We never close the semaphore; a closed one would mean the pool is gone.
+                    Err(_closed) => Err(UpstreamError::Io(std::io::Error::other(
+                        "connection pool closed",
+                    ))),
+                },
+            }
+        };
+        let result = timeout_at(deadline, wait)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        // A slot (or the deadline) won, but a connection may have been handed over in the meantime: it goes
+        // back to the pool rather than being closed.
+        handover.close();
+        if let Ok(idle) = handover.try_recv() {
+            self.put(idle.conn, idle.expires);
         }
+        result
     }
 
     /// A slot for a new connection, if one is free at once and no caller is queued for one.
@@ -211,9 +192,8 @@ impl Pool {
     /// Offers back a connection whose exchange completed and whose response allowed reuse.
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
-    /// handshake. (Until this was measured, `put` closed it so that its slot went to the waiter, who then
-    /// opened a new connection; with the cap reached under overload that meant one handshake per request,
-    /// and the handshakes' CPU made requests late enough to keep the pool at the cap: DESIGN.md, "The rules
+    /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
+    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The rules
     /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
     /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {

@@ -26,7 +26,7 @@ use super::UpstreamError;
 /// How long a DNS answer is reused. We cannot see the record's real TTL through `getaddrinfo`; 30 s is short
 /// enough to follow a failover or a load balancer's rotation within a minute, and long enough that lookups
 /// are rare compared with requests.
-pub const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
+const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
 
 type Cached = (Arc<[SocketAddr]>, Instant);
 

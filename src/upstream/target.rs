@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rustls_pki_types::{DnsName, ServerName};
 
 /// The path asked for when the URL has none (or just `/`).
-pub const DEFAULT_PATH: &str = "/api/work";
+const DEFAULT_PATH: &str = "/api/work";
 
 /// The upstream's host, as the URL spelled it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub(crate) enum Host {
 }
 
 /// The parsed upstream URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Target {
     /// `https`: speak TLS after connecting.
     pub tls: bool,
@@ -84,16 +84,14 @@ impl Target {
             ));
         }
 
-        let host_text = match &host {
+        let mut host_header = match &host {
             Host::Name(name) => name.clone(),
             Host::Ip(IpAddr::V4(ip)) => ip.to_string(),
             Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
         };
-        let host_header = if port == default_port {
-            host_text
-        } else {
-            format!("{host_text}:{port}")
-        };
+        if port != default_port {
+            host_header = format!("{host_header}:{port}");
+        }
 
         Ok(Target {
             tls,

@@ -1,7 +1,8 @@
-//! `Upstream::fetch` against scripted servers: raw `TcpListener`s on 127.0.0.1 writing canned bytes, so every
-//! test states exactly what the upstream does. Reuse and release are proven by counting the connections the
-//! server accepts and the client's pool statistics, never by trusting the code. Tests wait for events (a
-//! request arrived, the server saw the client close), not for time to pass, except where time is the subject.
+//! `Upstream::start`, through `fetch` (below: a request and a wait for its outcome), against scripted
+//! servers: raw `TcpListener`s on 127.0.0.1 writing canned bytes, so every test states exactly what the
+//! upstream does. Reuse and release are proven by counting the connections the server accepts and the
+//! client's pool statistics, never by trusting the code. Tests wait for events (a request arrived, the server
+//! saw the client close), not for time to pass, except where time is the subject.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,6 +114,33 @@ fn client_with(url: &str, tweak: impl FnOnce(&mut UpstreamConfig)) -> Arc<Upstre
     let mut config = UpstreamConfig::new(url);
     tweak(&mut config);
     Arc::new(Upstream::new(config).expect("valid config"))
+}
+
+/// What the API's callers do, for tests of one request at a time.
+impl Upstream {
+    /// One `GET` of the work URL, bounded by `deadline`: [`Upstream::start`] and a wait for its outcome.
+    async fn fetch(self: &Arc<Self>, deadline: Instant) -> Result<Work, UpstreamError> {
+        self.fetch_traced(deadline, None).await
+    }
+
+    /// [`Upstream::fetch`], sending `trace` as the request's `traceparent`.
+    async fn fetch_traced(
+        self: &Arc<Self>,
+        deadline: Instant,
+        trace: Option<TraceParent>,
+    ) -> Result<Work, UpstreamError> {
+        let (reply, mut outcome) = mpsc::unbounded_channel();
+        let options = RequestOptions { tag: 0, trace };
+        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
+        match tokio::time::timeout_at(deadline, outcome.recv()).await {
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+            Ok(Some(report)) => report.outcome,
+            // The task always sends unless it panicked, which would be a bug here.
+            Ok(None) => Err(UpstreamError::Io(io::Error::other(
+                "the request task ended without an answer",
+            ))),
+        }
+    }
 }
 
 /// A deadline no passing test gets near: it only stops a failing test from hanging.
@@ -285,7 +313,7 @@ async fn an_oversize_head_is_a_protocol_error_and_the_connection_is_dropped() {
         matches!(error, UpstreamError::Protocol(why) if why.contains("max_head_bytes")),
         "{error:?}"
     );
-    assert_eq!(error.label(), "invalid_payload");
+    assert_eq!(error.outcome().label(), "invalid_payload");
     assert_eq!(up.stats(), stats(1, 0, 0, 0));
 }
 
@@ -367,7 +395,7 @@ async fn a_chunk_extension_outside_the_grammar_is_a_protocol_error() {
         matches!(error, UpstreamError::Protocol(why) if why.contains("chunk extension")),
         "{error:?}"
     );
-    assert_eq!(error.label(), "invalid_payload");
+    assert_eq!(error.outcome().label(), "invalid_payload");
     assert_eq!(up.stats().open, 0, "the connection is dropped");
 }
 
@@ -386,7 +414,7 @@ async fn a_status_other_than_200_is_reported_and_its_small_body_drained_for_reus
     let up = client(&server.url());
     let error = up.fetch(generous()).await.expect_err("503");
     assert!(matches!(error, UpstreamError::Status(503)), "{error:?}");
-    assert_eq!(error.label(), "http_status");
+    assert_eq!(error.outcome().label(), "http_status");
     assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
     assert_eq!(server.accepts(), 1, "the 503's connection was reused");
 }
@@ -451,7 +479,7 @@ async fn a_body_that_is_not_an_object_with_an_integer_time_is_an_invalid_payload
             "{}: {error:?}",
             String::from_utf8_lossy(body)
         );
-        assert_eq!(error.label(), "invalid_payload");
+        assert_eq!(error.outcome().label(), "invalid_payload");
     }
     assert_eq!(
         server.accepts(),
@@ -660,7 +688,7 @@ async fn a_fresh_connection_closed_before_answering_is_not_retried() {
         matches!(&error, UpstreamError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
         "{error:?}"
     );
-    assert_eq!(error.label(), "io_error");
+    assert_eq!(error.outcome().label(), "io_error");
     assert_eq!(server.accepts(), 1);
     assert_eq!(up.stats().stale_retries, 0);
 }
@@ -766,7 +794,7 @@ async fn the_deadline_holds_when_the_server_never_answers() {
     let error = up.fetch(deadline).await.expect_err("hangs");
     let late = Instant::now() - deadline;
     assert!(matches!(error, UpstreamError::Timeout), "{error:?}");
-    assert_eq!(error.label(), "timeout");
+    assert_eq!(error.outcome().label(), "timeout");
     assert!(
         late < Duration::from_millis(25),
         "returned {late:?} after the deadline"
@@ -912,7 +940,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let up = client(&format!("http://{addr}/"));
     let error = up.fetch(generous()).await.expect_err("refused");
     assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
-    assert_eq!(error.label(), "connect_error");
+    assert_eq!(error.outcome().label(), "connect_error");
     assert!(error.to_string().contains("cannot connect"), "{error}");
     assert_eq!(up.stats(), PoolStats::default());
 }
@@ -971,7 +999,7 @@ fn every_error_has_a_label_and_an_actionable_message() {
         ),
     ];
     for (error, label, needle) in cases {
-        assert_eq!(error.label(), label);
+        assert_eq!(error.outcome().label(), label);
         assert!(error.to_string().contains(needle), "{error}");
     }
 }

@@ -34,8 +34,7 @@ pub(crate) fn connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsCo
 
     let mut provider = rustls::crypto::ring::default_provider();
     prefer_sha256(&mut provider.cipher_suites);
-    let provider = Arc::new(provider);
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS configuration: {e}"))?
         .with_root_certificates(roots)
