@@ -196,23 +196,8 @@ pub fn help() -> String {
 }
 
 impl Config {
-    /// The settings the API reads.
-    pub fn api_settings(&self) -> crate::api::Settings {
-        crate::api::Settings {
-            max_timeout_ms: self.max_timeout_ms,
-            hedge: self.hedge.clone(),
-            max_in_flight: self.limits.max_in_flight,
-            overload_lag: self.limits.overload_lag,
-            max_deadline_lead: self.max_deadline_lead,
-        }
-    }
-
-    /// Reads the settings from `args` (without the program name) and from the environment.
-    pub fn from_args_and_env(args: &[String]) -> Result<Command, String> {
-        Self::parse(args, |name| std::env::var(name).ok())
-    }
-
-    /// As `from_args_and_env`, with the environment given as a function (for tests).
+    /// Reads the settings from `args` (without the program name) and from the environment, which `env`
+    /// looks up (`std::env::var` in `main`, a table in the tests).
     pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
         // Collect raw values: environment first, then flags over them.
         let mut raw: Vec<Option<String>> = SETTINGS.iter().map(|s| env(s.env)).collect();
