@@ -6,7 +6,6 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
@@ -36,7 +35,6 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/upstream`) are served; `None`: nowhere.
     pub admin_listen: Option<SocketAddr>,
-    /// Level, access lines on or off, and where lines go.
     pub log: LogSettings,
     /// Below this success ratio over the last minute, the upstream counts as unhealthy (a warning is logged).
     pub upstream_health_threshold: f64,
@@ -50,7 +48,6 @@ pub struct Config {
     /// The most a call's timer is aimed before its deadline (see `api::lead`).
     pub max_deadline_lead: Duration,
     pub limits: Limits,
-    /// Bounds on the upstream client and its connection pool.
     pub pool: PoolSettings,
     /// How the in-process simulated upstream behaves (with `--upstream simulated`).
     pub simulated: SimConfig,
@@ -199,23 +196,8 @@ pub fn help() -> String {
 }
 
 impl Config {
-    /// The settings the API reads.
-    pub fn api_settings(&self) -> crate::api::Settings {
-        crate::api::Settings {
-            max_timeout_ms: self.max_timeout_ms,
-            hedge: self.hedge.clone(),
-            max_in_flight: self.limits.max_in_flight,
-            overload_lag: self.limits.overload_lag,
-            max_deadline_lead: self.max_deadline_lead,
-        }
-    }
-
-    /// Reads the settings from `args` (without the program name) and from the environment.
-    pub fn from_args_and_env(args: &[String]) -> Result<Command, String> {
-        Self::parse(args, |name| std::env::var(name).ok())
-    }
-
-    /// As `from_args_and_env`, with the environment given as a function (for tests).
+    /// Reads the settings from `args` (without the program name) and from the environment, which `env`
+    /// looks up (`std::env::var` in `main`, a table in the tests).
     pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
         // Collect raw values: environment first, then flags over them.
         let mut raw: Vec<Option<String>> = SETTINGS.iter().map(|s| env(s.env)).collect();
@@ -252,7 +234,7 @@ impl Config {
     }
 
     fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
-        let l = &mut self.limits;
+        let (pool, l) = (&mut self.pool, &mut self.limits);
         match flag {
             "--listen" => self.listen = address(v, "0.0.0.0:8080 or [::1]:8080")?,
             "--admin-listen" if v == "off" => self.admin_listen = None,
@@ -261,13 +243,9 @@ impl Config {
                 self.log.level = Level::parse(v)
                     .ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))?
             }
-            "--access-log" => {
-                self.log.access = match v {
-                    "on" | "true" | "1" => true,
-                    "off" | "false" | "0" => false,
-                    _ => return Err(format!("`{v}` is neither on nor off")),
-                }
-            }
+            "--access-log" if ["on", "true", "1"].contains(&v) => self.log.access = true,
+            "--access-log" if ["off", "false", "0"].contains(&v) => self.log.access = false,
+            "--access-log" => return Err(format!("`{v}` is neither on nor off")),
             "--upstream-health-threshold" => {
                 self.upstream_health_threshold = fraction(v, 0.0, 1.0)?
             }
@@ -294,15 +272,11 @@ impl Config {
             "--max-deadline-lead-ms" => {
                 self.max_deadline_lead = Duration::from_millis(number(v, 1, 100)?)
             }
-            "--upstream-max-connections" => {
-                self.pool.max_connections = number(v, 1, 1 << 20)? as usize
-            }
-            "--upstream-max-idle" => self.pool.max_idle = number(v, 0, 1 << 20)? as usize,
-            "--upstream-idle-timeout-ms" => self.pool.idle_timeout = millis(v)?,
-            "--upstream-max-body-bytes" => {
-                self.pool.max_body_bytes = number(v, 16, 1 << 30)? as usize
-            }
-            "--upstream-linger-ms" => self.pool.linger = millis(v)?,
+            "--upstream-max-connections" => pool.max_connections = number(v, 1, 1 << 20)? as usize,
+            "--upstream-max-idle" => pool.max_idle = number(v, 0, 1 << 20)? as usize,
+            "--upstream-idle-timeout-ms" => pool.idle_timeout = millis(v)?,
+            "--upstream-max-body-bytes" => pool.max_body_bytes = number(v, 16, 1 << 30)? as usize,
+            "--upstream-linger-ms" => pool.linger = millis(v)?,
             "--upstream-threads" if v == "auto" => self.upstream_threads = None,
             "--upstream-threads" => self.upstream_threads = Some(number(v, 0, 1024)? as usize),
             "--sim-latency-ms" => {
@@ -358,8 +332,7 @@ fn millis(v: &str) -> Result<Duration, String> {
 }
 
 fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem =
-        std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("`{path}` is not a valid PEM file: {e:?}"))?;

@@ -1,7 +1,6 @@
 //! The four endpoints, by name: a leaf type, so that the API can route on it and the metrics and the
 //! access log can label with it, without either knowing the other.
 
-/// The four endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     All,

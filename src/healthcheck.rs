@@ -75,12 +75,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
         let start: String = line.chars().take(80).collect();
         return Err(format!("not an HTTP/1 response: {start:?}"));
     }
+    let status = line.trim_start_matches(version).trim();
     match code {
         "200" => Ok(()),
-        _ => Err(format!(
-            "answered {}",
-            line.trim_start_matches(version).trim()
-        )),
+        _ => Err(format!("answered {status}")),
     }
 }
 
@@ -89,23 +87,15 @@ fn split_url(url: &str) -> Result<(String, &str), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
     if authority.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
     // A port is present when the text after the last ':' is outside brackets (IPv6 literals have colons).
-    let has_port = authority
-        .rfind(':')
-        .is_some_and(|i| !authority[i..].contains(']'));
-    let authority = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path))
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => Ok((authority.to_string(), path)),
+        _ => Ok((format!("{authority}:80"), path)),
+    }
 }
 
 /// Resolves `HOST:PORT` and connects to the first address that accepts.

@@ -141,11 +141,14 @@ pub async fn serve(
         }),
     );
 
-    let api = Arc::new(Api::new(
-        upstream,
-        telemetry.clone(),
-        &config.api_settings(),
-    ));
+    let settings = api::Settings {
+        max_timeout_ms: config.max_timeout_ms,
+        hedge: config.hedge.clone(),
+        max_in_flight: config.limits.max_in_flight,
+        overload_lag: config.limits.overload_lag,
+        max_deadline_lead: config.max_deadline_lead,
+    };
+    let api = Arc::new(Api::new(upstream, telemetry.clone(), &settings));
     let shutdown = async {
         shutdown.await;
         telemetry.draining();

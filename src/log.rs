@@ -158,10 +158,6 @@ impl Logger {
         self.event(Level::Info, event, fields);
     }
 
-    pub fn debug(&self, event: &str, fields: serde_json::Value) {
-        self.event(Level::Debug, event, fields);
-    }
-
     /// A warning, subject to the limit (see the module doc).
     pub fn warn(&self, event: &str, fields: serde_json::Value) {
         self.event(Level::Warn, event, fields);
@@ -188,17 +184,13 @@ impl Logger {
             line.push_str(&format!("\"suppressed\":{held_back},"));
         }
         match fields {
-            serde_json::Value::Object(map) if map.is_empty() => {}
             serde_json::Value::Object(map) => {
-                // `{"a":1}` -> `"a":1`: the members, to follow the fixed ones.
-                let text = serde_json::Value::Object(map).to_string();
-                line.push_str(&text[1..text.len() - 1]);
-                line.push(',');
+                for (name, value) in map {
+                    let _ = write!(line, "{}:{value},", serde_json::Value::String(name));
+                }
             }
             other => line.push_str(&format!("\"detail\":{other},")),
         }
-        line.pop(); // the last comma
-        line.push('}');
         self.write(line);
     }
 
@@ -209,8 +201,6 @@ impl Logger {
         }
         let mut line = line_start(Level::Info, "access");
         fill(&mut line);
-        line.pop();
-        line.push('}');
         self.write(line);
     }
 
@@ -243,7 +233,10 @@ impl Logger {
         Some(std::mem::take(&mut bucket.suppressed))
     }
 
+    /// Ends `line` (each member was followed by a comma) and writes it.
     fn write(&self, mut line: String) {
+        line.pop(); // the last comma
+        line.push('}');
         match &self.settings.sink {
             Sink::Stdout => {
                 line.push('\n');
@@ -304,7 +297,7 @@ mod tests {
         };
         let (log, memory) = Logger::in_memory(settings);
         log.info("quiet", json!({}));
-        log.debug("quieter", json!({}));
+        log.event(Level::Debug, "quieter", json!({}));
         log.warn("loud", json!({}));
         log.access(|l| l.push_str("\"status\":200,"));
         let events: Vec<Value> = parsed(&memory).iter().map(|v| v["event"].clone()).collect();

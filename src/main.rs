@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         };
     }
 
-    let mut config = match Config::from_args_and_env(&args) {
+    let mut config = match Config::parse(&args, |name| std::env::var(name).ok()) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());

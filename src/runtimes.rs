@@ -29,19 +29,16 @@ impl Runtimes {
     /// Builds the runtimes for a machine with `cpus` CPUs; `upstream_threads` as [`worker_threads`] reads it.
     pub fn build(upstream_threads: Option<usize>, cpus: usize) -> Result<Runtimes, String> {
         let (api_threads, upstream_threads) = worker_threads(upstream_threads, cpus);
-        let api = build("fanout-api", api_threads, || {})?;
-        if upstream_threads == 0 {
-            return Ok(Runtimes {
-                api,
-                upstream: None,
-                shed: None,
-            });
+        let mut runtimes = Runtimes {
+            api: build("fanout-api", api_threads, || {})?,
+            upstream: None,
+            shed: None,
+        };
+        if upstream_threads > 0 {
+            runtimes.upstream = Some(build("fanout-upstream", upstream_threads, || {})?);
+            runtimes.shed = Some(build("fanout-shed", 1, lower_this_threads_priority)?);
         }
-        Ok(Runtimes {
-            api,
-            upstream: Some(build("fanout-upstream", upstream_threads, || {})?),
-            shed: Some(build("fanout-shed", 1, lower_this_threads_priority)?),
-        })
+        Ok(runtimes)
     }
 
     pub fn upstream_handle(&self) -> Option<Handle> {

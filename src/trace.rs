@@ -129,22 +129,21 @@ impl CallTrace {
 
     /// The `traceparent` for one upstream request of this call: a new span whose parent is the call's span.
     pub fn child(&self) -> TraceParent {
-        TraceParent {
-            trace_id: self.trace_id,
-            parent_id: new_span_id(),
-            flags: self.flags,
-        }
+        self.with_parent(new_span_id())
     }
 
     /// The `traceresponse` value: the trace id and the call's span id (Trace Context Level 2 §3).
     pub fn response_header(&self) -> String {
-        let header = TraceParent {
+        String::from_utf8_lossy(&self.with_parent(self.span_id).to_header()).into_owned()
+    }
+
+    /// A `traceparent` of this call's trace and flags, sent by the span `parent_id`.
+    fn with_parent(&self, parent_id: SpanId) -> TraceParent {
+        TraceParent {
             trace_id: self.trace_id,
-            parent_id: self.span_id,
+            parent_id,
             flags: self.flags,
         }
-        .to_header();
-        String::from_utf8_lossy(&header).into_owned()
     }
 }
 
@@ -154,7 +153,7 @@ fn rng() -> &'static Rng {
 }
 
 /// A random, non-zero span id.
-pub fn new_span_id() -> SpanId {
+fn new_span_id() -> SpanId {
     loop {
         let id = rng().next_u64();
         if id != 0 {

@@ -20,9 +20,8 @@
 //!   SIGKILL loses at most the last [`BATCH_PAUSE`] of lines.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Lines waiting for the writer, at most. About 4,000 access lines: at 20,000 calls a second, a writer
 /// stuck for a fifth of a second.
@@ -39,14 +38,14 @@ pub struct LineQueue {
     lines_came: Condvar,
     /// Wakes [`LineQueue::flush`] callers when a batch has been written.
     batch_written: Condvar,
-    dropped_total: AtomicU64,
 }
 
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
-    /// Lines dropped since the writer last took the buffer.
+    /// Lines dropped since the writer last took the buffer, and since start.
     dropped: u64,
+    dropped_total: u64,
     /// The writer waits on `lines_came`: the next line must wake it.
     writer_waiting: bool,
     /// Batches taken by the writer, and batches written: `flush` waits for the second to reach the first.
@@ -61,7 +60,6 @@ impl LineQueue {
             capacity,
             lines_came: Condvar::new(),
             batch_written: Condvar::new(),
-            dropped_total: AtomicU64::new(0),
         }
     }
 
@@ -75,7 +73,7 @@ impl LineQueue {
         let mut pending = self.lock();
         if pending.bytes.len() + line.len() > self.capacity {
             pending.dropped += 1;
-            self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            pending.dropped_total += 1;
             return;
         }
         pending.bytes.extend_from_slice(line);
@@ -86,13 +84,12 @@ impl LineQueue {
 
     /// Lines dropped because the buffer was full, since start.
     pub fn dropped_total(&self) -> u64 {
-        self.dropped_total.load(Ordering::Relaxed)
+        self.lock().dropped_total
     }
 
     /// Waits until every line queued before this call is written, or `limit` has passed. False if the
     /// limit came first (the writer is stuck on its output).
     pub fn flush(&self, limit: Duration) -> bool {
-        let give_up = Instant::now() + limit;
         let mut pending = self.lock();
         // Anything queued (a line, or a count of dropped ones) goes out with the next batch taken.
         let queued = !pending.bytes.is_empty() || pending.dropped > 0;
@@ -100,25 +97,18 @@ impl LineQueue {
         if std::mem::take(&mut pending.writer_waiting) {
             self.lines_came.notify_one();
         }
-        while pending.written < target {
-            let left = give_up.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            pending = self
-                .batch_written
-                .wait_timeout(pending, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
+        let (_pending, waited) = self
+            .batch_written
+            .wait_timeout_while(pending, limit, |pending| pending.written < target)
+            .unwrap_or_else(PoisonError::into_inner);
+        !waited.timed_out()
     }
 
     /// The writer's loop: take everything queued, write it, pause, again. Runs for ever (the process's
     /// own thread); errors writing are ignored: a closed stdout loses lines, it never stops the service.
     pub fn run(&self, out: &mut impl Write) {
         loop {
-            let (batch, dropped) = {
+            let (batch, dropped, taken) = {
                 let mut pending = self.lock();
                 while pending.bytes.is_empty() && pending.dropped == 0 {
                     pending.writer_waiting = true;
@@ -129,9 +119,11 @@ impl LineQueue {
                 }
                 pending.writer_waiting = false;
                 pending.taken += 1;
+                let taken = pending.taken;
                 (
                     std::mem::take(&mut pending.bytes),
                     std::mem::take(&mut pending.dropped),
+                    taken,
                 )
             };
             let _ = out.write_all(&batch);
@@ -144,10 +136,7 @@ impl LineQueue {
                 let _ = out.write_all(line.as_bytes());
             }
             let _ = out.flush();
-            {
-                let mut pending = self.lock();
-                pending.written = pending.taken;
-            }
+            self.lock().written = taken;
             self.batch_written.notify_all();
             std::thread::sleep(BATCH_PAUSE);
         }
