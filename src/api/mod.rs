@@ -23,7 +23,7 @@ use crate::http::response::Response;
 use crate::metrics::ShedReason;
 use crate::telemetry::{Attempt, Gauges, Telemetry};
 use crate::trace::CallTrace;
-use crate::upstream::{Place, PoolStats, Upstream, Work};
+use crate::upstream::{Place, PoolStats, Upstream};
 use calls::Calls;
 use hedge::Hedging;
 use lead::Lead;
@@ -373,20 +373,13 @@ impl Api {
 /// The response body: the object itself, or a JSON array of objects. Each object's text is passed on as
 /// the upstream sent it (compacted), so no re-serialisation is needed.
 fn encode(answer: &Answer) -> Vec<u8> {
-    let list: &[Work] = match answer {
-        Answer::One(work) => return work.json.as_bytes().to_vec(),
-        Answer::List(list) => list,
-    };
-    let mut body = Vec::with_capacity(2 + list.iter().map(|w| w.json.len() + 1).sum::<usize>());
-    body.push(b'[');
-    for (i, work) in list.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    match answer {
+        Answer::One(work) => work.json.as_bytes().to_vec(),
+        Answer::List(list) => {
+            let objects: Vec<&str> = list.iter().map(|work| &*work.json).collect();
+            format!("[{}]", objects.join(",")).into_bytes()
         }
-        body.extend_from_slice(work.json.as_bytes());
     }
-    body.push(b']');
-    body
 }
 
 /// A duration in whole µs, as `hedge` and `lead` keep instants and durations in atomics.
