@@ -291,12 +291,8 @@ impl Api {
     /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
     /// caller gone (see `api::calls`).
     pub async fn run(&self, call: Call, trace: &CallTrace) -> Handled {
-        let Call {
-            endpoint,
-            timeout,
-            deadline,
-            _admitted,
-        } = call;
+        // `call` itself lives to the end, and with it the call's place.
+        let (endpoint, timeout, deadline) = (call.endpoint, call.timeout, call.deadline);
         let place = match self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
             true => Place::UpstreamRuntime,
             false => Place::Here,
