@@ -310,8 +310,7 @@ impl Api {
             Endpoint::First => strategies::first(&mut calls, deadline).await,
             Endpoint::WithinTimeout => Ok(strategies::within_timeout(&mut calls, deadline).await),
             Endpoint::Smart => {
-                let delay = self.hedging.delay(&self.telemetry.health, Instant::now());
-                strategies::smart(&mut calls, deadline, delay, &self.hedging).await
+                strategies::smart(&mut calls, deadline, &self.hedging, &self.telemetry.health).await
             }
         };
         // The answer is decided: what is still running is cancelled now, before the response is written.
