@@ -252,7 +252,7 @@ impl Telemetry {
         if let Some(ratio) = window.success_ratio {
             gauge(&mut out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
         }
-        if let Some(latency) = window.latency {
+        if let Some(latency) = window.latency() {
             labelled(
                 &mut out,
                 "fanout_upstream_recent_latency_seconds",
