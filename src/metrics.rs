@@ -205,11 +205,6 @@ impl Metrics {
         self.server_duration[route_index(endpoint)][status_index(status)].observe(duration);
     }
 
-    /// One upstream request's outcome.
-    pub fn upstream_done(&self, outcome: OutcomeKind, duration: Duration) {
-        self.client_duration[outcome as usize].observe(duration);
-    }
-
     /// Writes the families this registry owns. Server series are written only once they have counts (so
     /// 14 statuses times 5 routes do not fill the page with zeros), except each route's 200, so every
     /// route's request rate exists from the first scrape. Upstream outcomes are all written: there are few,

@@ -97,7 +97,7 @@ impl Telemetry {
 
     /// One upstream request's outcome: into the metrics and the health window.
     pub fn upstream_done(&self, outcome: OutcomeKind, duration: Duration) {
-        self.metrics.upstream_done(outcome, duration);
+        self.metrics.client_duration[outcome as usize].observe(duration);
         self.health.record(outcome, duration);
     }
 
