@@ -144,18 +144,16 @@ impl Telemetry {
             }
             if !done.attempts.is_empty() {
                 line.push_str("\"attempts\":[");
-                for (i, a) in done.attempts.iter().enumerate() {
-                    if i > 0 {
-                        line.push(',');
-                    }
+                for a in done.attempts {
                     let _ = write!(
                         line,
-                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}}",
+                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}},",
                         a.span_id,
                         a.outcome.label(),
                         ms(a.duration)
                     );
                 }
+                line.pop(); // the last attempt's comma
                 line.push_str("],");
             }
         });
