@@ -358,10 +358,8 @@ impl Api {
     /// that was reached, under the reason's own name: `{"reason": "max_in_flight", "max_in_flight": 2560}`.
     pub(crate) fn shed(&self, reason: ShedReason, limit: usize) {
         self.telemetry.metrics.shed[reason as usize].inc();
-        let mut fields = serde_json::Map::new();
-        fields.insert("reason".into(), reason.label().into());
-        fields.insert(reason.label().into(), limit.into());
-        self.telemetry.log.warn("call_shed", fields.into());
+        let fields = serde_json::json!({"reason": reason.label(), reason.label(): limit});
+        self.telemetry.log.warn("call_shed", fields);
     }
 }
 
