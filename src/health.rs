@@ -102,10 +102,8 @@ pub struct Snapshot {
     pub requests: u64,
     /// `ok / requests`; `None` without requests.
     pub success_ratio: Option<f64>,
-    /// Latency quantiles of the successes, in seconds: 0.5, 0.9, 0.99.
-    pub latency: Option<[f64; 3]>,
-    /// The successes' latency histogram, for other quantiles ([`Snapshot::latency_quantile`]).
-    pub latency_buckets: [u64; BUCKETS],
+    /// The successes' latency histogram, which the quantiles are read from.
+    latency_buckets: [u64; BUCKETS],
 }
 
 impl Snapshot {
@@ -117,6 +115,11 @@ impl Snapshot {
     /// The `q` quantile (0 to 1) of the successes' latency, in seconds; `None` without successes.
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         (self.successes() > 0).then(|| quantile(&self.latency_buckets, q))
+    }
+
+    /// The [`QUANTILES`] of the successes' latency, in seconds; `None` without successes.
+    pub fn latency(&self) -> Option<[f64; 3]> {
+        (self.successes() > 0).then(|| QUANTILES.map(|q| quantile(&self.latency_buckets, q)))
     }
 }
 
@@ -182,7 +185,6 @@ impl Health {
             outcomes,
             requests,
             success_ratio: (requests > 0).then(|| ok as f64 / requests as f64),
-            latency: (ok > 0).then(|| QUANTILES.map(|q| quantile(&latency, q))),
             latency_buckets: latency,
         }
     }
@@ -238,7 +240,7 @@ impl Health {
     /// The JSON view for the admin listener's `GET /upstream`.
     pub fn to_json(&self) -> serde_json::Value {
         let snap = self.snapshot();
-        let latency_ms = snap.latency.map(|q| {
+        let latency_ms = snap.latency().map(|q| {
             serde_json::json!({
                 "p50": round3(q[0] * 1000.0),
                 "p90": round3(q[1] * 1000.0),
@@ -310,7 +312,7 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.requests, 8);
         assert_eq!(s.success_ratio, Some(0.75));
-        let [p50, _, p99] = s.latency.expect("successes have latency");
+        let [p50, _, p99] = s.latency().expect("successes have latency");
         // All six successes took 3 ms: inside the (2.5 ms, 5 ms] bucket.
         assert!(
             (0.0025..=0.005).contains(&p50) && p99 <= 0.005,

@@ -129,7 +129,11 @@ impl Histogram {
 
     /// Writes the `_bucket`, `_sum` and `_count` series, with `labels` (`a="x",b="y"`, maybe empty).
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
+        let (sep, braces) = if labels.is_empty() {
+            ("", String::new())
+        } else {
+            (",", format!("{{{labels}}}"))
+        };
         let mut cumulative = 0;
         let bounds = self.bounds_s.iter().map(f64::to_string);
         for (le, n) in bounds.chain(["+Inf".into()]).zip(&*self.buckets) {
@@ -139,11 +143,6 @@ impl Histogram {
                 "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
             );
         }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {cumulative}");
@@ -196,22 +195,14 @@ pub fn route_index(endpoint: Option<Endpoint>) -> usize {
 }
 
 fn status_index(status: u16) -> usize {
-    let internal = STATUSES.iter().position(|&s| s == 500).unwrap_or(0);
-    STATUSES
-        .iter()
-        .position(|&s| s == status)
-        .unwrap_or(internal)
+    let index = |code| STATUSES.iter().position(|&s| s == code);
+    index(status).or_else(|| index(500)).unwrap_or(0)
 }
 
 impl Metrics {
     /// One answered request.
     pub fn request_done(&self, endpoint: Option<Endpoint>, status: u16, duration: Duration) {
         self.server_duration[route_index(endpoint)][status_index(status)].observe(duration);
-    }
-
-    /// One upstream request's outcome.
-    pub fn upstream_done(&self, outcome: OutcomeKind, duration: Duration) {
-        self.client_duration[outcome as usize].observe(duration);
     }
 
     /// Writes the families this registry owns. Server series are written only once they have counts (so

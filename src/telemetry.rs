@@ -97,7 +97,7 @@ impl Telemetry {
 
     /// One upstream request's outcome: into the metrics and the health window.
     pub fn upstream_done(&self, outcome: OutcomeKind, duration: Duration) {
-        self.metrics.upstream_done(outcome, duration);
+        self.metrics.client_duration[outcome as usize].observe(duration);
         self.health.record(outcome, duration);
     }
 
@@ -144,18 +144,16 @@ impl Telemetry {
             }
             if !done.attempts.is_empty() {
                 line.push_str("\"attempts\":[");
-                for (i, a) in done.attempts.iter().enumerate() {
-                    if i > 0 {
-                        line.push(',');
-                    }
+                for a in done.attempts {
                     let _ = write!(
                         line,
-                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}}",
+                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}},",
                         a.span_id,
                         a.outcome.label(),
                         ms(a.duration)
                     );
                 }
+                line.pop(); // the last attempt's comma
                 line.push_str("],");
             }
         });
@@ -252,7 +250,7 @@ impl Telemetry {
         if let Some(ratio) = window.success_ratio {
             gauge(&mut out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
         }
-        if let Some(latency) = window.latency {
+        if let Some(latency) = window.latency() {
             labelled(
                 &mut out,
                 "fanout_upstream_recent_latency_seconds",

@@ -62,9 +62,8 @@ pub struct Calls {
     /// Each request's report carries its attempt's index as its tag.
     outcomes: mpsc::UnboundedReceiver<Box<Report>>,
     attempts: Vec<Started>,
-    hedged: bool,
-    hedge_refused: bool,
-    first_success: Option<usize>,
+    /// What the requests did so far; [`Calls::finish`] fills in its attempts.
+    finished: Finished,
     /// Requests started whose outcome has not been taken yet.
     running: usize,
     /// Requests not started because the deadline was too close. They count as never finishing.
@@ -90,9 +89,7 @@ impl Calls {
             trace,
             deadline,
             attempts: Vec::with_capacity(3),
-            hedged: false,
-            hedge_refused: false,
-            first_success: None,
+            finished: Finished::default(),
             reply,
             outcomes,
             running: 0,
@@ -130,23 +127,24 @@ impl Calls {
 
     /// Starts `n` hedge requests: as [`Calls::start`], and remembered as a hedge.
     pub fn hedge(&mut self, n: usize) {
-        self.hedged |= self.start(n);
+        self.finished.hedged |= self.start(n);
     }
 
     /// Notes that the hedge delay passed but the budget had no room for a hedge.
     pub fn hedge_refused(&mut self) {
-        self.hedge_refused = true;
+        self.finished.hedge_refused = true;
     }
 
-    /// Notes an attempt's end: in its record, the metrics and the health window.
-    fn ended(&mut self, index: usize, outcome: OutcomeKind, duration: Duration) {
-        if let Some(attempt) = self.attempts.get_mut(index) {
-            attempt.ended = Some((outcome, duration));
+    /// Notes a request's report: in its attempt's record, the metrics and the health window.
+    fn ended(&mut self, report: &Report) {
+        let outcome = OutcomeKind::of(&report.outcome);
+        if let Some(attempt) = self.attempts.get_mut(report.tag) {
+            attempt.ended = Some((outcome, report.duration));
         }
-        if outcome == OutcomeKind::Ok && self.first_success.is_none() {
-            self.first_success = Some(index);
+        if outcome == OutcomeKind::Ok {
+            self.finished.first_success.get_or_insert(report.tag);
         }
-        self.telemetry.upstream_done(outcome, duration);
+        self.telemetry.upstream_done(outcome, report.duration);
     }
 
     /// Ends the call: outcomes that arrived but were not taken are noted; requests still running end as
@@ -154,11 +152,7 @@ impl Calls {
     /// receiving end of the channel: the requests still running see their caller gone (see the module doc).
     pub fn finish(mut self) -> Finished {
         while let Ok(report) = self.outcomes.try_recv() {
-            self.ended(
-                report.tag,
-                OutcomeKind::of(&report.outcome),
-                report.duration,
-            );
+            self.ended(&report);
         }
         let now = Instant::now();
         let unfinished = if now >= self.deadline {
@@ -166,29 +160,19 @@ impl Calls {
         } else {
             OutcomeKind::Cancelled
         };
-        for index in 0..self.attempts.len() {
-            if self.attempts[index].ended.is_none() {
-                let duration = now.saturating_duration_since(self.attempts[index].at);
-                self.ended(index, unfinished, duration);
-            }
+        for a in &self.attempts {
+            let (outcome, duration) = a.ended.unwrap_or_else(|| {
+                let duration = now.saturating_duration_since(a.at);
+                self.telemetry.upstream_done(unfinished, duration);
+                (unfinished, duration)
+            });
+            self.finished.attempts.push(Attempt {
+                span_id: a.span_id,
+                outcome,
+                duration,
+            });
         }
-        Finished {
-            attempts: self
-                .attempts
-                .iter()
-                .map(|a| {
-                    let (outcome, duration) = a.ended.unwrap_or((unfinished, Duration::ZERO));
-                    Attempt {
-                        span_id: a.span_id,
-                        outcome,
-                        duration,
-                    }
-                })
-                .collect(),
-            hedged: self.hedged,
-            hedge_refused: self.hedge_refused,
-            first_success: self.first_success,
-        }
+        self.finished
     }
 
     /// The next outcome to complete; `None` once every started request has completed.
@@ -207,11 +191,7 @@ impl Calls {
         // never sends one and so counts as never finishing.
         let report = *self.outcomes.recv().await?;
         self.running -= 1;
-        self.ended(
-            report.tag,
-            OutcomeKind::of(&report.outcome),
-            report.duration,
-        );
+        self.ended(&report);
         if let Err(e) = &report.outcome {
             self.failures.push(e.to_string());
         }

@@ -154,12 +154,10 @@ impl Hedging {
         if !claim_due(&self.next_refresh_us, now_us, REFRESH) {
             return; // not due, or another call is computing it
         }
-        let recent = health.last(self.settings.horizon_secs);
-        let window = if recent.successes() >= MIN_SAMPLES {
-            recent
-        } else {
-            health.last(WINDOW_SECS)
-        };
+        let mut window = health.last(self.settings.horizon_secs);
+        if window.successes() < MIN_SAMPLES {
+            window = health.last(WINDOW_SECS);
+        }
         if window.successes() < MIN_SAMPLES {
             return;
         }

@@ -23,7 +23,7 @@ use crate::http::response::Response;
 use crate::metrics::ShedReason;
 use crate::telemetry::{Attempt, Gauges, Telemetry};
 use crate::trace::CallTrace;
-use crate::upstream::{Place, PoolStats, Upstream, Work};
+use crate::upstream::{Place, PoolStats, Upstream};
 use calls::Calls;
 use hedge::Hedging;
 use lead::Lead;
@@ -291,12 +291,8 @@ impl Api {
     /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
     /// caller gone (see `api::calls`).
     pub async fn run(&self, call: Call, trace: &CallTrace) -> Handled {
-        let Call {
-            endpoint,
-            timeout,
-            deadline,
-            _admitted,
-        } = call;
+        // `call` itself lives to the end, and with it the call's place.
+        let (endpoint, timeout, deadline) = (call.endpoint, call.timeout, call.deadline);
         let place = match self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
             true => Place::UpstreamRuntime,
             false => Place::Here,
@@ -314,8 +310,7 @@ impl Api {
             Endpoint::First => strategies::first(&mut calls, deadline).await,
             Endpoint::WithinTimeout => Ok(strategies::within_timeout(&mut calls, deadline).await),
             Endpoint::Smart => {
-                let delay = self.hedging.delay(&self.telemetry.health, Instant::now());
-                strategies::smart(&mut calls, deadline, delay, &self.hedging).await
+                strategies::smart(&mut calls, deadline, &self.hedging, &self.telemetry.health).await
             }
         };
         // The answer is decided: what is still running is cancelled now, before the response is written.
@@ -363,30 +358,21 @@ impl Api {
     /// that was reached, under the reason's own name: `{"reason": "max_in_flight", "max_in_flight": 2560}`.
     pub(crate) fn shed(&self, reason: ShedReason, limit: usize) {
         self.telemetry.metrics.shed[reason as usize].inc();
-        let mut fields = serde_json::Map::new();
-        fields.insert("reason".into(), reason.label().into());
-        fields.insert(reason.label().into(), limit.into());
-        self.telemetry.log.warn("call_shed", fields.into());
+        let fields = serde_json::json!({"reason": reason.label(), reason.label(): limit});
+        self.telemetry.log.warn("call_shed", fields);
     }
 }
 
 /// The response body: the object itself, or a JSON array of objects. Each object's text is passed on as
 /// the upstream sent it (compacted), so no re-serialisation is needed.
 fn encode(answer: &Answer) -> Vec<u8> {
-    let list: &[Work] = match answer {
-        Answer::One(work) => return work.json.as_bytes().to_vec(),
-        Answer::List(list) => list,
-    };
-    let mut body = Vec::with_capacity(2 + list.iter().map(|w| w.json.len() + 1).sum::<usize>());
-    body.push(b'[');
-    for (i, work) in list.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    match answer {
+        Answer::One(work) => work.json.as_bytes().to_vec(),
+        Answer::List(list) => {
+            let objects: Vec<&str> = list.iter().map(|work| &*work.json).collect();
+            format!("[{}]", objects.join(",")).into_bytes()
         }
-        body.extend_from_slice(work.json.as_bytes());
     }
-    body.push(b']');
-    body
 }
 
 /// A duration in whole µs, as `hedge` and `lead` keep instants and durations in atomics.

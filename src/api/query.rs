@@ -45,28 +45,17 @@ pub fn timeout_ms(query: &str, max: u64) -> Result<u64, String> {
 /// Decodes `%XX` escapes and `+`. A `%` not followed by two hex digits is kept as it is.
 fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
+        let (byte, len) = match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => ((hi * 16 + lo) as u8, 3),
+            (b'+', _, _) => (b' ', 1),
+            (b, _, _) => (b, 1),
+        };
+        out.push(byte);
+        i += len;
     }
     out
 }

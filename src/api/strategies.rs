@@ -6,10 +6,11 @@
 //! requests still running that their caller has gone. (Strategies borrow the `Calls` so that the API can
 //! report its attempts.)
 
-use tokio::time::{timeout_at, Duration, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use super::calls::Calls;
 use super::hedge::Hedging;
+use crate::health::Health;
 use crate::upstream::Work;
 
 /// Upstream requests per API call.
@@ -69,16 +70,17 @@ pub async fn within_timeout(calls: &mut Calls, deadline: Instant) -> Answer {
     Answer::List(successes)
 }
 
-/// `/api/smart`: a hedged request. One request; if it has not succeeded within `delay` (or failed sooner),
-/// 2 more at once; the first success of all 3, the first one included. When the delay passes and
-/// `hedging`'s budget has no room for 2 more requests, the call waits for its first request alone instead,
-/// and fires the other 2 only if that fails (see `api::hedge`).
+/// `/api/smart`: a hedged request. One request; if it has not succeeded within `hedging`'s delay (learned
+/// from `health` with `auto`) or failed sooner, 2 more at once; the first success of all 3, the first one
+/// included. When the delay passes and `hedging`'s budget has no room for 2 more requests, the call waits
+/// for its first request alone instead, and fires the other 2 only if that fails (see `api::hedge`).
 pub async fn smart(
     calls: &mut Calls,
     deadline: Instant,
-    delay: Duration,
     hedging: &Hedging,
+    health: &Health,
 ) -> Result<Answer, Failure> {
+    let delay = hedging.delay(health, Instant::now());
     hedging.earn();
     calls.start(1);
     let hedge_at = (Instant::now() + delay).min(deadline);

@@ -7,6 +7,7 @@
 //! is left out of the page rather than reported as 0.
 
 use std::fs;
+use std::str::FromStr;
 
 use super::{counter, gauge};
 
@@ -36,7 +37,7 @@ pub fn render(out: &mut String) {
             (utime + stime) / USER_HZ,
         );
     }
-    if let Some(kib) = status_kib("VmRSS") {
+    if let Some(kib) = proc_figure::<u64>("/proc/self/status", "VmRSS:") {
         gauge(
             out,
             "process_resident_memory_bytes",
@@ -44,7 +45,7 @@ pub fn render(out: &mut String) {
             kib * 1024,
         );
     }
-    if let Some(kib) = status_kib("VmSize") {
+    if let Some(kib) = proc_figure::<u64>("/proc/self/status", "VmSize:") {
         gauge(
             out,
             "process_virtual_memory_bytes",
@@ -62,7 +63,7 @@ pub fn render(out: &mut String) {
             open,
         );
     }
-    if let Some(max) = max_open_files() {
+    if let Some(max) = proc_figure::<u64>("/proc/self/limits", "Max open files") {
         gauge(
             out,
             "process_max_fds",
@@ -70,7 +71,8 @@ pub fn render(out: &mut String) {
             max,
         );
     }
-    if let (Some(start_ticks), Some(boot)) = (field(22), boot_time()) {
+    let boot_time = proc_figure::<f64>("/proc/stat", "btime ");
+    if let (Some(start_ticks), Some(boot)) = (field(22), boot_time) {
         gauge(
             out,
             "process_start_time_seconds",
@@ -80,25 +82,11 @@ pub fn render(out: &mut String) {
     }
 }
 
-/// A `kB` line of /proc/self/status, in KiB.
-fn status_kib(key: &str) -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.split(':').next() == Some(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The soft limit on open files, from /proc/self/limits ("Max open files  1024  4096  files").
-fn max_open_files() -> Option<u64> {
-    let limits = fs::read_to_string("/proc/self/limits").ok()?;
-    let values = limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))?;
-    values.split_whitespace().next()?.parse().ok()
-}
-
-/// The system's boot time in seconds since the epoch (`btime` in /proc/stat).
-fn boot_time() -> Option<f64> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let seconds = stat.lines().find_map(|l| l.strip_prefix("btime "))?;
-    seconds.trim().parse().ok()
+/// The first figure after `prefix` on a line of a `/proc` file: "VmRSS:  1234 kB" gives 1234 (KiB), and
+/// "Max open files  1024  4096  files" the soft limit, 1024; `btime` in /proc/stat is the boot time in
+/// seconds since the epoch.
+fn proc_figure<T: FromStr>(path: &str, prefix: &str) -> Option<T> {
+    let text = fs::read_to_string(path).ok()?;
+    let rest = text.lines().find_map(|l| l.strip_prefix(prefix))?;
+    rest.split_whitespace().next()?.parse().ok()
 }
