@@ -39,8 +39,8 @@
 //! - Line endings must be CRLF: a bare LF is an error, which closes the door on request smuggling games that
 //!   rely on two parsers disagreeing about line ends.
 
-/// Longest chunk-size line (size plus extensions) or trailer line we accept, CRLF excluded. Sizes themselves
-/// need at most 16 hex digits; the rest is room for extensions we ignore anyway.
+/// Longest chunk-size line (size plus extensions) or trailer line we accept, counting the CR that ends it but
+/// not the LF. Sizes themselves need at most 16 hex digits; the rest is room for extensions we ignore anyway.
 pub(crate) const MAX_LINE_BYTES: usize = 4096;
 
 /// Most trailer bytes we skip in total before calling the message malformed.
@@ -538,6 +538,20 @@ mod tests {
         let mut long_ext = b"1;".to_vec();
         long_ext.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES));
         assert_eq!(decode_all(&long_ext), Err(ChunkedError::LineTooLong));
+
+        // The CR that ends a line counts toward the bound, the LF does not: a line of MAX_LINE_BYTES - 1
+        // bytes before its CRLF is the longest accepted.
+        let line = |len: usize| {
+            let mut body = b"1;".to_vec();
+            body.extend(std::iter::repeat_n(b'x', len - 2));
+            body.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+            body
+        };
+        assert!(decode_all(&line(MAX_LINE_BYTES - 1)).is_ok());
+        assert_eq!(
+            decode_all(&line(MAX_LINE_BYTES)),
+            Err(ChunkedError::LineTooLong)
+        );
 
         let mut long_trailer = b"0\r\n".to_vec();
         long_trailer.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 1));
