@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::time::{sleep, sleep_until, Duration, Instant};
 
+use super::micros;
+
 /// How often each probe wakes while calls come near the limit (half of it, in this window) ...
 pub const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// ... and otherwise. A wake-up every 5 ms on each runtime cost `cpu` (64 callers) about a tenth of its
@@ -91,8 +93,7 @@ impl Limit {
 
     /// Notes one probe's lag.
     pub fn record_lag(&self, lag: Duration) {
-        self.worst_us
-            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+        self.worst_us.fetch_max(micros(lag), Ordering::Relaxed);
     }
 
     /// Ends a window: the limit follows its worst lag (see the module's rule).

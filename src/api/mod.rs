@@ -375,7 +375,7 @@ fn encode(answer: &Answer) -> Vec<u8> {
     }
 }
 
-/// A duration in whole µs, as `hedge` and `lead` keep instants and durations in atomics.
+/// A duration in whole µs, as `hedge`, `lead` and `limit` keep instants and durations in atomics.
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
