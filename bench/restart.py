@@ -47,7 +47,9 @@ CFG_SERVERS = {"fanout1": "server fanout1 127.0.0.1:8080 port 8081",
 TARGET = "/api/within-timeout?timeout=1000"
 CONNECTIONS = 100
 SIMULATOR_FLAGS = ("--latency-ms", "100-600", "--failure-rate", "0.1")
-FANOUT_FLAGS: tuple[str, ...] = ()
+# On SIGTERM, keep the listener open (and idle connections too) past the time HAProxy takes to see
+# /readyz fail twice, 1 s apart (deploy/haproxy.cfg): README.md, "Operations", "Behind a load balancer".
+FANOUT_FLAGS = ("--drain-delay-ms", "3000")
 LEAD_S, TAIL_S = 3, 3  # load before the first restart and after the last
 SLOT_S = 12  # one restart: SIGTERM, drain, exit, start, back in HAProxy; then load until the next
 EXIT_LIMIT_S = 30  # a drained process exits well within this (its calls end by their 1 s deadline)

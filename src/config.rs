@@ -165,7 +165,8 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
     Setting { flag: "--overload-lag-ms", env: "FANOUT_OVERLOAD_LAG_MS", value: "MS", default: "50", help: "when tasks run this much later than their timers (worst in 0.5 s) and the in-flight limit is reached, it falls by a tenth, down to an eighth of --max-in-flight; under half of this it grows back by 2% of it each 0.5 s (0: the limit is --max-in-flight, always, and nothing is probed)" },
     Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "0", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
-    Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "on SIGTERM/SIGINT, busy connections are closed after this long (a second signal exits at once)" },
+    Setting { flag: "--drain-delay-ms", env: "FANOUT_DRAIN_DELAY_MS", value: "MS", default: "0", help: "on SIGTERM/SIGINT, /readyz answers 503 at once but the API listener stays open this long, answering each request with Connection: close and leaving idle connections open, so that a load balancer stops sending before it closes (0: it closes at once, with idle connections)" },
+    Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "once the listener has closed, busy connections are closed after this long (a second signal exits at once)" },
 ];
 
 /// What the command line asked for.
@@ -295,6 +296,7 @@ impl Config {
             "--head-timeout-ms" => l.head_timeout = millis(v)?,
             "--idle-timeout-ms" => l.idle_timeout = millis(v)?,
             "--write-timeout-ms" => l.write_timeout = millis(v)?,
+            "--drain-delay-ms" => l.drain_delay = millis(v)?,
             "--drain-timeout-ms" => l.drain_timeout = millis(v)?,
             "--max-connections" => l.max_connections = number(v, 1, 1 << 20)? as usize,
             "--max-in-flight" => l.max_in_flight = number(v, 1, 1 << 20)? as usize,

@@ -157,6 +157,7 @@ pub async fn serve(
             serde_json::json!({
                 "phase": "draining",
                 "in_flight": api.in_flight(),
+                "drain_delay_ms": config.limits.drain_delay.as_millis() as u64,
                 "drain_timeout_ms": config.limits.drain_timeout.as_millis() as u64,
             }),
         );

@@ -560,3 +560,66 @@ async fn shutdown_lets_a_call_in_flight_finish() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_drain_delay_connections_are_served_and_told_to_close() {
+    // A delay far longer than the test: all of it happens while the listener is still open.
+    let mut svc = Service::start_with(common::quiet_upstream(), |c| {
+        c.limits.drain_delay = std::time::Duration::from_secs(600)
+    })
+    .await;
+    let mut kept = svc.client().await;
+    let r = kept.get("/api/within-timeout?timeout=0").await;
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    svc.begin_stop();
+    // The kept-alive connection is not closed under a request that may be on its way: each request
+    // is answered, until the drain has begun and the answer says it is the last one.
+    let last = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            let r = kept.get("/api/within-timeout?timeout=0").await;
+            assert_eq!(r.status, 200);
+            if r.header("connection").is_some() {
+                return r;
+            }
+            tokio::time::sleep(common::ms(5)).await;
+        }
+    })
+    .await
+    .expect("the drain begins");
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(
+        kept.closed_by_server().await,
+        "closed after its last answer"
+    );
+    assert_eq!(svc.admin_get("/readyz").await.status, 503);
+    // New connections are still accepted and answered, once each.
+    let (r, mut new) = exchange(
+        &svc,
+        "GET /api/within-timeout?timeout=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(new.closed_by_server().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_and_idle_connections_close_once_the_drain_delay_has_passed() {
+    let delay = common::ms(500);
+    let svc = Service::start_with(common::quiet_upstream(), |c| c.limits.drain_delay = delay).await;
+    let mut idle = svc.client().await;
+    assert_eq!(idle.get("/api/within-timeout?timeout=0").await.status, 200);
+    let addr = svc.addr;
+    let began = tokio::time::Instant::now();
+    let stopping = tokio::spawn(svc.stop());
+    assert!(idle.closed_by_server().await, "closed after the delay");
+    assert!(
+        began.elapsed() >= delay,
+        "the idle connection was closed {:?} after the drain began, before the delay",
+        began.elapsed()
+    );
+    stopping.await.unwrap().expect("serve ends cleanly");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

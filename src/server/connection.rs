@@ -7,7 +7,7 @@
 //!
 //! | waiting for                    | bound                     | then                          |
 //! | ------------------------------ | ------------------------- | ----------------------------- |
-//! | the first byte of a request    | `idle_timeout`, shutdown  | close quietly                 |
+//! | the first byte of a request    | `idle_timeout`, closing   | close quietly                 |
 //! | the rest of the head and body  | `head_timeout`            | `408`, close                  |
 //! | the answer                     | the request's deadline    | the strategy answers in time  |
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 
-use super::{Limits, MAX_HEADERS_CEILING};
+use super::{Limits, Phase, MAX_HEADERS_CEILING};
 use crate::api::{Api, Call, Handled, Prepared};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, BodyLength, RequestHead};
@@ -71,7 +71,7 @@ pub(crate) struct Connection {
     buf: Vec<u8>,
     api: Arc<Api>,
     limits: Arc<Limits>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Phase>,
     /// Where the connection is served while its calls are shed (see [`Served::Shed`]); `None`: here.
     shed_runtime: Option<Handle>,
 }
@@ -81,7 +81,7 @@ impl Connection {
         stream: TcpStream,
         api: Arc<Api>,
         limits: Arc<Limits>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<Phase>,
         shed_runtime: Option<Handle>,
     ) -> Self {
         Connection {
@@ -179,7 +179,10 @@ impl Connection {
                 Prepared::Call(call) => self.api.run(call, &trace).await,
             };
 
-            let persistence = if body_failed || !head.keep_alive || *self.shutdown.borrow() {
+            // Draining or closing: this answer is the connection's last, and says so, so the client (a
+            // load balancer, say) sends its next request elsewhere instead of racing our close.
+            let stopping = *self.shutdown.borrow() != Phase::Serving;
+            let persistence = if body_failed || !head.keep_alive || stopping {
                 Persistence::Close
             } else if head.minor_version == 0 {
                 Persistence::KeepAlive10
@@ -219,9 +222,9 @@ impl Connection {
                 // another parse and answer. Off by default: the wait is part of its next answer's time.
                 tokio::select! {
                     () = tokio::time::sleep(self.limits.shed_pause) => {}
-                    _ = self.shutdown.changed() => {}
+                    _ = self.shutdown.wait_for(|p| *p == Phase::Closing) => {}
                 }
-                if *self.shutdown.borrow() {
+                if *self.shutdown.borrow() == Phase::Closing {
                     return Served::Done; // between requests at shutdown: close quietly, as `next_request` would
                 }
             }
@@ -275,7 +278,8 @@ impl Connection {
                 }
             }
             let read_until = match head_started {
-                // Between requests: wait for the client as long as the idle timeout, or until shutdown.
+                // Between requests: wait for the client as long as the idle timeout, or until the
+                // listener closes (not while draining: see `Phase::Draining`).
                 None => Instant::now() + self.limits.idle_timeout,
                 Some(t) => t + self.limits.head_timeout,
             };
@@ -289,7 +293,7 @@ impl Connection {
                     Err(_) => break request_timeout("the request head"),
                 },
                 // Only between requests: a request that has begun to arrive is read and answered.
-                _ = self.shutdown.changed(), if between_requests => return None,
+                _ = self.shutdown.wait_for(|p| *p == Phase::Closing), if between_requests => return None,
             }
         };
         // A `HEAD` gets the head of the error only: its response "MUST NOT" carry content (RFC 9110 §9.3.2),

@@ -24,7 +24,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time allowed to write one response to a client that does not read; then the connection is dropped.
     pub write_timeout: Duration,
-    /// On shutdown, connections still busy after this long are closed.
+    /// On shutdown, the listener stays open this long (answers say `Connection: close`, idle connections
+    /// stay open) so that load balancers stop sending before it closes; zero: it closes at once.
+    pub drain_delay: Duration,
+    /// Once the listener has closed, connections still busy after this long are closed.
     pub drain_timeout: Duration,
     /// Client connections open at once; beyond, a new one's first request gets `503` and a close.
     pub max_connections: usize,
@@ -51,6 +54,10 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            // Without a load balancer there is nothing to wait for, and Kubernetes' preStop pause
+            // (deploy/) holds SIGTERM back until the endpoints are updated. Behind one that checks
+            // /readyz, longer than it takes to mark a server down (README.md, "Operations").
+            drain_delay: Duration::ZERO,
             // The longest call (max_timeout_ms) plus time to write its answer.
             drain_timeout: Duration::from_secs(65),
             // File descriptors are the bound (20,000 here): 8,192 client connections plus at most 8,192

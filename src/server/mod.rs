@@ -30,9 +30,23 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// the cap is closed as soon as it is accepted, so a flood cannot turn refusals into a resource of its own.
 pub const MAX_REFUSING: usize = 1024;
 
+/// How far the server is in stopping. Every connection task watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Serving,
+    /// `shutdown` has completed and the listener stays open for `limits.drain_delay`: each answer
+    /// carries `Connection: close`, but an idle connection is left open, since a load balancer that has
+    /// not yet seen `/readyz` turn 503 may be sending a request on it this very moment (closed under
+    /// it, that request is lost: the balancer cannot know whether we had read it).
+    Draining,
+    /// The listener is closed: idle connections close at once, busy ones after their answer.
+    Closing,
+}
+
 /// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
-/// stops accepting, closes idle connections, lets busy ones finish their request (each bounded by its
-/// deadline) and returns when all are done or `limits.drain_timeout` has passed.
+/// goes on accepting for `limits.drain_delay` (see [`Phase::Draining`]), stops accepting, closes idle
+/// connections, lets busy ones finish their request (each bounded by its deadline) and returns when all
+/// are done or `limits.drain_timeout` has passed.
 ///
 /// `shed_runtime`, if given, serves connections while their calls are shed (see `connection.rs`).
 pub async fn serve(
@@ -43,13 +57,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = Arc::new(limits);
-    // One sender, a receiver per connection: `true` means "finish the current request, then close".
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // One sender, a receiver per connection.
+    let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     // Owns every connection task: finished ones are reaped in the loop, the rest are awaited or aborted
     // at shutdown, so none outlives `serve` (a connection parked on the shed runtime is aborted with its
     // owner, and dropped there at the shed worker's next turn).
     let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+    // Accepting ends `drain_delay` after the drain begins: time for load balancers to see `/readyz` fail
+    // and stop sending, while new connections are still answered rather than refused.
+    let drain_delay = limits.drain_delay;
+    let stop_accepting = async {
+        shutdown.await;
+        let _ = stop_tx.send(Phase::Draining);
+        sleep(drain_delay).await;
+    };
+    tokio::pin!(stop_accepting);
 
     // One permit per open client connection. Over the cap a connection is still accepted, but only to
     // answer its first request `503` and close (see `Connection::refuse`): left in the kernel's backlog it
@@ -59,7 +81,7 @@ pub async fn serve(
 
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut stop_accepting => break,
             // `accept` is cancel safe: if another branch wins, a new client waits in the kernel's backlog.
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
@@ -106,7 +128,7 @@ pub async fn serve(
     }
 
     drop(listener); // new connections are now refused by the kernel
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(Phase::Closing);
     let drained = timeout(limits.drain_timeout, async {
         while connections.join_next().await.is_some() {}
     })
