@@ -7,12 +7,15 @@ Starts a simulated upstream (`fanout simulator`, 100-600 ms, 10% of requests fai
 it knows), two fanout processes in front of it, and HAProxy in front of them with
 deploy/haproxy.cfg (its ports changed to free ones, and a stats socket added so this script can see
 when HAProxy has put a server back). oha then drives `/api/within-timeout?timeout=1000` through
-HAProxy (100 keep-alive connections, closed loop) while, every SLOT_S seconds, one fanout process
-is sent SIGTERM, waited for, and a new one started on the same ports; each round restarts both.
+HAProxy (100 keep-alive connections, closed loop) while, every 12 s, one fanout process is sent
+SIGTERM, waited for, and a new one started on the same ports; each round restarts both. Each runs
+with `--drain-delay-ms 3000` (README.md, "Stopping without losing calls");
+`--fanout-arg=--drain-delay-ms=0` shows what happens without it.
 
 Every call should succeed: `/api/within-timeout` answers 200 whatever the upstream does, so a
 failed call (a connection error, a reset, any status but 200) is one the restart lost. The verdict
-counts them from oha's report and exits 1 if there is any, or if an old process did not exit 0.
+counts them from oha's report and exits 1 if there is any, if an old process did not exit 0, or
+if a new one was not back in HAProxy within 20 s.
 HAProxy's log says what each failure it saw was (its status and termination state, e.g. `SC` a
 refused connect, `SH` a connection closed before the response head) and how many connects it
 retried; a call it dropped without a line (a client connection closed under a request) only
@@ -196,6 +199,7 @@ def main() -> int:
     calls = sum(statuses.values()) + sum(errors.values())
     failed = sum(n for status, n in statuses.items() if status != "200") + sum(errors.values())
     bad_exits = [r for r in rounds if r["exit_code"] != 0]
+    not_back = [r for r in rounds if r["up_again_s"] is None]
     result = {"calls": calls, "failed": failed, "statuses": statuses, "errors": errors,
               "haproxy": balancer_view, "rounds": rounds,
               "restarts_within_the_load": restarted_in_load}
@@ -206,9 +210,11 @@ def main() -> int:
         f" ({balancer_view['requests_redispatched']} requests sent to the other server)")
     for line in balancer_view["unusual_lines"]:
         log(f"  {line}")
-    ok = failed == 0 and not bad_exits and restarted_in_load and calls > 0
+    ok = failed == 0 and not bad_exits and not not_back and restarted_in_load and calls > 0
     if bad_exits:
         log(f"old processes that did not exit 0 on SIGTERM: {bad_exits}")
+    if not_back:
+        log(f"new processes HAProxy did not see UP within {UP_LIMIT_S} s: {not_back}")
     if not restarted_in_load:
         log("the restarts outlasted the load: the last ones were not under load")
     print(f"restart: {'passed' if ok else 'FAILED'}: {len(rounds)} restarts, {calls} calls, "
