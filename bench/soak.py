@@ -223,6 +223,7 @@ def main() -> int:
         if importlib.util.find_spec("matplotlib") is None:
             raise SystemExit("soak: --plot needs matplotlib: pip install -r bench/requirements.txt")
     load_s = args.minutes * 60
+    commit = git_commit()  # what was built, before a long run during which the tree may change
     oha = find_tool("oha", "cargo install oha --locked")
     if not args.no_build:
         build(args.fanout_bin)
@@ -276,13 +277,13 @@ def main() -> int:
     for name, ok, detail in checks:
         log(f"{'ok' if ok else 'FAILED':<6} {name:<15} {detail}")
     print(json.dumps({"verdict": "pass" if not failed else "fail", "failed": failed,
-                      "minutes": args.minutes, "commit": git_commit(), "results": results,
+                      "minutes": args.minutes, "commit": commit, "results": results,
                       "left_mid_call": dict(left), "output_lines": output.lines}), flush=True)
     print(f"soak: {len(checks) - len(failed)} passed, {len(failed)} failed", file=sys.stderr)
     if args.plot:
         plot([baseline, *samples], load_s, args.plot,
              f"fanout soak: {CALLERS:,} callers + {LEAVERS} leaving mid-call, 10% upstream faults, "
-             f"{args.minutes:g} min\n{git_commit()}, {time.strftime('%Y-%m-%d')}, "
+             f"{args.minutes:g} min\n{commit}, {time.strftime('%Y-%m-%d')}, "
              f"{os.cpu_count()} cores (the dotted line: the load stops)")
     return 1 if failed else 0
 
