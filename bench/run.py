@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -250,17 +250,6 @@ class Processes:
                     return ""
                 return "\n".join(text[-lines:])
         return ""
-
-    def stop(self, proc: subprocess.Popen, grace_s: float | None = None) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.GRACE_S if grace_s is None else grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
     def stop_all(self) -> None:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -746,7 +735,6 @@ class Settings:
     clients: dict[str, str]  # load generator -> its path
     settle_s: float
     fanout_args: tuple[str, ...] = ()
-    results: list = field(default_factory=list)
 
 
 def server_argv(impl: str, settings: Settings, port: int, sim_port: int, ca: Path,
