@@ -165,6 +165,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--max-in-flight", env: "FANOUT_MAX_IN_FLIGHT", value: "N", default: "2560", help: "API calls in flight at once; more are shed at once: 503 (overloaded), or 200 [] from /api/within-timeout" },
     Setting { flag: "--overload-lag-ms", env: "FANOUT_OVERLOAD_LAG_MS", value: "MS", default: "50", help: "when tasks run this much later than their timers (worst in 0.5 s) and the in-flight limit is reached, it falls by a tenth, down to an eighth of --max-in-flight; under half of this it grows back by 2% of it each 0.5 s (0: the limit is --max-in-flight, always, and nothing is probed)" },
     Setting { flag: "--shed-pause-ms", env: "FANOUT_SHED_PAUSE_MS", value: "MS", default: "0", help: "after a shed answer, that connection's next request is read only after this long (0: at once)" },
+    Setting { flag: "--half-close", env: "FANOUT_HALF_CLOSE", value: "on|off", default: "off", help: "off: a client whose connection ends (EOF) while its call runs is gone, and the call is dropped (499 in the log); on: a client that only shut its sending side is answered, then the connection closed" },
     Setting { flag: "--drain-delay-ms", env: "FANOUT_DRAIN_DELAY_MS", value: "MS", default: "0", help: "on SIGTERM/SIGINT, /readyz answers 503 at once but the API listener stays open this long, answering each request with Connection: close and leaving idle connections open, so that a load balancer stops sending before it closes (0: it closes at once, with idle connections)" },
     Setting { flag: "--drain-timeout-ms", env: "FANOUT_DRAIN_TIMEOUT_MS", value: "MS", default: "65000", help: "once the listener has closed, busy connections are closed after this long (a second signal exits at once)" },
 ];
@@ -244,9 +245,7 @@ impl Config {
                 self.log.level = Level::parse(v)
                     .ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))?
             }
-            "--access-log" if ["on", "true", "1"].contains(&v) => self.log.access = true,
-            "--access-log" if ["off", "false", "0"].contains(&v) => self.log.access = false,
-            "--access-log" => return Err(format!("`{v}` is neither on nor off")),
+            "--access-log" => self.log.access = on_off(v)?,
             "--upstream-health-threshold" => {
                 self.upstream_health_threshold = fraction(v, 0.0, 1.0)?
             }
@@ -302,9 +301,19 @@ impl Config {
             "--max-in-flight" => l.max_in_flight = number(v, 1, 1 << 20)? as usize,
             "--overload-lag-ms" => l.overload_lag = millis(v)?,
             "--shed-pause-ms" => l.shed_pause = millis(v)?,
+            "--half-close" => l.half_close = on_off(v)?,
             _ => unreachable!("every SETTINGS flag is handled"),
         }
         Ok(())
+    }
+}
+
+/// A switch: `on` (or `true`, `1`) or `off` (or `false`, `0`).
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("`{v}` is neither on nor off")),
     }
 }
 

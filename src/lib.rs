@@ -30,21 +30,24 @@
 //! 1. `server/mod.rs`: the accept loop spawns a task per connection.
 //! 2. `server/connection.rs`: the task reads bytes until httparse finds a request head
 //!    (`http/request.rs` says what it means); from that instant the `timeout` parameter's deadline runs.
-//! 3. `api/mod.rs`: `Api::prepare` routes, reads `timeout` (`api/query.rs`) and admits the call (or sheds
+//! 3. `server/connection.rs` (`run_call`): while the call runs, its socket is read too. A client that
+//!    leaves (EOF, a reset) drops the call where it stands, and its upstream requests with it; bytes that
+//!    arrive are the next request, kept for after this answer.
+//! 4. `api/mod.rs`: `Api::prepare` routes, reads `timeout` (`api/query.rs`) and admits the call (or sheds
 //!    it); `Api::run` picks the strategy.
-//! 4. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay
+//! 5. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay
 //!    (`api/hedge.rs`) or a failure, and returns at the first success or the deadline.
-//! 5. `api/calls.rs`: `Calls` starts each request as a task and takes outcomes as they complete; dropping
+//! 6. `api/calls.rs`: `Calls` starts each request as a task and takes outcomes as they complete; dropping
 //!    it is the whole of cancellation.
-//! 6. `upstream/mod.rs`: one request: take a connection from the pool (`upstream/pool.rs`) or open one
+//! 7. `upstream/mod.rs`: one request: take a connection from the pool (`upstream/pool.rs`) or open one
 //!    (`upstream/tls.rs`), write `GET /api/work` and read the response (`upstream/connection.rs`,
 //!    `upstream/response.rs`, `http/chunked.rs`), then return the connection to the pool.
-//! 7. Back up: the outcome reaches `Calls`, the strategy decides, `Api::run` builds the `Response`
+//! 8. Back up: the outcome reaches `Calls`, the strategy decides, `Api::run` builds the `Response`
 //!    (`http/response.rs`), and the connection task writes it and records it (`telemetry.rs`).
 //!
-//! The call's requests still running when it is decided stop counting at once; those already on the wire
-//! may finish in the background for a bounded time (`--upstream-linger-ms`) so their connections go back to
-//! the pool instead of costing a new TLS handshake. A call over the in-flight limit is answered at once
+//! The call's requests still running when it is decided, or when its caller leaves, stop counting at once;
+//! those already on the wire may finish in the background for a bounded time (`--upstream-linger-ms`) so
+//! their connections go back to the pool instead of costing a new TLS handshake. A call over the in-flight limit is answered at once
 //! without any of this.
 
 pub mod admin;

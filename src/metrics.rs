@@ -39,10 +39,11 @@ pub const OVERSHOOT_BOUNDS: &[f64] = &[
     0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// The status codes fanout answers with; a label value each. (Any other code would be a bug; it is
-/// counted as 500 rather than growing the family.)
-pub const STATUSES: [u16; 14] = [
-    200, 400, 404, 405, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505,
+/// The status codes fanout answers with, and `499` for a call whose client left before its answer
+/// (nothing is sent; see `http::response::CLIENT_CLOSED_REQUEST`); a label value each. (Any other code
+/// would be a bug; it is counted as 500 rather than growing the family.)
+pub const STATUSES: [u16; 15] = [
+    200, 400, 404, 405, 408, 413, 414, 431, 499, 500, 501, 502, 503, 504, 505,
 ];
 
 /// `http_route` label values: the four endpoints, and `other` for every other target (404s, bad
@@ -206,7 +207,7 @@ impl Metrics {
     }
 
     /// Writes the families this registry owns. Server series are written only once they have counts (so
-    /// 14 statuses times 5 routes do not fill the page with zeros), except each route's 200, so every
+    /// 15 statuses times 5 routes do not fill the page with zeros), except each route's 200, so every
     /// route's request rate exists from the first scrape. Upstream outcomes are all written: there are few,
     /// and an alert on `outcome="timeout"` should see 0, not nothing.
     pub fn render(&self, out: &mut String) {
@@ -214,7 +215,7 @@ impl Metrics {
             out,
             "fanout_http_server_request_duration_seconds",
             "histogram",
-            "API responses by route and status: from the parsed request head to the response written (OpenTelemetry http.server.request.duration)",
+            "API responses by route and status: from the parsed request head to the response written, or to the client leaving (499) (OpenTelemetry http.server.request.duration)",
         );
         for (r, by_status) in self.server_duration.iter().enumerate() {
             for (s, h) in by_status.iter().enumerate() {

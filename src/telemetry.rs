@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
 use crate::health::{self, Health};
+use crate::http::response::CLIENT_CLOSED_REQUEST;
 use crate::log::{LogSettings, Logger};
 use crate::metrics::{self, counter, gauge, labelled, Metrics};
 use crate::trace::{CallTrace, SpanId};
@@ -70,7 +71,8 @@ pub struct RequestDone<'a> {
     pub status: u16,
     /// When the head was parsed (the deadline counts from here) ...
     pub started: Instant,
-    /// ... and when the last byte of the response was handed to the kernel.
+    /// ... and when the last byte of the response was handed to the kernel, or, for a call whose client
+    /// left ([`CLIENT_CLOSED_REQUEST`]), when it left.
     pub written: Instant,
     pub attempts: &'a [Attempt],
 }
@@ -106,8 +108,10 @@ impl Telemetry {
         let duration = done.written.saturating_duration_since(done.started);
         self.metrics
             .request_done(done.endpoint, done.status, duration);
-        // Overshoot is signed in the log (negative: early) and clamped at 0 in the histogram.
-        let overshoot_ms = done.timeout.map(|timeout| {
+        // Overshoot is signed in the log (negative: early) and clamped at 0 in the histogram. A call whose
+        // client left wrote nothing, so it has none.
+        let answered = done.status != CLIENT_CLOSED_REQUEST;
+        let overshoot_ms = done.timeout.filter(|_| answered).map(|timeout| {
             let deadline = done.started + timeout;
             let late = done.written.saturating_duration_since(deadline);
             self.metrics.overshoot.observe(late);

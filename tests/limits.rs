@@ -124,19 +124,7 @@ fn a_shed_connection_waits_on_the_shed_runtime_and_comes_back_when_a_place_is_fr
             c.shed_runtime = Some(handle);
         })
         .await;
-        let parked = |n: usize| {
-            let tasks = tasks.clone();
-            async move {
-                let until = Instant::now() + PATIENCE;
-                while tasks.num_alive_tasks() != n {
-                    if Instant::now() > until {
-                        return false;
-                    }
-                    tokio::time::sleep(ms(5)).await;
-                }
-                true
-            }
-        };
+        let parked = |n: usize| common::wait_alive_tasks(&tasks, n);
         assert_eq!(tasks.num_alive_tasks(), 0, "nothing is shed yet");
         let mut busy = svc.client().await;
         busy.send(b"GET /api/all?timeout=1000 HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -45,31 +45,6 @@ fn client_count(outcome: &str) -> String {
     format!("fanout_http_client_request_duration_seconds_count{{outcome=\"{outcome}\"}}")
 }
 
-/// The access lines logged so far, parsed.
-fn access_lines(svc: &Service) -> Vec<Value> {
-    svc.log
-        .lines()
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .filter(|v| v["event"] == "access")
-        .collect()
-}
-
-async fn access_line_where(svc: &Service, pred: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        if let Some(line) = access_lines(svc).into_iter().find(&pred) {
-            return line;
-        }
-        assert!(
-            Instant::now() < until,
-            "no such access line in {:?}",
-            svc.log.lines()
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_by_route_and_status_and_upstream_requests_by_outcome() {
     let svc = Service::start().await;
@@ -177,7 +152,9 @@ async fn smart_counts_a_hedge_and_whether_it_won() {
     );
     // The two slow requests were still running when the hedge answered.
     assert_eq!(get(&m, &client_count("cancelled")), 2.0);
-    let line = access_line_where(&svc, |l| l["endpoint"] == "/api/smart").await;
+    let line = svc
+        .access_line_where(|l| l["endpoint"] == "/api/smart")
+        .await;
     let mut outcomes: Vec<&str> = line["attempts"]
         .as_array()
         .unwrap()
@@ -266,7 +243,7 @@ async fn one_traceparent_is_followed_from_the_caller_to_each_upstream_request_an
     assert_eq!(upstream_spans.len(), 3, "one span per attempt");
 
     // The access line ties them together.
-    let line = access_line_where(&svc, |l| l["trace_id"] == trace_id).await;
+    let line = svc.access_line_where(|l| l["trace_id"] == trace_id).await;
     assert_eq!(line["span_id"], call_span);
     assert_eq!(line["parent_id"], caller_span);
     assert_eq!(line["endpoint"], "/api/all");
@@ -302,7 +279,9 @@ async fn an_invalid_traceparent_is_ignored_and_a_new_trace_begins() {
     let back = r.header("traceresponse").expect("traceresponse");
     let trace_id = back.split('-').nth(1).unwrap().to_string();
     assert_ne!(trace_id, "0".repeat(32));
-    let line = access_line_where(&svc, |l| l["trace_id"] == trace_id.as_str()).await;
+    let line = svc
+        .access_line_where(|l| l["trace_id"] == trace_id.as_str())
+        .await;
     assert!(
         line.get("parent_id").is_none(),
         "a trace we started has no parent: {line}"
@@ -377,7 +356,7 @@ async fn the_access_log_can_be_turned_off() {
         m.get(&server_count("/api/first", 200)).copied() == Some(1.0)
     })
     .await;
-    assert!(access_lines(&svc).is_empty());
+    assert!(svc.access_lines().is_empty());
     assert!(svc
         .log
         .lines()

@@ -2,15 +2,17 @@
 //! they complete.
 //!
 //! Each upstream request is one task (see `Upstream::start`), which sends its outcome into a channel that
-//! [`Calls`] owns. Dropping `Calls` (the strategy has its answer, or its deadline came) drops the receiving
-//! end, and that is the whole of cancellation from the API's side: each request sees its caller gone and
-//! stops, or, if already on the wire, finishes in the background within a bound to save its connection.
-//! Nothing the caller waits for outlives the response.
+//! [`Calls`] owns. Dropping `Calls` closes the receiving end, and that is the whole of cancellation from the
+//! API's side: each request sees its caller gone and stops, or, if already on the wire, finishes in the
+//! background within a bound to save its connection. It is dropped when the strategy has its answer or its
+//! deadline came, and also when the call's future is dropped: its client left (`server/connection.rs`), or
+//! the drain limit cut it. Nothing the caller waits for outlives the response, or the caller.
 //!
 //! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
 //! outcome and how long it took. Each outcome goes to the metrics and the health window as it arrives;
-//! requests still running when the call is decided ([`Calls::finish`]) end as `cancelled` (or `timeout`,
-//! if the deadline decided it). The list goes into the call's access line.
+//! requests still running when `Calls` is dropped end as `cancelled` (or `timeout`, if the deadline came).
+//! The list is written to a `Vec` the caller lends, which outlives the call's future: the access line of a
+//! call whose client left still names its attempts.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -38,21 +40,17 @@ struct Started {
     ended: Option<(OutcomeKind, Duration)>,
 }
 
-/// What the requests of a finished call did.
+/// What the requests of a decided call did, beyond its attempts.
 #[derive(Debug, Default)]
 pub struct Finished {
-    /// Every request started, in starting order.
-    pub attempts: Vec<Attempt>,
     /// Whether [`Calls::hedge`] started requests.
     pub hedged: bool,
-    /// Whether a hedge was refused by the budget ([`Calls::hedge_refused`]).
-    pub hedge_refused: bool,
-    /// The index (in `attempts`) of the first request to succeed, if any did.
+    /// The index (in the attempts) of the first request to succeed, if any did.
     pub first_success: Option<usize>,
 }
 
 /// The upstream requests of one API call.
-pub struct Calls {
+pub struct Calls<'a> {
     upstream: Arc<Upstream>,
     telemetry: Arc<Telemetry>,
     trace: CallTrace,
@@ -62,7 +60,9 @@ pub struct Calls {
     /// Each request's report carries its attempt's index as its tag.
     outcomes: mpsc::UnboundedReceiver<Box<Report>>,
     attempts: Vec<Started>,
-    /// What the requests did so far; [`Calls::finish`] fills in its attempts.
+    /// Where the attempts go when `Calls` is dropped (see the module doc).
+    record: &'a mut Vec<Attempt>,
+    /// What the requests did so far.
     finished: Finished,
     /// Requests started whose outcome has not been taken yet.
     running: usize,
@@ -74,14 +74,16 @@ pub struct Calls {
     place: Place,
 }
 
-impl Calls {
+impl<'a> Calls<'a> {
+    /// `record`: where each request's attempt is written when `Calls` is dropped, however the call ends.
     pub fn new(
         upstream: Arc<Upstream>,
         telemetry: Arc<Telemetry>,
         trace: CallTrace,
         deadline: Instant,
         place: Place,
-    ) -> Calls {
+        record: &'a mut Vec<Attempt>,
+    ) -> Calls<'a> {
         let (reply, outcomes) = mpsc::unbounded_channel();
         Calls {
             upstream,
@@ -89,6 +91,7 @@ impl Calls {
             trace,
             deadline,
             attempts: Vec::with_capacity(3),
+            record,
             finished: Finished::default(),
             reply,
             outcomes,
@@ -125,14 +128,17 @@ impl Calls {
         true
     }
 
-    /// Starts `n` hedge requests: as [`Calls::start`], and remembered as a hedge.
+    /// Starts `n` hedge requests: as [`Calls::start`], remembered and counted as a hedge.
     pub fn hedge(&mut self, n: usize) {
-        self.finished.hedged |= self.start(n);
+        if self.start(n) {
+            self.finished.hedged = true;
+            self.telemetry.metrics.hedges.inc();
+        }
     }
 
-    /// Notes that the hedge delay passed but the budget had no room for a hedge.
+    /// Counts a hedge refused: the hedge delay passed but the budget had no room for one.
     pub fn hedge_refused(&mut self) {
-        self.finished.hedge_refused = true;
+        self.telemetry.metrics.hedges_refused.inc();
     }
 
     /// Notes a request's report: in its attempt's record, the metrics and the health window.
@@ -147,10 +153,18 @@ impl Calls {
         self.telemetry.upstream_done(outcome, report.duration);
     }
 
-    /// Ends the call: outcomes that arrived but were not taken are noted; requests still running end as
-    /// `cancelled`, or as `timeout` if the deadline has come. Returning drops `Calls`, and with it the
-    /// receiving end of the channel: the requests still running see their caller gone (see the module doc).
+    /// Ends the call once it is decided, and says what its requests did (see `Drop` for the rest).
     pub fn finish(mut self) -> Finished {
+        self.settle();
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Closes the channel and settles every attempt: outcomes that arrived but were not taken are noted;
+    /// requests still running end as `cancelled`, or as `timeout` if the deadline has come, and go to the
+    /// metrics; the list goes to `record`. Closing the channel is what tells the requests still running that
+    /// their caller is gone. A second call finds nothing left to do.
+    fn settle(&mut self) {
+        self.outcomes.close();
         while let Ok(report) = self.outcomes.try_recv() {
             self.ended(&report);
         }
@@ -160,19 +174,18 @@ impl Calls {
         } else {
             OutcomeKind::Cancelled
         };
-        for a in &self.attempts {
+        for a in self.attempts.drain(..) {
             let (outcome, duration) = a.ended.unwrap_or_else(|| {
                 let duration = now.saturating_duration_since(a.at);
                 self.telemetry.upstream_done(unfinished, duration);
                 (unfinished, duration)
             });
-            self.finished.attempts.push(Attempt {
+            self.record.push(Attempt {
                 span_id: a.span_id,
                 outcome,
                 duration,
             });
         }
-        self.finished
     }
 
     /// The next outcome to complete; `None` once every started request has completed.
@@ -216,5 +229,13 @@ impl Calls {
     /// What went wrong so far, for a person: `"status 500; connection reset"`.
     pub fn failures(&self) -> String {
         self.failures.join("; ")
+    }
+}
+
+impl Drop for Calls<'_> {
+    /// However the call ends, its requests are settled: decided ([`Calls::finish`] did it already), or its
+    /// future dropped because its client left or the drain limit cut it (settled here).
+    fn drop(&mut self) {
+        self.settle();
     }
 }

@@ -43,8 +43,6 @@ pub struct Handled {
     pub endpoint: Option<Endpoint>,
     /// The `timeout` asked for, if it was valid: the deadline is the head's parse time plus this.
     pub timeout: Option<Duration>,
-    /// The upstream requests the call made.
-    pub attempts: Vec<Attempt>,
     /// Whether the call was shed (admission control): its connection then moves to the shed runtime, or
     /// pauses (`--shed-pause-ms`).
     pub shed: bool,
@@ -57,7 +55,6 @@ impl Handled {
             response,
             endpoint,
             timeout: None,
-            attempts: Vec::new(),
             shed: false,
         }
     }
@@ -115,6 +112,7 @@ pub enum Prepared {
 }
 
 /// An admitted call, ready to run: its place is held until it is answered or dropped.
+#[derive(Debug)]
 pub struct Call {
     endpoint: Endpoint,
     timeout: Duration,
@@ -125,11 +123,23 @@ pub struct Call {
 
 /// A place for one call, taken by [`Api::admit`]: counts the call in flight for as long as it lives (drop
 /// guard: every way a call ends releases its place, a dropped future included).
+#[derive(Debug)]
 struct Admitted(Arc<AtomicUsize>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Call {
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// The `timeout` the caller asked for (the strategy's deadline is a little earlier: see `lead`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -286,11 +296,12 @@ impl Api {
     }
 
     /// Runs an admitted call to its answer. `trace` is the call's span: each upstream request becomes a
-    /// child of it.
+    /// child of it. Each request the call makes is written to `attempts` when the call ends.
     ///
-    /// Cancel safety: dropping this future drops the call's [`Calls`], so its upstream requests see their
-    /// caller gone (see `api::calls`).
-    pub async fn run(&self, call: Call, trace: &CallTrace) -> Handled {
+    /// Cancel safety: dropping this future (its client left) drops the call, whose place is given back, and
+    /// its [`Calls`], so its upstream requests see their caller gone (see `api::calls`) and `attempts` gets
+    /// them all, those still running as `cancelled`.
+    pub async fn run(&self, call: Call, trace: &CallTrace, attempts: &mut Vec<Attempt>) -> Handled {
         // `call` itself lives to the end, and with it the call's place.
         let (endpoint, timeout, deadline) = (call.endpoint, call.timeout, call.deadline);
         let place = match self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
@@ -303,6 +314,7 @@ impl Api {
             *trace,
             deadline,
             place,
+            attempts,
         );
 
         let outcome = match endpoint {
@@ -315,15 +327,9 @@ impl Api {
         };
         // The answer is decided: what is still running is cancelled now, before the response is written.
         let finished = calls.finish();
-        if finished.hedge_refused {
-            self.telemetry.metrics.hedges_refused.inc();
-        }
-        if finished.hedged {
-            self.telemetry.metrics.hedges.inc();
-            // The answer of /api/smart is its first success; a hedge won if that was not request 0.
-            if outcome.is_ok() && finished.first_success.is_some_and(|i| i > 0) {
-                self.telemetry.metrics.hedges_won.inc();
-            }
+        // The answer of /api/smart is its first success; a hedge won if that was not request 0.
+        if finished.hedged && outcome.is_ok() && finished.first_success.is_some_and(|i| i > 0) {
+            self.telemetry.metrics.hedges_won.inc();
         }
         let response = match outcome {
             Ok(answer) => Response::json(200, encode(&answer)),
@@ -349,7 +355,6 @@ impl Api {
         }
         Handled {
             timeout: Some(timeout),
-            attempts: finished.attempts,
             ..Handled::plain(response, Some(endpoint))
         }
     }

@@ -35,7 +35,7 @@ pub enum Failure {
 }
 
 /// `/api/all`: all 3 must finish before the deadline; the successes among them, if any.
-pub async fn all(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
+pub async fn all(calls: &mut Calls<'_>, deadline: Instant) -> Result<Answer, Failure> {
     calls.start(FAN_OUT);
     let mut successes = Vec::new();
     while let Some(outcome) = timeout_at(deadline, calls.next())
@@ -51,13 +51,13 @@ pub async fn all(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure
 }
 
 /// `/api/first`: the first success of 3, as soon as it arrives.
-pub async fn first(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
+pub async fn first(calls: &mut Calls<'_>, deadline: Instant) -> Result<Answer, Failure> {
     calls.start(FAN_OUT);
     first_success(calls, deadline).await
 }
 
 /// `/api/within-timeout`: the successes that arrived before the deadline, possibly none. Never fails.
-pub async fn within_timeout(calls: &mut Calls, deadline: Instant) -> Answer {
+pub async fn within_timeout(calls: &mut Calls<'_>, deadline: Instant) -> Answer {
     calls.start(FAN_OUT);
     let mut successes = Vec::new();
     // Ends when all 3 finished or at the deadline, whichever is first; either way the list is the answer.
@@ -75,7 +75,7 @@ pub async fn within_timeout(calls: &mut Calls, deadline: Instant) -> Answer {
 /// included. When the delay passes and `hedging`'s budget has no room for 2 more requests, the call waits
 /// for its first request alone instead, and fires the other 2 only if that fails (see `api::hedge`).
 pub async fn smart(
-    calls: &mut Calls,
+    calls: &mut Calls<'_>,
     deadline: Instant,
     hedging: &Hedging,
     health: &Health,
@@ -106,7 +106,7 @@ pub async fn smart(
     first_success(calls, deadline).await
 }
 
-async fn first_success(calls: &mut Calls, deadline: Instant) -> Result<Answer, Failure> {
+async fn first_success(calls: &mut Calls<'_>, deadline: Instant) -> Result<Answer, Failure> {
     match timeout_at(deadline, calls.next_success()).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Some(work)) => Ok(Answer::One(work)),

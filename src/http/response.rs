@@ -5,6 +5,10 @@
 
 use crate::date;
 
+/// The status recorded (never sent) for a call whose client closed its connection before the answer was
+/// ready: nginx's `499 Client Closed Request`, a convention log readers and dashboards know.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// A response the server writes. API answers and errors are both `application/json`; the admin listener
 /// also writes text (the Prometheus exposition).
 #[derive(Debug, Clone, PartialEq, Eq)]

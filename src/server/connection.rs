@@ -10,8 +10,12 @@
 //! | the first byte of a request    | `idle_timeout`, closing   | close quietly                 |
 //! | the rest of the head and body  | `head_timeout`            | `408`, close                  |
 //! | the answer                     | the request's deadline    | the strategy answers in time  |
+//! | ... while the client stays     | EOF or reset (see below)  | drop the call, record `499`   |
 //! | the client to take the answer  | `write_timeout`           | drop the connection           |
 //! | ... or a `100 Continue`        | `write_timeout`           | drop the connection           |
+//!
+//! While a call runs, the task watches its socket too ([`Connection::run_call`]): a client that leaves takes
+//! its call with it, and the bytes of a client that stays (a pipelined request) wait in the buffer.
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -26,10 +30,10 @@ use super::{Limits, Phase, MAX_HEADERS_CEILING};
 use crate::api::{Api, Call, Handled, Prepared};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, BodyLength, RequestHead};
-use crate::http::response::{bad_request, Persistence, Response};
+use crate::http::response::{bad_request, Persistence, Response, CLIENT_CLOSED_REQUEST};
 use crate::metrics::ShedReason;
 use crate::task::AbortOnDrop;
-use crate::telemetry::RequestDone;
+use crate::telemetry::{Attempt, RequestDone};
 use crate::trace::{CallTrace, TRACERESPONSE};
 
 /// Lingering close (RFC 9112 §9.6): after our last response, keep reading (and discarding) for a moment so
@@ -65,10 +69,19 @@ enum Served {
 /// call (its place held).
 type Pending = (RequestHead, Instant, CallTrace, Call);
 
+/// How a call met its socket (see [`Connection::run_call`]).
+enum CallEnd {
+    Answered(Handled),
+    /// The client closed or reset the connection at this instant, before the answer: nothing is written.
+    Left(Instant),
+}
+
 pub(crate) struct Connection {
     stream: TcpStream,
     /// Bytes received and not yet consumed; bounded by `max_head_bytes` plus one read.
     buf: Vec<u8>,
+    /// The client has shut its side (EOF seen while a call ran, with `half_close`): nothing more will come.
+    read_closed: bool,
     api: Arc<Api>,
     limits: Arc<Limits>,
     shutdown: watch::Receiver<Phase>,
@@ -87,6 +100,7 @@ impl Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(4096),
+            read_closed: false,
             api,
             limits,
             shutdown,
@@ -170,19 +184,40 @@ impl Connection {
                     (head, started, trace, prepared, body_failed)
                 }
             };
+            let mut attempts = Vec::new();
             let handled = match prepared {
                 Prepared::Answer(handled) => handled,
                 // On the shed runtime an admitted call is not run: it goes back, its place held.
                 Prepared::Call(call) if parked => {
                     return Served::Admissible(Box::new((head, started, trace, call)))
                 }
-                Prepared::Call(call) => self.api.run(call, &trace).await,
+                Prepared::Call(call) => {
+                    let (endpoint, timeout) = (call.endpoint(), call.timeout());
+                    match self.run_call(call, &trace, &mut attempts).await {
+                        CallEnd::Answered(handled) => handled,
+                        CallEnd::Left(left) => {
+                            self.api.telemetry().request_done(&RequestDone {
+                                trace: &trace,
+                                method: &head.method,
+                                endpoint: Some(endpoint),
+                                timeout: Some(timeout),
+                                status: CLIENT_CLOSED_REQUEST,
+                                started,
+                                written: left,
+                                attempts: &attempts,
+                            });
+                            return Served::Done;
+                        }
+                    }
+                }
             };
 
-            // Draining or closing: this answer is the connection's last, and says so, so the client (a
-            // load balancer, say) sends its next request elsewhere instead of racing our close.
+            // With the client's side shut (`half_close`) and no request of its left to answer, this is the
+            // last answer. So it is while draining or closing, and says so, so that the client (a load
+            // balancer, say) sends its next request elsewhere instead of racing our close.
+            let last = body_failed || !head.keep_alive || (self.read_closed && self.buf.is_empty());
             let stopping = *self.shutdown.borrow() != Phase::Serving;
-            let persistence = if body_failed || !head.keep_alive || stopping {
+            let persistence = if last || stopping {
                 Persistence::Close
             } else if head.minor_version == 0 {
                 Persistence::KeepAlive10
@@ -204,7 +239,7 @@ impl Connection {
                 status,
                 started,
                 written: Instant::now(),
-                attempts: &handled.attempts,
+                attempts: &attempts,
             });
             if !written {
                 return Served::Done;
@@ -230,6 +265,53 @@ impl Connection {
             }
             if !parked && self.shed_runtime.is_some() {
                 return Served::Shed;
+            }
+        }
+    }
+
+    /// Runs an admitted call to its answer while watching its socket, and drops the call if the client
+    /// leaves first.
+    ///
+    /// This is where cancellation starts. HTTP/1.1 gives a server no message for "I no longer want this":
+    /// a client that gives up (a timeout of its own, a closed tab, a load balancer retrying elsewhere)
+    /// just closes its connection, and the server sees EOF, or a reset, when it reads. So while the call
+    /// runs, the socket is read too, in one `select!`. If the read ends first, the call's future is
+    /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Calls`,
+    /// whose requests see their caller gone (`api/calls.rs`). Nothing is written; `attempts` keeps what
+    /// the requests did, those still running as `cancelled`, for the `499` access line.
+    ///
+    /// A read that brings bytes is not a departure: a client may pipeline its next request (RFC 9112
+    /// §9.3.2). They go into the buffer, in order, for after this answer, and the watch reads no further
+    /// than `max_head_bytes`: with the buffer that full it stops reading (the client's sends then wait in
+    /// the kernel's buffers) and only the call is awaited. With `half_close` an EOF is a client that shut
+    /// only its sending side and still reads: the call is answered, and the connection closed after.
+    async fn run_call(
+        &mut self,
+        call: Call,
+        trace: &CallTrace,
+        attempts: &mut Vec<Attempt>,
+    ) -> CallEnd {
+        let run = self.api.run(call, trace, attempts);
+        tokio::pin!(run);
+        loop {
+            let room = self.limits.max_head_bytes.saturating_sub(self.buf.len());
+            let watch = room > 0 && !self.read_closed;
+            let mut socket = (&mut self.stream).take(room as u64);
+            tokio::select! {
+                // Biased: an answer ready at the moment the client leaves is written (into a closed
+                // socket, harmlessly) rather than counted as a departure.
+                biased;
+                handled = &mut run => return CallEnd::Answered(handled),
+                // `read_buf` is cancel safe: when the call wins, no byte has been taken from the socket.
+                read = socket.read_buf(&mut self.buf), if watch => {
+                    match read {
+                        Ok(n) if n > 0 => {} // a pipelined request: kept for later
+                        Ok(_) if self.limits.half_close => self.read_closed = true,
+                        // EOF, a reset, a read error: the client is gone. Dropping `run` (by returning)
+                        // drops the call, its place and its upstream requests.
+                        _ => return CallEnd::Left(Instant::now()),
+                    }
+                }
             }
         }
     }

@@ -38,6 +38,10 @@ pub struct Limits {
     pub overload_lag: Duration,
     /// After a shed answer, that connection's next request is not read for this long (zero: no pause).
     pub shed_pause: Duration,
+    /// Whether a client that shuts its sending side (EOF) while its call runs still gets the answer. Off
+    /// (hyper's and nginx's default), such a client is taken for gone and its call dropped; on, it is
+    /// answered and the connection closed. Either way the call holds its place no longer than its deadline.
+    pub half_close: bool,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             // runtime of its own").
             overload_lag: crate::api::limit::DEFAULT_LAG,
             shed_pause: Duration::ZERO,
+            half_close: false,
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 
 use super::reply::{Kind, Reply};
-use super::state::{OpenConnection, Shared};
+use super::state::{InFlight, OpenConnection, Shared};
 use super::{
     Fault, SeenRequest, HANG_CAP, IDLE_CAP, LINGER, MAX_HEADERS, MAX_HEAD_BYTES,
     MAX_REQUEST_BODY_BYTES, REQUEST_TIMEOUT, SLOW_BODY_PAUSE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
@@ -173,7 +173,8 @@ impl<S: Transport> Connection<S> {
                     return Ok(End::Graceful);
                 }
             };
-            let reply = self.route(head.seen);
+            // Held until the answer is out, or the connection ends (the `?`s and `return`s below).
+            let (reply, _in_flight) = self.route(head.seen);
             self.discard_body(head.body_len).await?;
 
             responses += 1;
@@ -185,23 +186,26 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Counts the request and decides its reply. Only `GET /api/work` consumes the script.
+    /// Counts the request and decides its reply; the request counts as in flight while the guard lives.
+    /// Only `GET /api/work` consumes the script.
     ///
     /// `GET /stats` answers the counters at once and is neither counted in `requests` nor kept
     /// in `seen`: a benchmark polls it before and after a run and subtracts, so it must not
     /// disturb what it measures.
-    fn route(&self, request: SeenRequest) -> Reply {
+    fn route(&self, request: SeenRequest) -> (Reply, Option<InFlight>) {
         let path = request.path.split('?').next().unwrap_or("");
         if path == "/stats" && request.method == "GET" {
-            return Reply::body(200, self.shared.stats_json()).after(Duration::ZERO);
+            return (
+                Reply::body(200, self.shared.stats_json()).after(Duration::ZERO),
+                None,
+            );
         }
         let reply = match (path, request.method == "GET") {
             ("/api/work", true) => self.shared.next_reply(),
             ("/api/work" | "/stats", _) => Reply::status(405).after(Duration::ZERO),
             _ => Reply::status(404).after(Duration::ZERO),
         };
-        self.shared.record(request);
-        reply
+        (reply, Some(self.shared.record(request)))
     }
 
     /// Waits for the next request head: up to the idle time for its first byte, then up to

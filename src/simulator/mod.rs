@@ -303,6 +303,12 @@ impl Simulator {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests received and not yet answered: waiting out their latency, hanging, or being sent. One
+    /// ends when its answer is written or its connection closes (the client gave up, say).
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The last [`SEEN_CAPACITY`] request heads, oldest first.
     pub fn seen(&self) -> Vec<SeenRequest> {
         lock(&self.shared.seen).iter().cloned().collect()
@@ -314,6 +320,15 @@ impl Simulator {
     pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
         self.shared
             .wait_until(timeout, || self.requests() >= n)
+            .await
+    }
+
+    /// Waits until [`in_flight`](Self::in_flight) is exactly `n`; false if `timeout` came first.
+    ///
+    /// Cancel safety: only observes; dropping it changes nothing.
+    pub async fn wait_in_flight(&self, n: u64, timeout: Duration) -> bool {
+        self.shared
+            .wait_until(timeout, || self.in_flight() == n)
             .await
     }
 

@@ -26,6 +26,7 @@ pub(super) struct Shared {
     pub(super) tls_resumed: AtomicU64,
     pub(super) open: AtomicU64,
     pub(super) requests: AtomicU64,
+    pub(super) in_flight: AtomicU64,
     bell: watch::Sender<()>,
     rng: Rng,
 }
@@ -45,6 +46,7 @@ impl Shared {
             tls_resumed: AtomicU64::new(0),
             open: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             bell: watch::Sender::new(()),
             rng: Rng::from_clock(),
         }
@@ -76,8 +78,9 @@ impl Shared {
         Duration::from_millis(self.rng.in_range(min, max))
     }
 
-    /// Counts one request head and remembers it (keeping the last [`SEEN_CAPACITY`]).
-    pub(super) fn record(&self, request: SeenRequest) {
+    /// Counts one request head and remembers it (keeping the last [`SEEN_CAPACITY`]); the request is in
+    /// flight until the returned guard is dropped.
+    pub(super) fn record(self: &Arc<Self>, request: SeenRequest) -> InFlight {
         {
             let mut seen = lock(&self.seen);
             if seen.len() == SEEN_CAPACITY {
@@ -86,7 +89,9 @@ impl Shared {
             seen.push_back(request);
         }
         self.requests.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.ring();
+        InFlight(self.clone())
     }
 
     /// Counts a new connection as accepted and open until the returned guard is dropped.
@@ -98,14 +103,16 @@ impl Shared {
     }
 
     /// The body of `GET /stats`: `{"connections_accepted": N, "connections_open": N,
-    /// "requests": N, "tls_resumed": N}`. `connections_open` includes the connection asking.
+    /// "requests": N, "in_flight": N, "tls_resumed": N}`. `connections_open` includes the connection
+    /// asking.
     pub(super) fn stats_json(&self) -> Vec<u8> {
         let load = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
         format!(
-            "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}, \"tls_resumed\": {}}}",
+            "{{\"connections_accepted\": {}, \"connections_open\": {}, \"requests\": {}, \"in_flight\": {}, \"tls_resumed\": {}}}",
             load(&self.accepted),
             load(&self.open),
             load(&self.requests),
+            load(&self.in_flight),
             load(&self.tls_resumed)
         )
         .into_bytes()
@@ -130,6 +137,17 @@ pub(super) struct OpenConnection(Arc<Shared>);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.ring();
+    }
+}
+
+/// Held by a connection task from a request's head until its answer is sent, or the connection ends (a
+/// client that gives up, a reset, a hang that ends): what `in_flight` counts.
+pub(super) struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.ring();
     }
 }

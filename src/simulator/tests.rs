@@ -377,9 +377,11 @@ async fn hang_fault_never_answers_and_lets_go_when_the_client_closes() {
         "a hanging request gets no bytes and no close"
     );
     assert_eq!(sim.connections_open(), 1);
+    assert_eq!(sim.in_flight(), 1, "a hanging request is in flight");
 
     drop(client);
     assert!(sim.wait_connections_open(0, LIMIT).await);
+    assert_eq!(sim.in_flight(), 0, "and is no longer once its client left");
 }
 
 #[tokio::test]
@@ -597,6 +599,7 @@ async fn stats_reports_the_counters_without_counting_itself_or_using_the_script(
                 "connections_accepted": 2,
                 "connections_open": 1, // the one asking
                 "requests": 2,         // /api/work and /elsewhere, not /stats
+                "in_flight": 0,        // both answered
                 "tls_resumed": 0,
             })
         );

@@ -25,6 +25,19 @@ pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
+/// Waits until `n` tasks are alive on the runtime `tasks` describes (the shed runtime's parked
+/// connections, say); false after [`PATIENCE`].
+pub async fn wait_alive_tasks(tasks: &tokio::runtime::RuntimeMetrics, n: usize) -> bool {
+    let until = tokio::time::Instant::now() + PATIENCE;
+    while tasks.num_alive_tasks() != n {
+        if tokio::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(ms(2)).await;
+    }
+    true
+}
+
 /// Longest any single test step may wait before the test fails (not a sleep: an upper bound).
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -145,6 +158,35 @@ impl Service {
     /// One `GET` of an admin endpoint.
     pub async fn admin_get(&self, target: &str) -> Response {
         Client::connect(self.admin).await.get(target).await
+    }
+
+    /// The access lines logged so far, parsed.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|v: &serde_json::Value| v["event"] == "access")
+            .collect()
+    }
+
+    /// The first access line that `pred` accepts, waiting for it (at most [`PATIENCE`]).
+    pub async fn access_line_where(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.access_lines().into_iter().find(&pred) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "no such access line in {:?}",
+                self.log.lines()
+            );
+            tokio::time::sleep(ms(5)).await;
+        }
     }
 
     /// Starts the graceful shutdown, without waiting for it.

@@ -1,0 +1,125 @@
+"""Starting and stopping the processes of a run, safely, and waiting on them with a bound.
+
+Every process runs in its own session (so a Ctrl-C in the terminal reaches only the bench), dies with
+the bench (PR_SET_PDEATHSIG), and is stopped by its pid when its `Processes` block ends, whatever
+happens. Every wait here has a limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .common import BenchError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """Runs in each child before exec: die with this script, and allow many open files."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Processes:
+    """Every process a run starts. Leaving the `with` stops them all, by pid: SIGTERM, a grace
+    period, then SIGKILL, and reaps them. Ctrl-C is ignored while stopping so it cannot leave
+    half of them running."""
+
+    GRACE_S = 5.0
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.started: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        logfile = self.logdir / f"{name}.log"
+        with open(logfile, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup,
+                start_new_session=True,
+                env=env,
+            )
+        self.started.append((name, proc, logfile))
+        return proc
+
+    def log_tail(self, proc: subprocess.Popen, lines: int = 15) -> str:
+        for _name, p, logfile in self.started:
+            if p is proc:
+                try:
+                    text = logfile.read_text(errors="replace").splitlines()
+                except OSError:
+                    return ""
+                return "\n".join(text[-lines:])
+        return ""
+
+    def stop_all(self) -> None:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            live = [p for _n, p, _l in self.started if p.poll() is None]
+            for proc in live:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.GRACE_S
+            for proc in live:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1 (free now; a tiny race is accepted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_accepting(procs: Processes, proc: subprocess.Popen, name: str, port: int,
+                   also: Path | None = None, limit_s: float = 20.0) -> None:
+    """Waits until `port` accepts TCP connections (and the file `also` exists)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with {proc.returncode} before accepting:\n"
+                             f"{procs.log_tail(proc)}")
+        if also is None or also.exists():
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+        time.sleep(0.05)
+    raise BenchError(f"{name} did not accept connections on port {port} within {limit_s} s:\n"
+                     f"{procs.log_tail(proc)}")
+
+
+def wait_finished(procs: Processes, proc: subprocess.Popen, what: str, seconds: float) -> None:
+    """Waits for a load generator run of `seconds` to end, at most 60 s more; it must succeed."""
+    try:
+        proc.wait(timeout=seconds + 60)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{what} still ran {seconds + 60:g} s after it started") from e
+    if proc.returncode != 0:
+        raise BenchError(f"{what} exited with {proc.returncode}:\n{procs.log_tail(proc, 40)}")
