@@ -22,7 +22,7 @@ retried; a call it dropped without a line (a client connection closed under a re
 oha's report shows.
 
 Loopback only; every process runs in its own session and is stopped by pid when the script ends,
-whatever happens (bench/procs.py); every wait is bounded. Needs oha (`cargo install oha --locked`)
+whatever happens (fanoutbench's `Processes`); every wait is bounded. Needs oha (`cargo install oha --locked`)
 and haproxy (`apt-get install haproxy`).
 """
 
@@ -38,8 +38,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from procs import (FANOUT_BIN, REPO, Processes, build, fanout_argv, find_tool, free_port,
-                   start_simulator, wait_accepting)
+from fanoutbench.common import REPO, BenchError
+from fanoutbench.processes import Processes, free_port, wait_accepting
+from fanoutbench.servers import FANOUT_BIN, build
+from procs import find_tool, start_fanout, start_simulator
 
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 # The lines of deploy/haproxy.cfg whose ports are replaced by free ones: the frontend's, and each
@@ -139,8 +141,7 @@ def main() -> int:
     args = parser.parse_args()
     oha = find_tool("oha", "cargo install oha --locked")
     haproxy = find_tool("haproxy", "apt-get install haproxy")
-    if not args.no_build:
-        build(args.fanout_bin)
+    build(skip_fanout=args.no_build or args.fanout_bin != FANOUT_BIN, need_peer=False)
 
     with tempfile.TemporaryDirectory(prefix="fanout-restart-") as tmpdir, \
             Processes(Path(tmpdir)) as procs:
@@ -148,22 +149,15 @@ def main() -> int:
         upstream = start_simulator(procs, args.fanout_bin, *SIMULATOR_FLAGS)
         ports = {name: (free_port(), free_port()) for name in CFG_SERVERS}
 
-        def start_fanout(name: str, generation: int):
-            port, admin = ports[name]
-            proc = procs.start(f"{name}-{generation}", fanout_argv(
-                args.fanout_bin, upstream, port, admin, *FANOUT_FLAGS, *args.fanout_arg))
-            wait_accepting(proc, port)
-            return proc
+        def start(name: str, generation: int):
+            return start_fanout(procs, f"{name}-{generation}", args.fanout_bin, upstream,
+                                *ports[name], *FANOUT_FLAGS, *args.fanout_arg)
 
-        running = {name: start_fanout(name, 0) for name in CFG_SERVERS}
+        running = {name: start(name, 0) for name in CFG_SERVERS}
         frontend = free_port()
         balancer = procs.start("haproxy", [haproxy, "-db", "-f",
                                            str(haproxy_config(tmp, frontend, ports))])
-        try:
-            wait_accepting(balancer, frontend)
-        except SystemExit:
-            log(procs.log("haproxy").read_text(errors="replace"))
-            raise
+        wait_accepting(procs, balancer, "haproxy", frontend)
         for name in CFG_SERVERS:
             if wait_up(tmp, name, UP_LIMIT_S) is None:
                 raise SystemExit(f"HAProxy did not see {name} UP within {UP_LIMIT_S} s")
@@ -183,7 +177,7 @@ def main() -> int:
             began = time.monotonic()
             exit_code = procs.stop(running[name], grace_s=EXIT_LIMIT_S)
             exited = time.monotonic() - began
-            running[name] = start_fanout(name, i // len(CFG_SERVERS) + 1)
+            running[name] = start(name, i // len(CFG_SERVERS) + 1)
             up = wait_up(tmp, name, UP_LIMIT_S)
             rounds.append({"restart": i + 1, "server": name, "exit_code": exit_code,
                            "exited_s": round(exited, 2), "up_again_s": up and round(up + exited, 2)})
@@ -192,7 +186,7 @@ def main() -> int:
         procs.stop(caller, grace_s=load_s + 30, sig=None)  # oha ends by itself
         report = json.loads((tmp / "oha.json").read_text())
         procs.stop(balancer)
-        balancer_view = haproxy_figures(procs.log("haproxy"))
+        balancer_view = haproxy_figures(tmp / "haproxy.log")
 
     statuses = report.get("statusCodeDistribution") or {}
     errors = report.get("errorDistribution") or {}
@@ -223,4 +217,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        sys.exit(f"restart: {e}")

@@ -32,7 +32,8 @@ lines is gigabytes).
 The samples go to stdout as JSON lines, then one line with the verdict. `--plot FILE` draws RSS and
 descriptors over time (matplotlib, optional: `pip install -r bench/requirements.txt`). Needs oha
 (`cargo install oha --locked`). Loopback only; every process runs in its own session and is
-stopped by pid when the script ends, whatever happens (bench/procs.py); every wait is bounded.
+stopped by pid when the script ends, whatever happens (fanoutbench's `Processes`); every wait is
+bounded.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-from procs import (FANOUT_BIN, Processes, build, fanout_argv, find_tool, free_port, git_commit,
-                   open_fds, rss_bytes, scrape, start_simulator, threads, wait_accepting)
+from fanoutbench.common import BenchError
+from fanoutbench.metrics import scrape
+from fanoutbench.processes import Processes, free_port
+from fanoutbench.procfs import memory_mib, open_fds, threads
+from fanoutbench.servers import FANOUT_BIN, build
+from fanoutbench.suite import git_commit
+from procs import find_tool, start_fanout, start_simulator
 
 ENDPOINTS = ("/api/all", "/api/first", "/api/within-timeout", "/api/smart")
 JUDGED = "/api/within-timeout"  # never an upstream error, never 5xx: anything but 200 is fanout's
@@ -70,7 +76,6 @@ RSS_GROWTH_LIMIT = 0.02
 # linger time (1 s), idle upstream connections after 4 s, lingering closes after 2 s.
 SETTLE_LIMIT_S = 30
 STOP_LIMIT_S = 30
-MIB = 1024 * 1024
 PANIC = re.compile(rb"panic", re.I)
 
 
@@ -102,12 +107,14 @@ class OutputReader(threading.Thread):
 def sample(pid: int, admin: int, t0: float, phase: str) -> dict:
     """One sample of fanout: /proc first, so the scrape's own connection is not counted."""
     figures = {"t_s": round(time.monotonic() - t0, 1), "phase": phase,
-               "rss_mib": round(rss_bytes(pid) / MIB, 2), "fds": open_fds(pid),
-               "threads": threads(pid)}
-    m = scrape(admin)
-    figures.update(in_flight=int(m.get("fanout_http_server_active_requests", -1)),
-                   pool_active=int(m.get('fanout_upstream_pool_connections{state="active"}', -1)),
-                   pool_idle=int(m.get('fanout_upstream_pool_connections{state="idle"}', -1)))
+               "rss_mib": memory_mib(pid)["VmRSS"], "fds": open_fds(pid), "threads": threads(pid)}
+
+    def value(name: str, *label: str) -> int:
+        return next((int(v) for n, labels, v in samples if n == name and set(label) <= labels), -1)
+    samples = scrape(admin)
+    figures.update(in_flight=value("fanout_http_server_active_requests"),
+                   pool_active=value("fanout_upstream_pool_connections", ("state", "active")),
+                   pool_idle=value("fanout_upstream_pool_connections", ("state", "idle")))
     print(json.dumps(figures), flush=True)
     log("  ".join(f"{k} {v}" for k, v in figures.items()))
     return figures
@@ -225,18 +232,15 @@ def main() -> int:
     load_s = args.minutes * 60
     commit = git_commit()  # what was built, before a long run during which the tree may change
     oha = find_tool("oha", "cargo install oha --locked")
-    if not args.no_build:
-        build(args.fanout_bin)
+    build(skip_fanout=args.no_build or args.fanout_bin != FANOUT_BIN, need_peer=False)
 
     with tempfile.TemporaryDirectory(prefix="fanout-soak-") as tmp, Processes(Path(tmp)) as procs:
         upstream = start_simulator(procs, args.fanout_bin, *SIMULATOR_FLAGS)
         port, admin = free_port(), free_port()
-        fanout = procs.start("fanout", fanout_argv(args.fanout_bin, upstream, port, admin),
-                             stdout=subprocess.PIPE)
+        fanout = start_fanout(procs, "fanout", args.fanout_bin, upstream, port, admin,
+                              stdout=subprocess.PIPE)
         output = OutputReader(fanout.stdout)
         output.start()
-        wait_accepting(fanout, port)
-        wait_accepting(fanout, admin)
         t0 = time.monotonic()
         baseline = sample(fanout.pid, admin, t0, "baseline")
         log(f"load: {CALLERS} callers over {', '.join(ENDPOINTS)} and {LEAVERS} leaving "
@@ -265,12 +269,12 @@ def main() -> int:
             time.sleep(1)
         exit_code = procs.stop(fanout, grace_s=STOP_LIMIT_S)
         output.join(timeout=10)
-        panics = output.panics + [line for name in ("fanout", "simulator")
-                                  for line in procs.log(name).read_text(errors="replace")
-                                  .splitlines() if PANIC.search(line.encode())]
+        logs = [(procs.logdir / f"{name}.log").read_text(errors="replace")
+                for name in ("fanout", "simulator")]
+        panics = output.panics + [line for text in logs for line in text.splitlines()
+                                  if PANIC.search(line.encode())]
         if exit_code != 0:
-            log("fanout's last lines:\n" + "\n".join(output.other)
-                + procs.log("fanout").read_text(errors="replace"))
+            log("fanout's last lines:\n" + "\n".join(output.other) + logs[0])
 
     checks = verdict(samples, baseline, after, results, panics, exit_code)
     failed = [name for name, ok, _ in checks if not ok]
@@ -289,4 +293,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        sys.exit(f"soak: {e}")

@@ -6,7 +6,7 @@ Read it bottom-up: each module imports only modules above it in this list.
     scenarios   the Scenario definitions and SCENARIOS, the smart variants and targets
     processes   starting children safely (own session, die with the bench), stopping them by pid,
                 free ports, bounded waits
-    procfs      /proc readings: CPU time, steal, memory, open files
+    procfs      /proc readings: CPU time, steal, memory, open files, threads
     metrics     fanout's /metrics: scraping, histogram deltas, the `server` figures
     loadgen     oha and wrk: command lines, environment, reading their outputs into `Measured`
     simulator   the simulated upstream: its command line and its /stats

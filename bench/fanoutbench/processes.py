@@ -47,14 +47,17 @@ class Processes:
     def __exit__(self, *exc) -> None:
         self.stop_all()
 
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict | None = None,
+              stdout: int | None = None) -> subprocess.Popen:
+        """Starts `argv`, its output going to LOGDIR/NAME.log; with `stdout` (subprocess.PIPE, say),
+        only its stderr does."""
         logfile = self.logdir / f"{name}.log"
         with open(logfile, "wb") as out:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                stdout=out if stdout is None else stdout,
+                stderr=subprocess.STDOUT if stdout is None else out,
                 preexec_fn=_child_setup,
                 start_new_session=True,
                 env=env,
@@ -71,6 +74,20 @@ class Processes:
                     return ""
                 return "\n".join(text[-lines:])
         return ""
+
+    def stop(self, proc: subprocess.Popen, grace_s: float = GRACE_S,
+             sig: int | None = signal.SIGTERM) -> int:
+        """Sends `sig` (None: none, it ends by itself) unless it has exited, waits `grace_s`, then
+        SIGKILL; its exit status."""
+        if sig is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            return proc.wait()
 
     def stop_all(self) -> None:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

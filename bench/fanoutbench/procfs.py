@@ -1,4 +1,4 @@
-"""The server's (and the machine's) figures from /proc: CPU time, steal, memory, open files.
+"""The server's (and the machine's) figures from /proc: CPU time, steal, memory, open files, threads.
 
 Read by pid, so they work the same for fanout and the peer, which has no /metrics. A leaf.
 """
@@ -41,3 +41,7 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
