@@ -6,6 +6,8 @@ Formatting only: every figure comes from the JSON lines (bench/README.md, "Outpu
 
 from __future__ import annotations
 
+from .impatient import impatient_lines
+
 
 def summary_table(results: list[dict], comparisons: list[dict]) -> str:
     head = (f"{'scenario':<10} {'impl':<7} {'client':<6} {'conns':>5} {'req/s':>8} {'p50ms':>7} "
@@ -14,7 +16,7 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
             f"{'fds b/d/a':>17} {'up c/1k':>8} {'up r/c':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines += run_lines(r)
+        lines += impatient_lines(r) if r["scenario"] == "impatient" else run_lines(r)
     if any(r.get("latency_corrected") for r in results):
         lines += ["", "* latency from wrk's histogram, corrected for coordinated omission: not each "
                       "response's own (bench/README.md)"]

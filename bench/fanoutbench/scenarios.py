@@ -34,6 +34,10 @@ class Scenario:
     deadline_line: bool = True
     # fanout alone, once per (name, extra fanout arguments), alternated (the `smart` scenarios).
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Callers who leave (`impatient`, run by impatient.py): the load's callers give up after this
+    # many ms, beside (path with query, connections) patient ones.
+    give_up_ms: int | None = None
+    patient: tuple[str, int] = ("", 0)
 
     @property
     def endpoint(self) -> str:
@@ -118,6 +122,14 @@ SCENARIOS += [
 # or at most this factor of fixed's p99; upstream requests per call at most this many.
 SMART_TARGETS = {"smart-tail": {"p99_ms": 120, "requests_per_call": 1.25},
                  "smart-real": {"p99_vs_fixed": 1.05, "requests_per_call": 1.3}}
+# `impatient` (impatient.py): callers who leave, and what their calls leave behind.
+SCENARIOS.append(Scenario(
+    "impatient",
+    "callers who leave: 500 give up after 200 ms on /api/all?timeout=5000 with 20% of upstream "
+    "requests hanging, beside 20 patient callers of /api/first",
+    latency_ms="100-600", failure_rate=0.2, failures="hang", path="/api/all", timeout_ms=5000,
+    connections=500, quick_connections=100, duration_s=8, give_up_ms=200,
+    patient=("/api/first?timeout=1000", 20)))
 # A name on the command line that stands for several scenarios.
 SCENARIO_GROUPS = {"smart": ("smart-tail", "smart-real")}
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
