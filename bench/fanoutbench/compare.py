@@ -19,7 +19,7 @@ def comparisons_of(scenario: Scenario, clients: list[str], by_run: dict) -> list
             a, b, compare = by_run.get(("fixed", client)), by_run.get(("auto", client)), smart_comparison
         else:
             a, b, compare = by_run.get(("fanout", client)), by_run.get(("peer", client)), ratios
-        if a and b and "error" not in a and "error" not in b:
+        if a and b and "error" not in a and "error" not in b and not scenario.give_up_ms:
             lines.append(compare(scenario.name, client, a, b))
     return lines
 

@@ -6,6 +6,8 @@ Formatting only: every figure comes from the JSON lines (bench/README.md, "Outpu
 
 from __future__ import annotations
 
+from .impatient import impatient_lines
+
 
 def summary_table(results: list[dict], comparisons: list[dict]) -> str:
     head = (f"{'scenario':<10} {'impl':<7} {'client':<6} {'conns':>5} {'req/s':>8} {'p50ms':>7} "
@@ -14,7 +16,7 @@ def summary_table(results: list[dict], comparisons: list[dict]) -> str:
             f"{'fds b/d/a':>17} {'up c/1k':>8} {'up r/c':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines += run_lines(r)
+        lines += impatient_lines(r) if r["scenario"] == "impatient" else run_lines(r)
     if any(r.get("latency_corrected") for r in results):
         lines += ["", "* latency from wrk's histogram, corrected for coordinated omission: not each "
                       "response's own (bench/README.md)"]
@@ -50,6 +52,8 @@ def run_lines(r: dict) -> list[str]:
         lines += deadline_lines(r["as_wrk"], " as wrk would count them (corrected)")
     if "server" in r:
         lines += server_lines(r)
+    if "server_log" in r:
+        lines += server_log_lines(r)
     if "rss_mib_series" in r:
         series = r["rss_mib_series"]
         lines.append(f"{'':<25} rss MiB every 1 s: {' '.join(f'{v:g}' for v in series)}"
@@ -111,6 +115,21 @@ def server_lines(r: dict) -> list[str]:
         lines.append(f"{pad} target shed answers <=5ms: {'met' if met else 'MISSED'}; deadline "
                      f"and flat memory: see the accepted and rss lines")
     return lines
+
+
+def server_log_lines(r: dict) -> list[str]:
+    """fanout's late answers by its own access log (cold-start, upstream-reset), against the target:
+    at most 0.1% more than 5 ms late and none more than 25 ms."""
+    pad = " " * 25
+    g = r["server_log"]
+    over5, over25 = g["over_5ms"], g["over_25ms"]
+    reset = f"; upstream reset at {r['upstream_reset_at_s']} s" if "upstream_reset_at_s" in r else ""
+    met = g["answers"] and (over5["share"] or 0) <= 0.001 and over25["count"] == 0
+    return [f"{pad} server log: n={g['answers']} >5ms late {over5['count']} ({pct(over5['share'])}), "
+            f">25ms {over25['count']}, worst {g['max_overshoot_ms']} ms; late by second "
+            f"{g['late_by_second']}, of them with no upstream answer "
+            f"{g['late_with_no_upstream_answer']}{reset}",
+            f"{pad} target <=0.1% >5ms late, none >25ms: {'met' if met else 'MISSED'}"]
 
 
 def smart_lines(comparisons: list[dict]) -> list[str]:

@@ -52,6 +52,8 @@ class SimStats:
                     "connections_accepted": stats["connections_accepted"] - self.own_connections,
                     "connections_open": stats["connections_open"] - 1,
                     "requests": stats["requests"],
+                    # Requests received and not yet answered (None from a simulator before it).
+                    "in_flight": stats.get("in_flight"),
                 }
             except (OSError, http.client.HTTPException) as e:
                 self.close()

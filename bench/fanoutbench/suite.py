@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .common import REPO, BenchError, log
 from .compare import comparisons_of
+from .impatient import run_impatient
 from .measure import Settings, run_one
 from .plot import plot_all
 from .report import smart_lines, summary_table
@@ -62,7 +63,10 @@ def run_recorded(scenario: Scenario, impl: str, client: str, variant: str | None
         settings = dataclasses.replace(
             settings, fanout_args=settings.fanout_args + dict(scenario.variants)[variant])
     try:
-        result = {**run_one(scenario, impl, client, settings, workdir), **stamp}
+        if scenario.give_up_ms:
+            result = {**run_impatient(scenario, impl, settings, workdir), **stamp}
+        else:
+            result = {**run_one(scenario, impl, client, settings, workdir), **stamp}
     except BenchError as e:
         result = {"scenario": scenario.name, "implementation": impl, "client": client,
                   "endpoint": scenario.endpoint, "error": str(e)}

@@ -5,15 +5,16 @@
 //! the timer woke. On an idle machine that takes well under a millisecond, and [`FLOOR`], tokio's timer
 //! resolution, is all the margin needed. Under load it is not: when many calls fall due together (callers
 //! in lockstep, a burst) or the CPUs are shared with other processes, a woken task waits for a CPU, and the
-//! last answers of a wave went out 5-15 ms after their deadlines, some over 25 ms (DESIGN.md, "Deadlines
-//! under load").
+//! last answers of a wave went out 5-15 ms after their deadlines, some over 25 ms (DESIGN.md, "The
+//! deadline lead").
 //!
 //! So the margin follows what is measured. Every call that waited until its aimed time records its
 //! *delay*: how long after that time its answer was ready. At the end of each second that had at least
 //! [`MIN_SAMPLES`] delays, the lead becomes their 99.9th percentile: all but the slowest thousandth of
 //! those answers would have been ready by their deadlines. It rises at once but falls by at most half a
 //! second, and a second with fewer delays halves it, so a machine that is no longer loaded soon gets the
-//! whole wait back. A call aims its timer the lead before its deadline, never less than [`FLOOR`] before
+//! whole wait back: calls that finish early record nothing, and a quiet hour is 3,600 such seconds. The
+//! window is rolled over by whichever call records a delay or reads the lead first once it is over. A call aims its timer the lead before its deadline, never less than [`FLOOR`] before
 //! and never more than `--max-deadline-lead-ms` ([`DEFAULT_MAX`]) or a tenth of its timeout
 //! ([`Lead::for_timeout`]). With `--max-deadline-lead-ms 1` the lead is the floor, always.
 //!
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{Duration, Instant};
 
-use super::{claim_due, micros};
+use super::micros;
 
 /// The least lead: tokio's timer fires on whole milliseconds, rounding up, so a timer aimed at the
 /// deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
@@ -88,14 +89,15 @@ impl Lead {
         }
     }
 
-    /// The lead now, as measured, before any call's bounds.
-    pub fn current(&self) -> Duration {
+    /// The lead at `now`, as measured, before any call's bounds.
+    pub fn current(&self, now: Instant) -> Duration {
+        self.roll_over(now);
         Duration::from_micros(self.lead_us.load(Ordering::Relaxed))
     }
 
-    /// How long before its deadline a call with this timeout aims its timer.
-    pub fn for_timeout(&self, timeout: Duration) -> Duration {
-        self.current().min(timeout / 10).max(FLOOR)
+    /// How long before its deadline a call with this timeout, starting at `now`, aims its timer.
+    pub fn for_timeout(&self, timeout: Duration, now: Instant) -> Duration {
+        self.current(now).min(timeout / 10).max(FLOOR)
     }
 
     /// Records that a call's answer was ready `delay` after the time its timer was aimed at.
@@ -106,12 +108,20 @@ impl Lead {
     }
 
     /// Ends the window if its second is over: the lead becomes its 99.9th percentile, or half the lead if
-    /// that is more.
+    /// that is more; and each whole second since, which nobody rolled over and so had no delays, halves it.
     fn roll_over(&self, now: Instant) {
         let now_us = micros(now.saturating_duration_since(self.epoch));
-        if !claim_due(&self.window_end_us, now_us, WINDOW) {
+        let end_us = self.window_end_us.load(Ordering::Relaxed);
+        let next_end_us = now_us + micros(WINDOW);
+        let claimed = now_us >= end_us
+            && self
+                .window_end_us
+                .compare_exchange(end_us, next_end_us, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if !claimed {
             return; // not over, or another call is rolling it over
         }
+        let quiet_seconds = (now_us - end_us) / micros(WINDOW);
         let counts: [u64; BUCKETS] =
             std::array::from_fn(|i| self.delays[i].swap(0, Ordering::Relaxed));
         let total: u64 = counts.iter().sum();
@@ -131,7 +141,8 @@ impl Lead {
         } else {
             half
         };
-        let lead_us = lead_us.clamp(micros(FLOOR), self.max_us);
+        let lead_us = lead_us.checked_shr(quiet_seconds.try_into().unwrap_or(u32::MAX));
+        let lead_us = lead_us.unwrap_or(0).clamp(micros(FLOOR), self.max_us);
         self.lead_us.store(lead_us, Ordering::Relaxed);
     }
 }
@@ -142,20 +153,24 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// `n` delays of `delay` recorded in the first second, then the second is over.
-    fn after_a_second_of(lead: &Lead, start: Instant, samples: &[(u64, Duration)]) {
+    /// `n` delays of `delay` recorded 100 ms into the second from `start`; returns the instant just after
+    /// that second, when the window has been rolled over.
+    fn after_a_second_of(lead: &Lead, start: Instant, samples: &[(u64, Duration)]) -> Instant {
         for &(n, delay) in samples {
             for _ in 0..n {
                 lead.record(delay, start + 100 * MS);
             }
         }
-        lead.roll_over(start + 1001 * MS);
+        let end = start + 1001 * MS;
+        lead.roll_over(end);
+        end
     }
 
     #[test]
     fn starts_at_the_floor() {
-        let lead = Lead::new(Instant::now(), DEFAULT_MAX);
-        assert_eq!(lead.for_timeout(250 * MS), FLOOR);
+        let start = Instant::now();
+        let lead = Lead::new(start, DEFAULT_MAX);
+        assert_eq!(lead.for_timeout(250 * MS, start), FLOOR);
     }
 
     #[test]
@@ -163,48 +178,46 @@ mod tests {
         let start = Instant::now();
         let lead = Lead::new(start, DEFAULT_MAX);
         // 1998 quick answers and 2 that waited 30 ms: the 99.9th percentile is the quick ones' bucket.
-        after_a_second_of(&lead, start, &[(1998, 2 * MS), (2, 30 * MS)]);
-        assert_eq!(lead.current(), Duration::from_micros(2250));
+        let t = after_a_second_of(&lead, start, &[(1998, 2 * MS), (2, 30 * MS)]);
+        assert_eq!(lead.current(t), Duration::from_micros(2250));
         // One more slow one and the percentile is among the slow ones, which are over the bound.
-        let start = start + 1001 * MS;
-        after_a_second_of(&lead, start, &[(1997, 2 * MS), (3, 30 * MS)]);
-        assert_eq!(lead.current(), DEFAULT_MAX);
+        let t = after_a_second_of(&lead, t, &[(1997, 2 * MS), (3, 30 * MS)]);
+        assert_eq!(lead.current(t), DEFAULT_MAX);
     }
 
     #[test]
     fn rises_at_once_and_falls_by_at_most_half_a_second() {
         let start = Instant::now();
         let lead = Lead::new(start, DEFAULT_MAX);
-        after_a_second_of(&lead, start, &[(200, 8 * MS)]);
-        assert_eq!(lead.current(), Duration::from_micros(8250));
-        after_a_second_of(&lead, start + 1001 * MS, &[(200, Duration::ZERO)]);
-        assert_eq!(lead.current(), Duration::from_micros(4125));
-        after_a_second_of(&lead, start + 2002 * MS, &[(200, 16 * MS)]);
-        assert_eq!(lead.current(), Duration::from_micros(16250));
+        let t = after_a_second_of(&lead, start, &[(200, 8 * MS)]);
+        assert_eq!(lead.current(t), Duration::from_micros(8250));
+        let t = after_a_second_of(&lead, t, &[(200, Duration::ZERO)]);
+        assert_eq!(lead.current(t), Duration::from_micros(4125));
+        let t = after_a_second_of(&lead, t, &[(200, 16 * MS)]);
+        assert_eq!(lead.current(t), Duration::from_micros(16250));
     }
 
     #[test]
     fn is_at_most_a_tenth_of_the_timeout_and_at_least_the_floor() {
         let start = Instant::now();
         let lead = Lead::new(start, DEFAULT_MAX);
-        after_a_second_of(&lead, start, &[(200, 8 * MS)]);
-        assert_eq!(lead.for_timeout(250 * MS), Duration::from_micros(8250));
-        assert_eq!(lead.for_timeout(50 * MS), 5 * MS);
-        assert_eq!(lead.for_timeout(5 * MS), FLOOR);
+        let t = after_a_second_of(&lead, start, &[(200, 8 * MS)]);
+        assert_eq!(lead.for_timeout(250 * MS, t), Duration::from_micros(8250));
+        assert_eq!(lead.for_timeout(50 * MS, t), 5 * MS);
+        assert_eq!(lead.for_timeout(5 * MS, t), FLOOR);
     }
 
     #[test]
     fn a_second_with_too_few_delays_halves_it_down_to_the_floor() {
         let start = Instant::now();
         let lead = Lead::new(start, DEFAULT_MAX);
-        after_a_second_of(&lead, start, &[(200, 8 * MS)]);
-        let next = start + 1001 * MS;
-        after_a_second_of(&lead, next, &[(MIN_SAMPLES - 1, 8 * MS)]);
-        assert_eq!(lead.current(), Duration::from_micros(4125));
-        for i in 2..10 {
-            after_a_second_of(&lead, start + i * 1001 * MS, &[]);
+        let t = after_a_second_of(&lead, start, &[(200, 8 * MS)]);
+        let mut t = after_a_second_of(&lead, t, &[(MIN_SAMPLES - 1, 8 * MS)]);
+        assert_eq!(lead.current(t), Duration::from_micros(4125));
+        for _ in 2..10 {
+            t = after_a_second_of(&lead, t, &[]);
         }
-        assert_eq!(lead.current(), FLOOR);
+        assert_eq!(lead.current(t), FLOOR);
     }
 
     #[test]
@@ -215,16 +228,51 @@ mod tests {
             lead.record(8 * MS, start + 1500 * MS); // each one after the first window's end
         }
         // The first window had none: the lead stayed at the floor; the second has them all.
-        assert_eq!(lead.current(), FLOOR);
-        lead.roll_over(start + 2501 * MS);
-        assert_eq!(lead.current(), Duration::from_micros(8250));
+        assert_eq!(lead.current(start + 1500 * MS), FLOOR);
+        assert_eq!(lead.current(start + 2501 * MS), Duration::from_micros(8250));
     }
 
     #[test]
     fn a_max_of_one_millisecond_keeps_it_at_the_floor() {
         let start = Instant::now();
         let lead = Lead::new(start, FLOOR);
-        after_a_second_of(&lead, start, &[(200, 8 * MS)]);
-        assert_eq!(lead.for_timeout(250 * MS), FLOOR);
+        let t = after_a_second_of(&lead, start, &[(200, 8 * MS)]);
+        assert_eq!(lead.for_timeout(250 * MS, t), FLOOR);
+    }
+
+    /// The lead falls with time, not only with calls that record a delay: after a burst, calls that finish
+    /// early (and so record nothing) still see it halve every second, and an idle hour ends at the floor.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_burst_it_falls_with_time_while_calls_finish_early_or_none_come() {
+        let lead = Lead::new(Instant::now(), DEFAULT_MAX);
+        // A burst: a second of answers ready 16 ms late.
+        for _ in 0..200 {
+            lead.record(16 * MS, Instant::now());
+        }
+        tokio::time::advance(1001 * MS).await;
+        assert_eq!(lead.current(Instant::now()), Duration::from_micros(16250));
+        // Then calls that finish early: each reads the lead (10 a second), none records a delay.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            for _ in 0..10 {
+                tokio::time::advance(100 * MS).await;
+                lead.for_timeout(Duration::from_secs(1), Instant::now());
+            }
+            seen.push(lead.current(Instant::now()));
+        }
+        let halves = [8125, 4062, 2031].map(Duration::from_micros);
+        assert_eq!(seen, halves, "halved each second");
+        // Then nothing for an hour, and a burst again: the first read after the hour is at the floor.
+        for _ in 0..200 {
+            lead.record(16 * MS, Instant::now());
+        }
+        tokio::time::advance(1001 * MS).await;
+        assert_eq!(lead.current(Instant::now()), Duration::from_micros(16250));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(
+            lead.current(Instant::now()),
+            FLOOR,
+            "an idle hour is 3,600 quiet seconds"
+        );
     }
 }

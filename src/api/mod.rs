@@ -191,7 +191,7 @@ impl Api {
             in_flight: self.in_flight(),
             in_flight_limit: self.limit.current(),
             runtime_lag: self.limit.last_lag(),
-            deadline_lead: self.lead.current(),
+            deadline_lead: self.lead.current(Instant::now()),
             hedge_delay: self.hedging.current(),
             pool: self.upstream.stats(),
         })
@@ -268,7 +268,7 @@ impl Api {
         };
         // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
-        let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout));
+        let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout, started));
         let Some(admitted) = self.admit() else {
             self.shed(ShedReason::MaxInFlight, self.limit.current());
             let response = match endpoint {

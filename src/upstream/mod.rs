@@ -504,8 +504,11 @@ impl Upstream {
             return send(Err(UpstreamError::Timeout));
         }
         let connection = tokio::select! {
-            connection = self.connection(deadline) => connection,
+            // Biased: a caller already gone (its client left before this task first ran) sends nothing,
+            // even when an idle connection is ready at once.
+            biased;
             () = reply.closed() => return, // nothing sent yet: just stop
+            connection = self.connection(deadline) => connection,
         };
         let (conn, reused) = match connection {
             Ok(found) => found,
