@@ -17,7 +17,9 @@ for the descriptors to come back to where they were before the load, then sends 
 verdict, on stderr with every sample, exits 1 when any of these holds:
 
   - RSS grew more than 2% from the end of the first minute to the end of the load (with
-    `--minutes 1` the two are the same sample: that check needs a longer run);
+    `--minutes 1` the two are the same sample: that check needs a longer run; the line also
+    gives the least-squares trend over every sample from the first minute on, not judged:
+    bench/README.md says why it is the figure to read);
   - the open descriptors did not return to their baseline once the load stopped;
   - /api/within-timeout answered anything but 200 (an error on the connection counts too);
   - a line of fanout's (or the simulator's) output says "panic";
@@ -29,6 +31,7 @@ and fanout speaks TLS to it over real sockets, as to the real upstream. fanout k
 on, as deployed; the script reads it from a pipe and keeps only the other lines (an hour of access
 lines is gigabytes).
 
+It also counts the calls fanout recorded as `499` (its caller gone) beside the clients that left.
 The samples go to stdout as JSON lines, then one line with the verdict. `--plot FILE` draws RSS and
 descriptors over time (matplotlib, optional: `pip install -r bench/requirements.txt`). Needs oha
 (`cargo install oha --locked`). Loopback only; every process runs in its own session and is
@@ -45,6 +48,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -55,7 +59,8 @@ from collections import Counter, deque
 from pathlib import Path
 
 from fanoutbench.common import BenchError
-from fanoutbench.metrics import scrape
+from fanoutbench.metrics import SERVER_DURATION, scrape
+from fanoutbench.plot import require_matplotlib
 from fanoutbench.processes import Processes, free_port
 from fanoutbench.procfs import memory_mib, open_fds, threads
 from fanoutbench.servers import FANOUT_BIN, build
@@ -108,10 +113,10 @@ def sample(pid: int, admin: int, t0: float, phase: str) -> dict:
     """One sample of fanout: /proc first, so the scrape's own connection is not counted."""
     figures = {"t_s": round(time.monotonic() - t0, 1), "phase": phase,
                "rss_mib": memory_mib(pid)["VmRSS"], "fds": open_fds(pid), "threads": threads(pid)}
+    samples = scrape(admin)
 
     def value(name: str, *label: str) -> int:
         return next((int(v) for n, labels, v in samples if n == name and set(label) <= labels), -1)
-    samples = scrape(admin)
     figures.update(in_flight=value("fanout_http_server_active_requests"),
                    pool_active=value("fanout_upstream_pool_connections", ("state", "active")),
                    pool_idle=value("fanout_upstream_pool_connections", ("state", "idle")))
@@ -172,7 +177,17 @@ def verdict(samples: list[dict], baseline: dict, after: dict, results: dict, pan
     first = next(s for s in loaded if s["t_s"] >= 59 or s is loaded[-1])
     end = loaded[-1]
     growth = end["rss_mib"] / first["rss_mib"] - 1
-    rss_note = (" (the same sample: a 1-minute run cannot judge growth)" if first is end else "")
+    rss_note = " (the same sample: a 1-minute run cannot judge growth)"
+    steady = [s for s in loaded if s["t_s"] >= first["t_s"]]
+    if len(steady) >= 3:
+        # Not judged: RSS follows the upstream connections open at the instant (each TLS connection
+        # holds its buffers), so two samples can differ by more than 2% with nothing leaking; a
+        # least-squares line over every sample from the first minute on shows a trend through that.
+        slope = statistics.linear_regression([s["t_s"] / 3600 for s in steady],
+                                             [s["rss_mib"] for s in steady]).slope
+        rss_note = f"; trend from the first minute on: {slope:+.2f} MiB/h (least squares, not judged)"
+    elif first is not end:
+        rss_note = ""
     judged = results[JUDGED]
     not_200 = {k: v for k, v in judged["statuses"].items() if k != "200"}
     return [
@@ -190,15 +205,17 @@ def verdict(samples: list[dict], baseline: dict, after: dict, results: dict, pan
 
 
 def plot(samples: list[dict], load_s: float, path: Path, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("soak: --plot needs matplotlib: pip install -r bench/requirements.txt")
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     minutes = [s["t_s"] / 60 for s in samples]
     fig, (rss, fds) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
     rss.plot(minutes, [s["rss_mib"] for s in samples], marker=".", color="tab:blue")
+    first = next((s for s in samples if s["phase"] == "load" and s["t_s"] >= 59), None)
+    if first:
+        rss.axhline(first["rss_mib"] * (1 + RSS_GROWTH_LIMIT), color="tab:red", linestyle="--",
+                    label=f"+{RSS_GROWTH_LIMIT:.0%} over the end of the first minute")
+        rss.legend(loc="lower right")
     rss.set_ylabel("resident memory (MiB)")
     rss.set_ylim(bottom=0)
     fds.plot(minutes, [s["fds"] for s in samples], marker=".", color="tab:orange",
@@ -226,9 +243,7 @@ def main() -> int:
     parser.add_argument("--fanout-bin", type=Path, default=FANOUT_BIN)
     args = parser.parse_args()
     if args.plot:
-        import importlib.util
-        if importlib.util.find_spec("matplotlib") is None:
-            raise SystemExit("soak: --plot needs matplotlib: pip install -r bench/requirements.txt")
+        require_matplotlib()  # before an hour of load, not after
     load_s = args.minutes * 60
     commit = git_commit()  # what was built, before a long run during which the tree may change
     oha = find_tool("oha", "cargo install oha --locked")
@@ -258,7 +273,6 @@ def main() -> int:
         for path, result in results.items():
             log(f"{path}: {result['calls_per_s']} calls/s, statuses {result['statuses']}, "
                 f"errors {result['errors']}")
-        log(f"left mid-call: {dict(left)}")
 
         settle_until = time.monotonic() + SETTLE_LIMIT_S
         while True:
@@ -267,6 +281,11 @@ def main() -> int:
             if after["fds"] <= baseline["fds"] or time.monotonic() > settle_until:
                 break
             time.sleep(1)
+        # Calls fanout dropped because their client had gone (a fanout that watches the socket).
+        left["recorded_499"] = int(sum(
+            v for n, labels, v in scrape(admin) if n == f"{SERVER_DURATION}_count"
+            and ("http_response_status_code", "499") in labels))
+        log(f"left mid-call: {dict(left)}")
         exit_code = procs.stop(fanout, grace_s=STOP_LIMIT_S)
         output.join(timeout=10)
         logs = [(procs.logdir / f"{name}.log").read_text(errors="replace")
