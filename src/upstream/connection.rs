@@ -238,7 +238,8 @@ impl Connection {
     /// future), and only what arrived is appended to `buf`: a few hundred bytes, a size the allocator serves
     /// from its per-thread cache. Reading straight into `buf` reserved 8 KiB on the heap for every request,
     /// because a body leaves with the buffer it was read into: three allocations per call too big for that
-    /// cache, each taking a lock shared with the other workers (DESIGN.md, "Fewer large allocations").
+    /// cache, each taking a lock shared with the other workers (DESIGN.md, "Capacity, limits, and what happens
+    /// past each", "Fewer large allocations").
     ///
     /// Cancel safety: `poll_read` takes no bytes from the stream unless it is ready, and then they are
     /// appended in the same poll; so a deadline firing here loses nothing, and it is the exchange as a whole

@@ -193,8 +193,8 @@ impl Pool {
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
     /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
-    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The rules
-    /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
+    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The
+    /// connection pool", rule 5.) Otherwise it is parked, or closed if already expired or if the pool holds
     /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
         let mut idle = Idle { conn, expires };
