@@ -27,8 +27,9 @@
 //! the outcome's channel. When the caller drops it (its API call already has an answer, or its deadline
 //! came), a request not yet sent stops and releases its slot; one already on the wire goes on for at most
 //! the linger time to read its response, then returns the connection to the pool, or closes it if time runs
-//! out. A connection never reaches the pool half-read, because only `exchange` puts connections back, and
-//! only after reading a response to its end.
+//! out. A connection never reaches the pool half-read: it goes back only with no request outstanding on it,
+//! either after `exchange` read its response to the end, or before it carried any (a replacement that
+//! `replace_abandoned` just opened, or one handed over to a `Pool::checkout` that no longer needed it).
 
 mod connection;
 mod payload;
