@@ -12,7 +12,8 @@
 //! 4. `response.rs` and `http/chunked.rs`: how a response head decides the body's framing and the connection's
 //!    reuse (RFC 9112 §6.3 and §9.3), and the chunked decoder.
 //! 5. `payload.rs`: what counts as a successful answer.
-//! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections.
+//! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections; its module doc
+//!    numbers the rules the whole client keeps for its connections.
 //! 7. This file: `start` and its request task, which string them together, and the stale-connection retry.
 //!
 //! # The life of one request
@@ -550,7 +551,7 @@ impl Upstream {
     }
 
     /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
-    /// and nobody is queued for one. An upstream request that hangs costs its connection; without this, the
+    /// and nobody is queued for one (the pool's rule 9, numbered in `pool.rs`). An upstream request that hangs costs its connection; without this, the
     /// next request to need one pays for the handshake on its caller's time, and when hangs come together
     /// (an upstream stall, or callers in step with each other) so do those handshakes. So the replacement
     /// starts after a pause drawn up to half of `linger`, which spreads the handshakes of connections
@@ -583,7 +584,7 @@ impl Upstream {
         }
     }
 
-    /// One exchange, and the stale-connection retry.
+    /// One exchange, and the stale-connection retry (the pool's rule 6, numbered in `pool.rs`).
     ///
     /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the close
     /// can cross our request on the wire. If a *reused* connection failed before a single byte of response came

@@ -3,21 +3,46 @@
 //! It follows hyper-util's pool rules (`hyper-util/src/client/legacy/pool.rs`), minus its generality: one
 //! upstream, HTTP/1.1 only, so one plain `Mutex` over the idle list and the waiters does.
 //!
-//! 1. **Only complete exchanges come back.** A connection is offered back ([`Pool::put`]) only after its
-//!    response was read to the end and said the connection may persist. A connection whose exchange was
-//!    cut short, by an error or by running out of time (the caller's deadline, or the linger time after the
-//!    caller left, see `Upstream::start`), is dropped, which closes it.
+//! # The pool's rules
+//!
+//! The one numbered list: DESIGN.md ("The connection pool", with the figures) and the code cite these
+//! numbers. This file keeps 1 to 5; `mod.rs` keeps 6 and 9, `resolve.rs` 7, `tls.rs` 8.
+//!
+//! 1. **Only connections at rest come back.** A connection is offered back ([`Pool::put`]) only with no
+//!    request outstanding: after its response was read to the end and allowed persistence (HTTP/1.1, no
+//!    `Connection: close`, framed by `Content-Length` or chunked, nothing after the body), or before it
+//!    carried any (a replacement just opened, a handover a checkout no longer needs). Any other may have
+//!    bytes of an old response in flight, which the next request would read as its own: it is dropped,
+//!    which closes it.
 //! 2. **Last in, first out.** Checkout takes the most recently returned connection: it is the least likely to
 //!    have been closed by the server, and the oldest ones are left to expire.
-//! 3. **Check before use.** Checkout skips (and closes) a connection that is past its expiry or that the
-//!    server has closed meanwhile (`Connection::is_open`).
-//! 4. **Expire idle ones.** A connection idle for longer than the idle timeout (or the server's `Keep-Alive`
-//!    hint) is closed by a background reaper, so we never keep sockets the server has given up on.
-//! 5. **A cap on open connections.** Each connection, active or idle, holds a permit of one semaphore; a
-//!    caller that finds no idle connection and no free permit waits, for no longer than its deadline, for
-//!    whichever comes first: a connection handed over by an exchange that just completed (the longest
-//!    waiter gets it), or a permit freed by a connection that closed (tokio's `Semaphore` is fair). At the
-//!    cap, connections pass from one request to the next without a new handshake.
+//! 3. **Check before use.** Checkout skips (and closes) a connection past its expiry, or one the server
+//!    closed meanwhile: EOF, a TLS close_notify, an error or stray bytes when one read is polled with a no-op
+//!    waker (`Connection::is_open`). This sees only what the I/O driver already noticed, hence rule 6.
+//! 4. **Expire before the server does.** Idle connections close after the idle timeout (4 s, below the
+//!    shortest common server keep-alive, Apache's 5 s) or one second before the server's
+//!    `Keep-Alive: timeout=N`. A background reaper closes them, so sockets are really released.
+//! 5. **Bounded, and handed over at the cap.** Each connection, active or idle, holds a permit of one
+//!    semaphore, and at most `max_idle` wait idle. A caller that finds no idle connection and no free permit
+//!    waits, no longer than its deadline, for whichever comes first: a connection handed over by an exchange
+//!    that just completed (the longest waiter gets it), or a permit freed by a connection that closed
+//!    (tokio's `Semaphore` is fair). At the cap, connections pass from one request to the next without a new
+//!    handshake.
+//! 6. **Retry only what never started** (`Upstream::exchange_with_retry`). A GET that fails on a *reused*
+//!    connection before any byte of response (the server closed it while our request was on the wire) is
+//!    retried once on a fresh connection if the deadline allows (hyper-util's rule; RFC 9112 §9.3.1 allows
+//!    it for idempotent requests). A fresh connection that fails, or a response that broke off, is not.
+//! 7. **Resolve rarely, and off the workers** (`resolve.rs`). The lookup runs on the blocking pool, in a task
+//!    that fills a 30 s cache even if its caller's deadline passed; a burst of new connections waits for one.
+//! 8. **Keep enough TLS tickets for a burst, and hash with SHA-256** (`tls.rs`). A resumed TLS 1.3 handshake
+//!    skips the certificate chain and two ECDSA verifications; rustls keeps 8 tickets per server, which a
+//!    burst empties, so our store keeps 256, each used once (RFC 8446 §C.4). The SHA-256 suites come first:
+//!    ring computes SHA-384 in software, SHA-256 with the CPU's SHA extensions.
+//! 9. **Replace what a hang took, at a spread-out time** (`Upstream::replace_abandoned`). A request
+//!    unfinished when its linger bound runs out has cost its connection. The task that gave up opens a new
+//!    one in the background, if a slot is free and nobody waits, after a pause drawn up to half the linger
+//!    time, so connections abandoned together are not replaced in one burst of handshakes. At most one wasted
+//!    handshake per hang.
 //!
 //! The lock is a `std::sync::Mutex`, not tokio's: it is never held across an `.await`, only for a push or a
 //! pop, and a std mutex is cheaper and cannot be held by a task that went to sleep.
@@ -193,8 +218,8 @@ impl Pool {
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
     /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
-    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The
-    /// connection pool", rule 5.) Otherwise it is parked, or closed if already expired or if the pool holds
+    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: rule 5, and its
+    /// figure in DESIGN.md, "The connection pool".) Otherwise it is parked, or closed if already expired or if the pool holds
     /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
         let mut idle = Idle { conn, expires };
