@@ -91,6 +91,27 @@ struct Shelf {
     waiters: VecDeque<oneshot::Sender<Idle>>,
 }
 
+/// A caller waiting at the cap in [`Pool::checkout`]: the receiving end of its handover channel (the
+/// sending end is its entry in `Shelf::waiters`), counted in `Pool::waiting`. However the wait ends (a
+/// handover, a slot, the deadline, or the checkout's future dropped), a connection handed over but not taken
+/// goes back to the pool instead of closing with the channel: a caller leaving as `put` hands it a
+/// connection costs no handshake.
+struct Waiter<'a> {
+    pool: &'a Pool,
+    handover: oneshot::Receiver<Idle>,
+    _counted: Gauge<'a>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // Closed first, so `put` cannot hand this waiter another one.
+        self.handover.close();
+        if let Ok(idle) = self.handover.try_recv() {
+            self.pool.put(idle.conn, idle.expires);
+        }
+    }
+}
+
 pub(crate) struct Pool {
     shelf: Mutex<Shelf>,
     /// One permit per open (or opening) connection, idle or active.
@@ -151,13 +172,14 @@ impl Pool {
 
     /// An idle connection to reuse, or a slot to open a new one, waiting for either if all slots are taken.
     ///
-    /// Cancel safety: while waiting it owns its place in the semaphore's queue and the receiving end of its
-    /// handover channel, which dropping gives up. A connection handed over in the instant the caller left is
-    /// closed with the channel. Once it returns, the caller owns the connection or slot.
+    /// Cancel safety: while waiting it owns its place in the semaphore's queue and in the pool's, which
+    /// dropping gives up. A connection handed over in the instant the caller left goes back to the pool (to
+    /// the next waiter, or idle), not closed ([`Waiter`]). Once it returns, the caller owns the connection or
+    /// slot.
     pub(crate) async fn checkout(&self, deadline: Instant) -> Result<Checkout, UpstreamError> {
         // Under the lock only to take a connection or a slot, or to queue: a connection is checked, and
         // closed if dead, outside it.
-        let (_waiting, mut handover) = loop {
+        let mut waiter = loop {
             let mut shelf = self.lock_shelf();
             if let Some(mut candidate) = shelf.idle.pop() {
                 drop(shelf);
@@ -173,15 +195,19 @@ impl Pool {
             // Queued under the same lock that `put` looks at the queue under, so a connection returned right
             // after we found the list empty comes to us, not to the list. Counted in `waiting` until the wait
             // ends, however it ends: slot, connection, deadline, or future dropped.
-            let (sender, receiver) = oneshot::channel();
+            let (sender, handover) = oneshot::channel();
             shelf.waiters.push_back(sender);
-            break (Gauge::up(&self.waiting), receiver);
+            break Waiter {
+                pool: self,
+                handover,
+                _counted: Gauge::up(&self.waiting),
+            };
         };
         Counters::count(&self.counters.slot_waits);
         let wait = async {
             tokio::select! {
                 // `put` never drops a sender it took from the queue without sending.
-                Ok(idle) = &mut handover => {
+                Ok(idle) = &mut waiter.handover => {
                     Counters::count(&self.counters.reuses);
                     Ok(Checkout::Reused(idle.conn))
                 }
@@ -194,15 +220,12 @@ impl Pool {
                 },
             }
         };
+        // Dropped here, the checkout drops `waiter` too: see its `Drop`.
         let result = timeout_at(deadline, wait)
             .await
             .unwrap_or(Err(UpstreamError::Timeout));
-        // A slot (or the deadline) won, but a connection may have been handed over in the meantime: it goes
-        // back to the pool rather than being closed.
-        handover.close();
-        if let Ok(idle) = handover.try_recv() {
-            self.put(idle.conn, idle.expires);
-        }
+        // A slot (or the deadline) won, but a connection may have been handed over in the meantime.
+        drop(waiter);
         result
     }
 

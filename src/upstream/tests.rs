@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -873,6 +874,31 @@ async fn at_the_connection_cap_callers_wait_in_order_no_longer_than_their_deadli
         "never more than one connection, handed from A to C to D without a new handshake; the last one kept"
     );
     assert_eq!(server.accepts(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_handed_to_a_waiter_as_it_leaves_goes_back_to_the_pool() {
+    let server = serve_always(OK_TIME_7).await;
+    let pool = Pool::new(1, 1);
+    let Ok(Checkout::Fresh(slot)) = pool.checkout(generous()).await else {
+        panic!("the only slot is free");
+    };
+    let conn = connection::connect(&[server.addr], None, slot, generous())
+        .await
+        .expect("connected");
+    // A second caller queues at the cap ...
+    let mut waiter = Box::pin(pool.checkout(generous()));
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx))).await;
+    assert!(first_poll.is_pending(), "queued");
+    // ... the connection is handed to it, and it leaves before it takes it.
+    pool.put(conn, generous());
+    drop(waiter);
+    let s = pool.stats();
+    assert_eq!((s.open, s.idle), (1, 1), "kept, not closed");
+    assert!(
+        matches!(pool.checkout(generous()).await, Ok(Checkout::Reused(_))),
+        "the next caller reuses it"
+    );
 }
 
 // ---- construction and errors ----
