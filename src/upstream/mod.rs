@@ -519,8 +519,7 @@ impl Upstream {
 
         let request = self.request(options.trace);
         let abandoned = {
-            let exchange =
-                self.exchange_with_retry(conn, &request, reused, deadline, deadline + self.linger);
+            let exchange = self.exchange_with_retry(conn, &request, reused, deadline, &reply);
             tokio::pin!(exchange);
             // Polled by reference: if the caller leaves first, the exchange is not dropped but goes on below.
             tokio::select! {
@@ -589,12 +588,13 @@ impl Upstream {
     /// The retry follows hyper-util's rule. A server may close an idle connection at any moment, and the close
     /// can cross our request on the wire. If a *reused* connection failed before a single byte of response came
     /// back, and within two round trips of the request going out (`Connection::closed_before_read`), that is the
-    /// likely story: try once more on a fresh connection, reusing the dead one's slot, if the caller's `deadline`
+    /// likely story: try once more on a fresh connection, reusing the dead one's slot, if the caller still waits
+    /// (`caller` is open: a request lingering for its connection's sake opens no new one) and its `deadline`
     /// allows. So soon, we cannot tell it apart from a server that read the request and reset the connection at
     /// once, which is why RFC 9112 §9.3.1 allows this only for idempotent requests such as this GET. A later
     /// reset, a fresh connection's failure and a response that broke off are the upstream's failures, never
-    /// retried. Every wait is bounded by `hard_deadline` (the caller's deadline plus the linger time). The retry
-    /// sends the same bytes, trace context included: for the caller it is the same attempt.
+    /// retried. Every wait is bounded by the caller's deadline plus the linger time. The retry sends the same
+    /// bytes, trace context included: for the caller it is the same attempt.
     ///
     /// Cancel safety: owns the connection; dropped mid-exchange, it is closed and its slot released.
     async fn exchange_with_retry(
@@ -603,10 +603,13 @@ impl Upstream {
         request: &[u8],
         reused: bool,
         deadline: Instant,
-        hard_deadline: Instant,
+        caller: &Reply,
     ) -> Result<Work, UpstreamError> {
+        let hard_deadline = deadline + self.linger;
         match self.exchange(conn, request, hard_deadline).await {
-            Err(Failed::BeforeResponse(_, dead)) if reused && Instant::now() < deadline => {
+            Err(Failed::BeforeResponse(_, dead))
+                if reused && Instant::now() < deadline && !caller.is_closed() =>
+            {
                 Counters::count(&self.pool.counters.stale_retries);
                 let retry = async {
                     let conn = self.connect(dead.into_slot(), deadline).await?;

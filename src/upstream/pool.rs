@@ -30,8 +30,9 @@
 //!    handshake.
 //! 6. **Retry only what never started** (`Upstream::exchange_with_retry`). A GET that fails on a *reused*
 //!    connection before any byte of response (the server closed it while our request was on the wire) is
-//!    retried once on a fresh connection if the deadline allows (hyper-util's rule; RFC 9112 §9.3.1 allows
-//!    it for idempotent requests). A fresh connection that fails, or a response that broke off, is not.
+//!    retried once on a fresh connection if its caller still waits and the deadline allows (hyper-util's
+//!    rule; RFC 9112 §9.3.1 allows it for idempotent requests). A fresh connection that fails, or a response
+//!    that broke off, is not.
 //! 7. **Resolve rarely, and off the workers** (`resolve.rs`). The lookup runs on the blocking pool, in a task
 //!    that fills a 30 s cache even if its caller's deadline passed; a burst of new connections waits for one.
 //! 8. **Keep enough TLS tickets for a burst, and hash with SHA-256** (`tls.rs`). A resumed TLS 1.3 handshake

@@ -678,6 +678,50 @@ async fn a_reused_connection_closed_a_while_after_the_request_is_its_failure_not
 }
 
 #[tokio::test]
+async fn a_request_whose_caller_left_is_not_retried_when_its_reused_connection_closes() {
+    let (seen_tx, seen) = oneshot::channel();
+    let (close_tx, close) = oneshot::channel::<()>();
+    let signals = std::sync::Mutex::new(Some((seen_tx, close)));
+    let server = serve(move |index, mut stream| {
+        let signals = signals.lock().expect("lock").take();
+        async move {
+            if index > 0 {
+                return answer_each(stream, std::iter::repeat(OK_TIME_7)).await;
+            }
+            // Answer once, take the next request and, when told, close without a word: a stale connection.
+            let answered_once = read_request(&mut stream).await.is_some()
+                && stream.write_all(OK_TIME_7).await.is_ok();
+            if let (true, Some((seen_tx, close))) = (answered_once, signals) {
+                if read_request(&mut stream).await.is_some() {
+                    let _ = seen_tx.send(());
+                    let _ = close.await;
+                }
+            }
+        }
+    })
+    .await;
+    let up = client(&server.url());
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    tokio::select! {
+        result = up.fetch(generous()) => panic!("the server never answers, yet fetch returned {result:?}"),
+        _ = seen => {} // the request is on the reused connection: its caller leaves
+    }
+    let _ = close_tx.send(());
+    // Synchronise on the pool: the request frees its slot when it gives up; a retry would keep the slot (it
+    // opens its connection in the dead one's) and have the server answer it.
+    let until = Instant::now() + Duration::from_secs(5);
+    while up.stats().open > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = up.stats();
+    assert_eq!(
+        (server.accepts(), s.stale_retries, s.open),
+        (1, 0, 0),
+        "nobody waits for the answer: no new connection to retry it"
+    );
+}
+
+#[tokio::test]
 async fn a_fresh_connection_closed_before_answering_is_not_retried() {
     let server = serve(|_, mut stream| async move {
         let _ = read_request(&mut stream).await; // and close
