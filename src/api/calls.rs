@@ -151,6 +151,18 @@ impl<'a> Calls<'a> {
             self.finished.first_success.get_or_insert(report.tag);
         }
         self.telemetry.upstream_done(outcome, report.duration);
+        if let Err(error @ UpstreamError::Panicked) = &report.outcome {
+            // A bug of ours that the `io_error` count alone would pass off as the network's: say so.
+            let span_id = self.attempts.get(report.tag).map(|a| a.span_id.to_string());
+            self.telemetry.log.error(
+                "upstream_request_panicked",
+                serde_json::json!({
+                    "trace_id": self.trace.trace_id.to_string(),
+                    "span_id": span_id,
+                    "error": error.to_string(),
+                }),
+            );
+        }
     }
 
     /// Ends the call once it is decided, and says what its requests did (see `Drop` for the rest).
@@ -200,8 +212,8 @@ impl<'a> Calls<'a> {
             }
             return None;
         }
-        // `self.reply` keeps the channel open, so this waits for an outcome; a request that panicked
-        // never sends one and so counts as never finishing.
+        // `self.reply` keeps the channel open, so this waits for an outcome; a request whose task panicked
+        // sends one all the same, `Panicked`, from its drop guard (`upstream::Reporter`).
         let report = *self.outcomes.recv().await?;
         self.running -= 1;
         self.ended(&report);
@@ -237,5 +249,61 @@ impl Drop for Calls<'_> {
     /// future dropped because its client left or the drain limit cut it (settled here).
     fn drop(&mut self) {
         self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogSettings, Logger};
+    use crate::trace::CallTrace;
+    use crate::upstream::UpstreamConfig;
+
+    /// What a request task that panicked sends (its drop guard's `Panicked`) is a failure the strategy sees
+    /// at once, counted as `io_error` and logged.
+    #[tokio::test]
+    async fn a_request_whose_task_panicked_is_a_failure_counted_and_logged_at_once() {
+        let upstream = Upstream::new(UpstreamConfig::new("http://127.0.0.1:9/")).expect("valid");
+        let mut telemetry = Telemetry::new(LogSettings::default(), 0.5);
+        let (log, lines) = Logger::in_memory(LogSettings::default());
+        telemetry.log = log;
+        let telemetry = Arc::new(telemetry);
+        let trace = CallTrace::continue_or_start(None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut record = Vec::new();
+        let mut calls = Calls::new(
+            Arc::new(upstream),
+            telemetry.clone(),
+            trace,
+            deadline,
+            Place::Here,
+            &mut record,
+        );
+        // One request running, as `start` leaves it, whose task panicked: no network needed.
+        calls.running = 1;
+        let report = Report {
+            tag: 0,
+            outcome: Err(UpstreamError::Panicked),
+            duration: Duration::ZERO,
+        };
+        calls
+            .reply
+            .send(Box::new(report))
+            .expect("the channel is open");
+        let outcome = calls.next().await;
+        assert!(
+            matches!(outcome, Some(Err(UpstreamError::Panicked))),
+            "{outcome:?}"
+        );
+        drop(calls);
+        let io_errors = &telemetry.metrics.client_duration[OutcomeKind::IoError as usize];
+        assert_eq!(io_errors.count(), 1);
+        let logged = lines.lines();
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.contains("\"event\":\"upstream_request_panicked\"")),
+            "{logged:?}"
+        );
     }
 }

@@ -204,6 +204,9 @@ pub enum UpstreamError {
     Status(u16),
     /// Status 200, but the body is not a JSON object with a non-negative integer `time`.
     InvalidPayload(&'static str),
+    /// The request's own task panicked before it had an outcome: a bug in fanout, not the upstream's doing
+    /// (see [`Reporter`]).
+    Panicked,
 }
 
 impl UpstreamError {
@@ -211,13 +214,14 @@ impl UpstreamError {
     ///
     /// `Protocol` counts as `invalid_payload`: in both cases the upstream did answer, and what it sent was not
     /// a usable answer (malformed HTTP, or well-formed HTTP around a bad body). `io_error` is kept for
-    /// exchanges that broke off.
+    /// exchanges that broke off, on the network or, for `Panicked`, in our own task: too rare for a label
+    /// of its own, and the API logs each one (`upstream_request_panicked`).
     pub fn outcome(&self) -> OutcomeKind {
         match self {
             UpstreamError::Timeout => OutcomeKind::Timeout,
             UpstreamError::Connect(_) => OutcomeKind::ConnectError,
             UpstreamError::Tls(_) => OutcomeKind::TlsError,
-            UpstreamError::Io(_) => OutcomeKind::IoError,
+            UpstreamError::Io(_) | UpstreamError::Panicked => OutcomeKind::IoError,
             UpstreamError::Protocol(_) | UpstreamError::InvalidPayload(_) => {
                 OutcomeKind::InvalidPayload
             }
@@ -291,6 +295,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Protocol(why) => write!(f, "the upstream's response is not usable HTTP/1.1: {why}"),
             UpstreamError::Status(code) => write!(f, "the upstream answered with status {code} instead of 200"),
             UpstreamError::InvalidPayload(why) => write!(f, "the upstream's answer is not the expected JSON: {why}"),
+            UpstreamError::Panicked => write!(f, "fanout's task for this upstream request panicked (a bug: see the log)"),
         }
     }
 }
@@ -492,29 +497,22 @@ impl Upstream {
         options: RequestOptions,
         reply: Reply,
     ) {
-        let started = Instant::now();
-        let send = |outcome: Result<Work, UpstreamError>| {
-            let _ = reply.send(Box::new(Report {
-                tag: options.tag,
-                outcome,
-                duration: started.elapsed(),
-            }));
-        };
+        let report = Reporter::new(&reply, options.tag);
         // A deadline already past is a timeout, not a request: a write can complete without waiting, so the
         // per-step timeouts alone would send a request nobody waits for, and waste the connection it used.
         if Instant::now() >= deadline {
-            return send(Err(UpstreamError::Timeout));
+            return report.send(Err(UpstreamError::Timeout));
         }
         let connection = tokio::select! {
             // Biased: a caller already gone (its client left before this task first ran) sends nothing,
             // even when an idle connection is ready at once.
             biased;
-            () = reply.closed() => return, // nothing sent yet: just stop
+            () = reply.closed() => return, // nothing sent: just stop (`report` finds the channel closed)
             connection = self.connection(deadline) => connection,
         };
         let (conn, reused) = match connection {
             Ok(found) => found,
-            Err(error) => return send(Err(error)),
+            Err(error) => return report.send(Err(error)),
         };
 
         let request = self.request(options.trace);
@@ -525,7 +523,7 @@ impl Upstream {
             tokio::select! {
                 // Biased: an answer that is ready is delivered even if the caller is leaving at this moment.
                 biased;
-                result = &mut exchange => return send(result),
+                result = &mut exchange => return report.send(result),
                 () = reply.closed() => {}
             }
             // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
@@ -708,6 +706,53 @@ impl fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("url", &self.url)
             .finish_non_exhaustive()
+    }
+}
+
+/// Sends a request's [`Report`] to its caller, once; a drop guard for the panic that would send none.
+///
+/// A request task that panicked would leave its call waiting for its deadline, and counting a request that
+/// never finished; so a `Reporter` dropped before it sent (the task's future is dropped as it panics) sends
+/// `Panicked`, a failure the call counts, and logs, at once. On the ways out that send nothing on purpose
+/// (the caller is gone) that failure finds the channel closed and goes nowhere. (The runtimes, whose
+/// shutdown also drops tasks, are shut down only after every call has ended.)
+struct Reporter<'a> {
+    reply: &'a Reply,
+    tag: usize,
+    started: Instant,
+    sent: bool,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(reply: &'a Reply, tag: usize) -> Reporter<'a> {
+        Reporter {
+            reply,
+            tag,
+            started: Instant::now(),
+            sent: false,
+        }
+    }
+
+    /// Sends the request's outcome; nothing happens if its caller is gone.
+    fn send(mut self, outcome: Result<Work, UpstreamError>) {
+        self.sent = true;
+        self.deliver(outcome);
+    }
+
+    fn deliver(&self, outcome: Result<Work, UpstreamError>) {
+        let _ = self.reply.send(Box::new(Report {
+            tag: self.tag,
+            outcome,
+            duration: self.started.elapsed(),
+        }));
+    }
+}
+
+impl Drop for Reporter<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.deliver(Err(UpstreamError::Panicked));
+        }
     }
 }
 

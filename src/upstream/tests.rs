@@ -136,7 +136,7 @@ impl Upstream {
         match tokio::time::timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Some(report)) => report.outcome,
-            // The task always sends unless it panicked, which would be a bug here.
+            // The task always sends, a panic included (`Reporter`): this would be a bug in the task.
             Ok(None) => Err(UpstreamError::Io(io::Error::other(
                 "the request task ended without an answer",
             ))),
@@ -945,6 +945,43 @@ async fn a_connection_handed_to_a_waiter_as_it_leaves_goes_back_to_the_pool() {
     );
 }
 
+// ---- the request's task ----
+
+#[tokio::test]
+async fn a_request_sends_one_report_and_no_more() {
+    let server = serve_always(OK_TIME_7).await;
+    let up = client(&server.url());
+    let (reply, mut reports) = mpsc::unbounded_channel();
+    up.start(
+        generous(),
+        vec![RequestOptions::default()],
+        reply,
+        Place::Here,
+    );
+    let report = reports.recv().await.expect("a report");
+    assert_eq!(report.outcome.expect("answer"), work(7));
+    assert!(
+        reports.recv().await.is_none(),
+        "the task ended, one report sent"
+    );
+}
+
+#[tokio::test]
+async fn a_request_task_that_panics_reports_a_failure_at_once() {
+    let (reply, mut reports) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let _report = Reporter::new(&reply, 3);
+        tokio::task::yield_now().await; // held across an await, as in the request's task
+        panic!("a deliberate bug in a request task");
+    });
+    assert!(task.await.expect_err("it panicked").is_panic());
+    let report = reports.try_recv().expect("a report, with no wait");
+    assert_eq!(report.tag, 3);
+    let error = report.outcome.expect_err("a failure");
+    assert!(matches!(error, UpstreamError::Panicked), "{error:?}");
+    assert_eq!(error.outcome().label(), "io_error");
+}
+
 // ---- construction and errors ----
 
 #[tokio::test]
@@ -1067,6 +1104,7 @@ fn every_error_has_a_label_and_an_actionable_message() {
             "invalid_payload",
             "JSON",
         ),
+        (UpstreamError::Panicked, "io_error", "a bug"),
     ];
     for (error, label, needle) in cases {
         assert_eq!(error.outcome().label(), label);
