@@ -14,7 +14,10 @@
 //! 5. `payload.rs`: what counts as a successful answer.
 //! 6. `pool.rs`: idle connections, their checks and expiry, and the cap on open connections; its module doc
 //!    numbers the rules the whole client keeps for its connections.
-//! 7. This file: `start` and its request task, which string them together, and the stale-connection retry.
+//! 7. This file: `start`, then `request_task`, which strings them together for one request (its
+//!    cancellation and its linger), and the steps it calls, the stale-connection retry among them. The
+//!    types above them can wait; the machinery at the end (how tasks are spawned, why some futures and
+//!    reports are boxed) is measured optimisation, to skip on first reading.
 //!
 //! # The life of one request
 //!
@@ -155,9 +158,10 @@ pub enum Place {
 /// Where a request started with [`Upstream::start`] sends its outcome. Dropping the receiving end tells the
 /// request its caller no longer waits.
 ///
-/// Boxed: a channel allocates its slots in blocks of 32, and a block of 32 `Report`s (2 KiB) is past what
-/// the allocator keeps in its fast per-thread caches; a block of 32 pointers is not. One channel per API
-/// call made that block one of the costlier allocations on the hot path.
+/// Boxed, a measured saving (first reading: skip): a channel allocates its slots in blocks of 32, and a
+/// block of 32 `Report`s (2 KiB) is past what the allocator keeps in its fast per-thread caches; a block of
+/// 32 pointers is not. One channel per API call made that block one of the costlier allocations on the hot
+/// path.
 pub type Reply = mpsc::UnboundedSender<Box<Report>>;
 
 /// What a request started with [`Upstream::start`] sends back: its outcome, and the facts a caller logs.
@@ -405,36 +409,13 @@ impl Upstream {
         self.pool.stats()
     }
 
-    /// Starts one `GET` of the work URL per entry of `requests`, each as its own task; outcomes go to `reply`.
+    /// Starts one `GET` of the work URL per entry of `requests`, each as its own task (`request_task`), which
+    /// sends its outcome to `reply` once.
     ///
-    /// The task is the whole life of the request: get a connection (from the pool, or a new one), send the
-    /// request, read the response, give the connection back. The caller holds the receiving end of `reply`,
-    /// and dropping it is how the caller says it no longer waits:
-    ///
-    /// - before the request is sent (waiting for a slot, connecting), the task stops: the wait is abandoned,
-    ///   a half-open connection closed, and nothing reaches the upstream;
-    /// - once the request is on the wire, the task goes on for at most `linger` to read the response to its
-    ///   end, so the connection can go back to the pool instead of being closed. A response slower than that
-    ///   is abandoned, its connection closed and replaced in the background (`replace_abandoned`). Finishing
-    ///   costs the upstream nothing more: it already has the request.
-    ///
-    /// The task is detached on purpose: its owner is this bound. Every wait for the request ends by
-    /// `deadline + linger` at the latest, and a replacement (its pause and its connect) within one and a half
-    /// `linger` more. It sends at most one outcome. A caller must stop waiting at its own deadline: this sends
-    /// no `Timeout` at that instant.
-    ///
-    /// `start` takes all of a caller's requests at once, one `RequestOptions` each, because of how they are
-    /// spawned. Tokio puts a newly spawned task in its worker's LIFO slot, to run next; a second spawn from
-    /// the same task pushes the first out to the queue other workers steal from, and wakes an idle worker
-    /// to steal it. At light load the wake (a futex, an `epoll_wait` interrupted, caches warmed on another
-    /// core) costs more than the request itself. So each request's task spawns the next before it starts
-    /// its own work: every spawn finds the LIFO slot empty, and the requests start one after the other on
-    /// this worker, microseconds apart. Under load nothing changes: busy workers steal from each other as
-    /// usual. Measured in DESIGN.md ("The API", "One wake less per call"): for `/api/first` at 64 callers, a
-    /// fifth fewer context switches and about 8% less CPU per call.
-    ///
-    /// `place` says which runtime the tasks run on (see [`Place`]); the caller knows whether its own
-    /// runtime is better left free for other work.
+    /// Dropping the receiving end of `reply` is how the caller says it no longer waits: a request not yet
+    /// sent stops, one on the wire may finish in the background to save its connection. Either way every
+    /// request ends by `deadline + linger`. A caller must stop waiting at its own deadline: no `Timeout` is
+    /// sent at that instant. `place` says which runtime the tasks run on (see [`Place`]).
     pub fn start(
         self: &Arc<Self>,
         deadline: Instant,
@@ -450,47 +431,25 @@ impl Upstream {
         self.spawn_chain(deadline, requests.into_iter(), reply, runtime);
     }
 
-    /// Spawns the task of the first of `requests`, which spawns the task of the next (see `start`). The
-    /// first goes to `runtime` if given: it crosses over (that runtime's injection queue, and a wake of one
-    /// of its workers), and the next ones are spawned from there, on that runtime.
-    fn spawn_chain(
-        self: &Arc<Self>,
-        deadline: Instant,
-        mut requests: std::vec::IntoIter<RequestOptions>,
-        reply: Reply,
-        runtime: Option<&tokio::runtime::Handle>,
-    ) {
-        let Some(options) = requests.next() else {
-            return;
-        };
-        let upstream = self.clone();
-        let task = async move {
-            upstream.spawn_chain(deadline, requests, reply.clone(), None);
-            upstream.request_task(deadline, options, reply).await
-        };
-        match runtime {
-            Some(runtime) => drop(runtime.spawn(task)),
-            None => drop(tokio::spawn(task)),
-        }
-    }
-
-    /// The request bytes: the fixed prefix, this request's `traceparent`, the blank line. One allocation
-    /// of the right size.
-    fn request(&self, trace: Option<TraceParent>) -> Vec<u8> {
-        let line = TRACEPARENT.len() + 2 + crate::trace::HEADER_LEN + 2;
-        let mut request = Vec::with_capacity(self.request_prefix.len() + line + 2);
-        request.extend_from_slice(&self.request_prefix);
-        if let Some(trace) = trace {
-            request.extend_from_slice(TRACEPARENT.as_bytes());
-            request.extend_from_slice(b": ");
-            request.extend_from_slice(&trace.to_header());
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"\r\n");
-        request
-    }
-
-    /// The task behind [`Upstream::start`].
+    /// One request, from start to end: the task [`Upstream::start`] spawns, and the lesson of this file.
+    ///
+    /// It gets a connection (from the pool, or a new one), sends the request, reads the response and gives
+    /// the connection back. Beside each phase it watches its caller, who leaves by dropping the receiving end
+    /// of `reply`:
+    ///
+    /// - before the request is sent (waiting for a slot, connecting), the task stops: the wait is abandoned,
+    ///   a half-open connection closed, and nothing reaches the upstream;
+    /// - once the request is on the wire, the task goes on for at most `linger` to read the response to its
+    ///   end, so the connection can go back to the pool instead of being closed. A response slower than that
+    ///   is abandoned, its connection closed and replaced in the background (`replace_abandoned`). Finishing
+    ///   costs the upstream nothing more: it already has the request.
+    ///
+    /// The task is detached on purpose: its owner is this bound. Every wait for the request ends by
+    /// `deadline + linger` at the latest, and a replacement (its pause and its connect) within one and a half
+    /// `linger` more. It sends at most one outcome, and one even if it panics ([`Reporter`]).
+    ///
+    /// Cancel safety: nobody cancels it (it is detached); dropped all the same (its runtime shutting down),
+    /// it closes the connection it holds and frees its slot, as each step's own note says.
     async fn request_task(
         self: Arc<Self>,
         deadline: Instant,
@@ -547,25 +506,6 @@ impl Upstream {
         }
     }
 
-    /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
-    /// and nobody is queued for one (the pool's rule 9, numbered in `pool.rs`). An upstream request that hangs costs its connection; without this, the
-    /// next request to need one pays for the handshake on its caller's time, and when hangs come together
-    /// (an upstream stall, or callers in step with each other) so do those handshakes. So the replacement
-    /// starts after a pause drawn up to half of `linger`, which spreads the handshakes of connections
-    /// abandoned together. Bounded by that pause and one connect timeout of `linger`; a replacement never
-    /// used is closed by the idle reaper like any other.
-    async fn replace_abandoned(&self) {
-        let pause = self.rng.in_range(0, self.linger.as_micros() as u64 / 2);
-        tokio::time::sleep(Duration::from_micros(pause)).await;
-        let Some(slot) = self.pool.try_slot() else {
-            return;
-        };
-        let deadline = Instant::now() + self.linger;
-        if let Ok(conn) = Box::pin(self.connect(slot, deadline)).await {
-            self.pool.put(conn, Instant::now() + self.idle_timeout);
-        }
-    }
-
     /// A connection: an idle one from the pool, or a new one in a free slot (waiting for a slot if all are
     /// taken). The flag says whether it was reused.
     ///
@@ -574,11 +514,25 @@ impl Upstream {
     async fn connection(&self, deadline: Instant) -> Result<(Connection, bool), UpstreamError> {
         match self.pool.checkout(deadline).await? {
             Checkout::Reused(conn) => Ok((conn, true)),
-            // Boxed, like the retry below: connecting (DNS, TCP, a TLS handshake) is a large state machine,
-            // and inline it would make every request's task that much larger to allocate, although a warm
-            // pool rarely connects. See `Upstream::start`.
+            // Boxed, like the retry below, a measured saving (first reading: skip): connecting (DNS, TCP, a TLS
+            // handshake) is a large state machine, and inline it would make every request's task that much
+            // larger to allocate, although a warm pool rarely connects.
             Checkout::Fresh(slot) => Ok((Box::pin(self.connect(slot, deadline)).await?, false)),
         }
+    }
+
+    /// Resolves the upstream (cached) and opens a new connection in `slot`.
+    ///
+    /// Cancel safety: owns the slot and the socket being opened; dropped, both are released.
+    async fn connect(
+        &self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
+        let addrs = self.resolver.resolve(deadline).await?;
+        let conn = connection::connect(&addrs, self.tls.as_ref(), slot, deadline).await?;
+        Counters::count(&self.pool.counters.connects);
+        Ok(conn)
     }
 
     /// One exchange, and the stale-connection retry (the pool's rule 6, numbered in `pool.rs`).
@@ -619,20 +573,6 @@ impl Upstream {
             }
             result => result.map_err(Failed::into_error),
         }
-    }
-
-    /// Resolves the upstream (cached) and opens a new connection in `slot`.
-    ///
-    /// Cancel safety: owns the slot and the socket being opened; dropped, both are released.
-    async fn connect(
-        &self,
-        slot: tokio::sync::OwnedSemaphorePermit,
-        deadline: Instant,
-    ) -> Result<Connection, UpstreamError> {
-        let addrs = self.resolver.resolve(deadline).await?;
-        let conn = connection::connect(&addrs, self.tls.as_ref(), slot, deadline).await?;
-        Counters::count(&self.pool.counters.connects);
-        Ok(conn)
     }
 
     /// One request and its response on `conn`, which goes back to the pool if the response allows reuse.
@@ -689,23 +629,23 @@ impl Upstream {
         self.pool.put(conn, Instant::now() + keep_for);
     }
 
-    /// Starts the idle reaper if it is not running and we are inside a tokio runtime.
-    fn start_reaper(&self) {
-        if self.reaper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
+    /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
+    /// and nobody is queued for one (the pool's rule 9, numbered in `pool.rs`). An upstream request that hangs costs its connection; without this, the
+    /// next request to need one pays for the handshake on its caller's time, and when hangs come together
+    /// (an upstream stall, or callers in step with each other) so do those handshakes. So the replacement
+    /// starts after a pause drawn up to half of `linger`, which spreads the handshakes of connections
+    /// abandoned together. Bounded by that pause and one connect timeout of `linger`; a replacement never
+    /// used is closed by the idle reaper like any other.
+    async fn replace_abandoned(&self) {
+        let pause = self.rng.in_range(0, self.linger.as_micros() as u64 / 2);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+        let Some(slot) = self.pool.try_slot() else {
             return;
+        };
+        let deadline = Instant::now() + self.linger;
+        if let Ok(conn) = Box::pin(self.connect(slot, deadline)).await {
+            self.pool.put(conn, Instant::now() + self.idle_timeout);
         }
-        // Two first requests may race here; the loser's reaper is aborted as its handle is dropped.
-        let _ = self
-            .reaper
-            .set(pool::spawn_reaper(&self.pool, self.idle_timeout));
-    }
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
     }
 }
 
@@ -753,6 +693,78 @@ impl Drop for Reporter<'_> {
         if !self.sent {
             self.deliver(Err(UpstreamError::Panicked));
         }
+    }
+}
+
+/// The machinery under `start`: measured optimisations and bookkeeping, not the lesson. First reading: skip.
+impl Upstream {
+    /// Spawns the task of the first of `requests`, which spawns the task of the next. The first goes to
+    /// `runtime` if given: it crosses over (that runtime's injection queue, and a wake of one of its workers),
+    /// and the next ones are spawned from there, on that runtime.
+    ///
+    /// First reading: skip. Why a chain, and why `start` takes all of a caller's requests at once: tokio puts
+    /// a newly spawned task in its worker's LIFO slot, to run next; a second spawn from the same task pushes
+    /// the first out to the queue other workers steal from, and wakes an idle worker to steal it. At light
+    /// load the wake (a futex, an `epoll_wait` interrupted, caches warmed on another core) costs more than the
+    /// request itself. So each request's task spawns the next before it starts its own work: every spawn
+    /// finds the LIFO slot empty, and the requests start one after the other on this worker, microseconds
+    /// apart. Under load nothing changes: busy workers steal from each other as usual. Measured in DESIGN.md
+    /// ("The API", "One wake less per call"): for `/api/first` at 64 callers, a fifth fewer context switches
+    /// and about 8% less CPU per call.
+    fn spawn_chain(
+        self: &Arc<Self>,
+        deadline: Instant,
+        mut requests: std::vec::IntoIter<RequestOptions>,
+        reply: Reply,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) {
+        let Some(options) = requests.next() else {
+            return;
+        };
+        let upstream = self.clone();
+        let task = async move {
+            upstream.spawn_chain(deadline, requests, reply.clone(), None);
+            upstream.request_task(deadline, options, reply).await
+        };
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+
+    /// The request bytes: the fixed prefix, this request's `traceparent`, the blank line. One allocation
+    /// of the right size.
+    fn request(&self, trace: Option<TraceParent>) -> Vec<u8> {
+        let line = TRACEPARENT.len() + 2 + crate::trace::HEADER_LEN + 2;
+        let mut request = Vec::with_capacity(self.request_prefix.len() + line + 2);
+        request.extend_from_slice(&self.request_prefix);
+        if let Some(trace) = trace {
+            request.extend_from_slice(TRACEPARENT.as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(&trace.to_header());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        request
+    }
+
+    /// Starts the idle reaper if it is not running and we are inside a tokio runtime.
+    fn start_reaper(&self) {
+        if self.reaper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // Two first requests may race here; the loser's reaper is aborted as its handle is dropped.
+        let _ = self
+            .reaper
+            .set(pool::spawn_reaper(&self.pool, self.idle_timeout));
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
