@@ -462,6 +462,8 @@ impl Upstream {
         if Instant::now() >= deadline {
             return report.send(Err(UpstreamError::Timeout));
         }
+        // The caller leaving drops `self.connection(..)` where it stands: a place in the queue at the cap, or
+        // a half-open connection, which is closed and its slot freed.
         let connection = tokio::select! {
             // Biased: a caller already gone (its client left before this task first ran) sends nothing,
             // even when an idle connection is ready at once.
@@ -563,6 +565,8 @@ impl Upstream {
                 if reused && Instant::now() < deadline && !caller.is_closed() =>
             {
                 Counters::count(&self.pool.counters.stale_retries);
+                // The dead connection's slot passes to the new one: dropped anywhere in the retry, that
+                // connection (half-open or mid-exchange) is closed and the slot freed.
                 let retry = async {
                     let conn = self.connect(dead.into_slot(), deadline).await?;
                     self.exchange(conn, request, hard_deadline)
@@ -630,12 +634,15 @@ impl Upstream {
     }
 
     /// Opens a connection to take the place of one just abandoned, and puts it in the pool, if a slot is free
-    /// and nobody is queued for one (the pool's rule 9, numbered in `pool.rs`). An upstream request that hangs costs its connection; without this, the
-    /// next request to need one pays for the handshake on its caller's time, and when hangs come together
-    /// (an upstream stall, or callers in step with each other) so do those handshakes. So the replacement
-    /// starts after a pause drawn up to half of `linger`, which spreads the handshakes of connections
-    /// abandoned together. Bounded by that pause and one connect timeout of `linger`; a replacement never
-    /// used is closed by the idle reaper like any other.
+    /// and nobody is queued for one (the pool's rule 9, numbered in `pool.rs`). An upstream request that
+    /// hangs costs its connection; without this, the next request to need one pays for the handshake on its
+    /// caller's time, and when hangs come together (an upstream stall, or callers in step with each other)
+    /// so do those handshakes. So the replacement starts after a pause drawn up to half of `linger`, which
+    /// spreads the handshakes of connections abandoned together. Bounded by that pause and one connect
+    /// timeout of `linger`; a replacement never used is closed by the idle reaper like any other.
+    ///
+    /// Cancel safety: holds nothing during the pause, and a slot only while connecting; dropped then, the
+    /// half-open connection is closed and the slot freed.
     async fn replace_abandoned(&self) {
         let pause = self.rng.in_range(0, self.linger.as_micros() as u64 / 2);
         tokio::time::sleep(Duration::from_micros(pause)).await;
