@@ -299,7 +299,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Protocol(why) => write!(f, "the upstream's response is not usable HTTP/1.1: {why}"),
             UpstreamError::Status(code) => write!(f, "the upstream answered with status {code} instead of 200"),
             UpstreamError::InvalidPayload(why) => write!(f, "the upstream's answer is not the expected JSON: {why}"),
-            UpstreamError::Panicked => write!(f, "fanout's task for this upstream request panicked (a bug: see the log)"),
+            UpstreamError::Panicked => write!(f, "fanout's own task for this request panicked (a bug; see the log)"),
         }
     }
 }

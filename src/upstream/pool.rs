@@ -238,13 +238,15 @@ impl Pool {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Offers back a connection whose exchange completed and whose response allowed reuse.
+    /// Offers back a connection at rest (rule 1): its response read to the end and allowing reuse, or no
+    /// request carried yet.
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
     /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
     /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: rule 5, and its
-    /// figure in DESIGN.md, "The connection pool".) Otherwise it is parked, or closed if already expired or if the pool holds
-    /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
+    /// figure in DESIGN.md, "The connection pool".) Otherwise it is parked, or closed if already expired or
+    /// if the pool holds `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the
+    /// newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
         let mut idle = Idle { conn, expires };
         let refused = if expires <= Instant::now() {
