@@ -258,7 +258,7 @@ fn valid_host(v: &str) -> bool {
 }
 
 /// The authority of an http(s) URI: RFC 9110 §4.2.1, a sender "MUST NOT generate an "http" URI with an empty
-/// host identifier" and a recipient "MUST reject it as invalid". So a valid host[:port] whose host is not
+/// host identifier" and a recipient "MUST reject it as invalid". So a valid `host[:port]` whose host is not
 /// empty (a reg-name is the only empty one, and it ends at the first ":").
 fn valid_http_authority(v: &str) -> bool {
     !v.is_empty() && !v.starts_with(':') && valid_host(v)
