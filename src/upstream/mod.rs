@@ -209,7 +209,7 @@ pub enum UpstreamError {
     /// Status 200, but the body is not a JSON object with a non-negative integer `time`.
     InvalidPayload(&'static str),
     /// The request's own task panicked before it had an outcome: a bug in fanout, not the upstream's doing
-    /// (see [`Reporter`]).
+    /// (see `Reporter`).
     Panicked,
 }
 
