@@ -33,7 +33,7 @@ from fanoutbench.common import log
 from fanoutbench.loadgen import CLIENTS, DEFAULT_CLIENT, find_client
 from fanoutbench.measure import Settings
 from fanoutbench.plot import plot_all, read_results, require_matplotlib
-from fanoutbench.processes import unwind_on_signals
+from fanoutbench.processes import cpu_split, unwind_on_signals
 from fanoutbench.scenarios import SCENARIO_GROUPS, SCENARIO_NAMES, scenarios_named
 from fanoutbench.selfcheck import self_check
 from fanoutbench.servers import FANOUT_BIN, IMPLEMENTATIONS, PEER_BIN, build
@@ -59,6 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(repeatable)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the binaries already built instead of running cargo")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server under test on a CPU of its own, the simulator and the load "
+                             "generator on the others (at least 2 CPUs), so the testbed's share is out "
+                             "of the server's figures")
     parser.add_argument("--client", action="extend", nargs="+", choices=CLIENTS,
                         help="measure with this load generator instead of each scenario's own "
                              "(oha: every response's latency; wrk: a corrected histogram); two "
@@ -103,6 +107,7 @@ def main(argv: list[str]) -> int:
         settle_s=2.0 if args.quick else 3.0,
         fanout_args=tuple(args.fanout_arg),
     )
+    settings.server_cpus, settings.other_cpus = cpu_split(args.pin)
     for binary in [settings.fanout_bin] + ([settings.peer_bin] if "peer" in impls else []):
         if not binary.is_file():
             raise SystemExit(f"bench: {binary} is missing (build it, or drop --no-build)")

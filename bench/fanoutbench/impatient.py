@@ -54,9 +54,11 @@ def run_impatient(scenario: Scenario, impl: str, settings: Settings, workdir: Pa
             loads = [
                 procs.start("impatient", oha_argv(settings, impatient_n, seconds,
                                                   base + scenario.endpoint, rundir / "impatient.json",
-                                                  give_up_ms=scenario.give_up_ms)),
+                                                  give_up_ms=scenario.give_up_ms),
+                            cpus=settings.other_cpus),
                 procs.start("patient", oha_argv(settings, patient_n, seconds, base + patient_path,
-                                                rundir / "patient.json")),
+                                                rundir / "patient.json"),
+                            cpus=settings.other_cpus),
             ]
             mid = wait_loads(loads, servers, seconds)
             ended = time.monotonic()

@@ -7,6 +7,8 @@ stopped when the run ends, however it ends.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -23,6 +25,7 @@ from .procfs import cpu_seconds, memory_mib, open_fds, steal_seconds
 from .result import (DuringLoad, Observed, Readings, Settled, WindowEdge, result_head,
                      result_line)
 from .scenarios import Scenario
+from .serverlog import late_answers
 from .servers import admin_port_of, fanout_argv, peer_argv
 from .simulator import SimStats, simulator_argv
 
@@ -35,6 +38,9 @@ class Settings:
     clients: dict[str, str]  # load generator -> its path
     settle_s: float
     fanout_args: tuple[str, ...] = ()
+    # --pin: the server under test on these CPUs, the simulator and the load generator on the others.
+    server_cpus: frozenset[int] | None = None
+    other_cpus: frozenset[int] | None = None
 
 
 @dataclass
@@ -98,7 +104,8 @@ def start_servers(procs: Processes, scenario: Scenario, impl: str, settings: Set
     ca = rundir / "sim-ca.pem"
     sim_port = free_port()
     simulator = procs.start("simulator",
-                            simulator_argv(settings.fanout_bin, sim_port, scenario, ca))
+                            simulator_argv(settings.fanout_bin, sim_port, scenario, ca),
+                            cpus=settings.other_cpus)
     wait_accepting(procs, simulator, "simulator", sim_port, also=ca)
 
     port = free_port()
@@ -106,7 +113,7 @@ def start_servers(procs: Processes, scenario: Scenario, impl: str, settings: Set
                   if impl == "fanout" else None)
     argv = (fanout_argv(settings.fanout_bin, settings.fanout_args, port, sim_port, ca, admin_port)
             if impl == "fanout" else peer_argv(settings.peer_bin, port, sim_port, ca))
-    server = procs.start(impl, argv)
+    server = procs.start(impl, argv, cpus=settings.server_cpus)
     wait_accepting(procs, server, impl, port)
     if admin_port is not None:
         wait_accepting(procs, server, f"{impl} admin", admin_port)
@@ -118,8 +125,10 @@ def observe(run: Run) -> Observed:
     around it, and the server once the load has settled."""
     check = check_one_request(run.servers.port, run.scenario, run.servers.sim)
     rss_before_warmup = memory_mib(run.servers.server.pid)["VmRSS"]
-    warm_up(run)
+    if not run.scenario.cold:
+        warm_up(run)
     before = read_before_load(run.servers)
+    started_wall = time.time()
     load, started, window = start_load(run)
     during = sample_during_load(run, load, started, window)
     after = read_after_load(run.servers)
@@ -128,7 +137,11 @@ def observe(run: Run) -> Observed:
                          f"{run.procs.log_tail(load, 40)}")
     report = read_measured(run.client, run.rundir, run.plan.thresholds_us, window, started,
                            run.plan.connections)
-    return Observed(check, rss_before_warmup, before, during, after, report, settle(run))
+    settled = settle(run)
+    logfile = run.procs.logfile(run.servers.server)
+    server_log = (late_answers(logfile, started_wall)
+                  if run.scenario.server_log and run.impl == "fanout" and logfile else None)
+    return Observed(check, rss_before_warmup, before, during, after, report, settled, server_log)
 
 
 def warm_up(run: Run) -> None:
@@ -140,7 +153,7 @@ def warm_up(run: Run) -> None:
     log(f"{run.scenario.name}/{run.impl}: warm-up {run.client} -c {plan.connections} -d "
         f"{plan.warmup_s:g}s, then {plan.warmup_pause_s:g} s pause")
     warmup = run.procs.start(f"{run.client}-warmup", run.load_argv(plan.warmup_s, measured=False),
-                             env=client_env([], None))
+                             env=client_env([], None), cpus=run.settings.other_cpus)
     wait_finished(run.procs, warmup, f"the warm-up {run.client}", plan.warmup_s)
     run.check_server_alive("during the warm-up")
     time.sleep(plan.warmup_pause_s)
@@ -166,7 +179,7 @@ def start_load(run: Run) -> tuple[subprocess.Popen, float, tuple[float, float]]:
     started = time.monotonic()
     window = plan.window(started)
     load = run.procs.start(run.client, run.load_argv(plan.duration_s, measured=True),
-                           env=client_env(plan.thresholds_us, window))
+                           env=client_env(plan.thresholds_us, window), cpus=run.settings.other_cpus)
     return load, started, window
 
 
@@ -198,6 +211,10 @@ def sample_during_load(run: Run, load: subprocess.Popen, started: float,
         if now >= next_rss:
             during.rss_series.append(memory_mib(server.pid)["VmRSS"])
             next_rss += 1.0
+        if run.scenario.reset_upstream and during.upstream_reset_s is None and now >= mid:
+            # Every upstream connection dies at once, with a RST (the simulator's SIGUSR1).
+            os.kill(run.servers.simulator.pid, signal.SIGUSR1)
+            during.upstream_reset_s = round(now - started, 2)
         events = ([next_sample, next_rss]
                   + ([window[len(during.window)]] if len(during.window) < 2 else []))
         time.sleep(min(0.5, max(0.001, min(events) - time.monotonic())))

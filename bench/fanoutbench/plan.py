@@ -48,10 +48,11 @@ def plan_run(scenario: Scenario, quick: bool) -> Plan:
     return Plan(
         connections=scenario.quick_connections if quick else scenario.connections,
         duration_s=duration_s,
-        warmup_s=QUICK_WARMUP_S if quick else WARMUP_S,
-        warmup_pause_s=min(WARMUP_PAUSE_MAX_S,
-                           scenario.timeout_ms / 1000 + WARMUP_PAUSE_AFTER_DEADLINE_S),
-        window_from_s=min(2.0, duration_s / 4),
+        # A cold start has no warm-up, and its window starts with the load: the first wave counts.
+        warmup_s=0.0 if scenario.cold else QUICK_WARMUP_S if quick else WARMUP_S,
+        warmup_pause_s=0.0 if scenario.cold else min(
+            WARMUP_PAUSE_MAX_S, scenario.timeout_ms / 1000 + WARMUP_PAUSE_AFTER_DEADLINE_S),
+        window_from_s=0.0 if scenario.cold else min(2.0, duration_s / 4),
         window_tail_s=min(0.5, duration_s / 10),
         thresholds_us=late_us + shed_us,
     )

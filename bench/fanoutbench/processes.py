@@ -17,17 +17,32 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import BenchError
+from .common import BenchError, log
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
-    """Runs in each child before exec: die with this script, and allow many open files."""
+def _child_setup(cpus: frozenset[int] | None) -> None:
+    """Runs in each child before exec: die with this script, allow many open files, and (--pin)
+    run only on `cpus`."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def cpu_split(pin: bool) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """With --pin, the CPUs of the server under test (the last one, its own) and of everything else
+    (the simulator, the load generator); (None, None) without, or on a machine with fewer than 2."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return None, None
+    if len(cpus) < 2:
+        log(f"--pin: this machine has {len(cpus)} CPU; nothing is pinned")
+        return None, None
+    return frozenset(cpus[-1:]), frozenset(cpus[:-1])
 
 
 class Processes:
@@ -47,7 +62,9 @@ class Processes:
     def __exit__(self, *exc) -> None:
         self.stop_all()
 
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict | None = None,
+              cpus: frozenset[int] | None = None) -> subprocess.Popen:
+        """Starts `argv`, its output in LOGDIR/NAME.log; on `cpus` only, if given."""
         logfile = self.logdir / f"{name}.log"
         with open(logfile, "wb") as out:
             proc = subprocess.Popen(
@@ -55,12 +72,16 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup,
+                preexec_fn=lambda: _child_setup(cpus),
                 start_new_session=True,
                 env=env,
             )
         self.started.append((name, proc, logfile))
         return proc
+
+    def logfile(self, proc: subprocess.Popen) -> Path | None:
+        """Where `proc`'s output goes."""
+        return next((logfile for _name, p, logfile in self.started if p is proc), None)
 
     def log_tail(self, proc: subprocess.Popen, lines: int = 15) -> str:
         for _name, p, logfile in self.started:

@@ -42,6 +42,7 @@ class DuringLoad:
     fds_during: int | None = None  # open files at the sample nearest mid-run
     fds_max: int | None = None
     upstream_open_during: int | None = None  # the simulator's open connections then
+    upstream_reset_s: float | None = None  # (reset_upstream) when the simulator was told to reset
     rss_series: list[float] = field(default_factory=list)  # VmRSS every second (rss_series)
 
 
@@ -63,6 +64,7 @@ class Observed:
     after: Readings
     report: Measured  # what the load generator saw
     settled: Settled
+    server_log: dict | None = None  # (server_log, fanout) its late answers, from its access log
 
 
 def result_head(scenario: Scenario, impl: str, client: str, connections: int) -> dict:
@@ -93,6 +95,10 @@ def result_line(scenario: Scenario, plan: Plan, observed: Observed) -> dict:
     before, after = observed.before.metrics, observed.after.metrics
     if before is not None and after is not None:
         line["server"] = server_figures(before, after, scenario)
+    if observed.during.upstream_reset_s is not None:
+        line["upstream_reset_at_s"] = observed.during.upstream_reset_s
+    if observed.server_log is not None:
+        line["server_log"] = observed.server_log
     return line
 
 

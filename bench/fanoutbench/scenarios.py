@@ -5,7 +5,7 @@ bench/README.md, "Scenarios", says what each is for. A leaf: plain data, importe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class Scenario:
     deadline_line: bool = True
     # fanout alone, once per (name, extra fanout arguments), alternated (the `smart` scenarios).
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # No warm-up, and the client's figures over the whole load (`cold-start`): the first wave, with
+    # every upstream connection still to be made, is the point.
+    cold: bool = False
+    # Halfway through the measured load the simulator resets every connection (`upstream-reset`).
+    reset_upstream: bool = False
+    # fanout's own late answers from its access log, each answer's `overshoot_ms` (`server_log`).
+    server_log: bool = False
     # Callers who leave (`impatient`, run by impatient.py): the load's callers give up after this
     # many ms, beside (path with query, connections) patient ones.
     give_up_ms: int | None = None
@@ -122,6 +129,18 @@ SCENARIOS += [
 # or at most this factor of fixed's p99; upstream requests per call at most this many.
 SMART_TARGETS = {"smart-tail": {"p99_ms": 120, "requests_per_call": 1.25},
                  "smart-real": {"p99_vs_fixed": 1.05, "requests_per_call": 1.3}}
+# Handshake storms (`cold-start`, `upstream-reset`): the capacity load when every upstream connection
+# must be made at once, on a fresh process or after the upstream reset them all.
+CAPACITY = next(s for s in SCENARIOS if s.name == "capacity")
+SCENARIOS += [
+    replace(CAPACITY, name="cold-start", cold=True, overshoot=True, server_log=True,
+            purpose="the capacity load on a fresh process: the first wave of 2,000 calls needs "
+                    "6,000 TLS handshakes at once"),
+    replace(CAPACITY, name="upstream-reset", reset_upstream=True, overshoot=True, server_log=True,
+            purpose="the capacity load while the simulator resets every connection halfway: every "
+                    "pooled connection is made again at once"),
+]
+
 # `impatient` (impatient.py): callers who leave, and what their calls leave behind.
 SCENARIOS.append(Scenario(
     "impatient",

@@ -27,8 +27,9 @@ Usage: fanout simulator [FLAGS]
 Serves a simulated upstream (GET /api/work -> {{\"time\": N}}) until SIGINT or SIGTERM,
 and prints its URL. Flags take `--flag VALUE` or `--flag=VALUE`.
 GET /stats answers {{\"connections_accepted\": N, \"connections_open\": N, \"requests\": N,
-\"tls_resumed\": N}}
+\"in_flight\": N, \"tls_resumed\": N}}
 (the counters since start; the stats request itself is not counted in `requests`).
+SIGUSR1 resets every open connection (TCP RST), as an upstream's restart would.
 
   --listen ADDR          address to listen on (default {DEFAULT_LISTEN})
   --plain                plain HTTP instead of HTTPS with the built-in test certificate
@@ -158,21 +159,30 @@ pub async fn run(args: &[String]) -> Result<(), String> {
     }
     println!("fanout simulator: serving {}", simulator.url());
     // Returning drops the simulator, which closes the listener and every connection.
-    shutdown_signal().await
+    shutdown_signal(&simulator).await
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what `kill` and service managers send).
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what `kill` and service managers send); until
+/// then, each SIGUSR1 resets the simulator's connections (the benchmark's `upstream-reset`).
 ///
 /// Cancel safety: only listens; dropping it unregisters nothing that matters (tokio keeps the
 /// signal handlers installed for the life of the process).
 ///
 /// Unix only, like the crate (`shutdown.rs` listens for SIGTERM the same way).
-async fn shutdown_signal() -> Result<(), String> {
+async fn shutdown_signal(simulator: &Simulator) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map_err(|e| format!("cannot listen for SIGINT: {e}")),
-        _ = terminate.recv() => Ok(()),
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))
+    };
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut reset = listen(SignalKind::user_defined1(), "SIGUSR1")?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                return result.map_err(|e| format!("cannot listen for SIGINT: {e}"))
+            }
+            _ = terminate.recv() => return Ok(()),
+            _ = reset.recv() => simulator.reset_connections(),
+        }
     }
 }

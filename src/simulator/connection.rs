@@ -138,9 +138,15 @@ impl<S: Transport> Connection<S> {
     }
 
     async fn run(mut self) {
-        // An I/O error mid-exchange (the peer reset, a write timed out) ends the connection the
-        // same way a silent close does: there is nobody left to tell.
-        let end = self.exchanges().await.unwrap_or(End::Drop);
+        // Subscribed before anything else: a reset asked for from here on ends this connection.
+        let mut reset = self.shared.resets.subscribe();
+        let end = tokio::select! {
+            // An I/O error mid-exchange (the peer reset, a write timed out) ends the connection the
+            // same way a silent close does: there is nobody left to tell.
+            end = self.exchanges() => end.unwrap_or(End::Drop),
+            // Whatever it was doing (waiting for a request, a delay, a hang) is dropped.
+            _ = reset.changed() => End::Reset,
+        };
         match end {
             End::Graceful => {
                 // RFC 9112 §9.6: close in stages: half-close (TLS close_notify, then FIN), then

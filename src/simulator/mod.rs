@@ -303,6 +303,12 @@ impl Simulator {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Ends every open connection with a TCP reset (RST), whatever it is doing, as an upstream's deploy
+    /// or a load balancer's restart does: the client's pooled connections all die at once.
+    pub fn reset_connections(&self) {
+        self.shared.resets.send_replace(());
+    }
+
     /// Requests received and not yet answered: waiting out their latency, hanging, or being sent. One
     /// ends when its answer is written or its connection closes (the client gave up, say).
     pub fn in_flight(&self) -> u64 {

@@ -28,6 +28,9 @@ pub(super) struct Shared {
     pub(super) requests: AtomicU64,
     pub(super) in_flight: AtomicU64,
     bell: watch::Sender<()>,
+    /// Rung by [`Simulator::reset_connections`](super::Simulator::reset_connections): every
+    /// connection open then ends with a reset.
+    pub(super) resets: watch::Sender<()>,
     rng: Rng,
 }
 
@@ -48,6 +51,7 @@ impl Shared {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             bell: watch::Sender::new(()),
+            resets: watch::Sender::new(()),
             rng: Rng::from_clock(),
         }
     }

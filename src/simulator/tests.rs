@@ -363,6 +363,35 @@ async fn reset_fault_resets_the_connection_without_answering() {
 }
 
 #[tokio::test]
+async fn reset_connections_resets_every_open_connection_whatever_it_is_doing() {
+    let sim = start(fast()).await;
+    sim.script([Reply::fault(Fault::Hang), Reply::ok().after(ms(60_000))]);
+    let (mut hanging, mut waiting, mut idle) = (
+        connect(&sim).await,
+        connect(&sim).await,
+        connect(&sim).await,
+    );
+    send_get(&mut hanging, "/api/work", "").await;
+    send_get(&mut waiting, "/api/work", "").await;
+    assert!(sim.wait_in_flight(2, LIMIT).await);
+    assert!(sim.wait_connections_open(3, LIMIT).await);
+
+    sim.reset_connections();
+    for client in [&mut hanging, &mut waiting, &mut idle] {
+        let outcome = read_until_closed(client).await;
+        assert_eq!(
+            outcome.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+    }
+    assert!(sim.wait_connections_open(0, LIMIT).await);
+    assert_eq!(sim.in_flight(), 0);
+    // New connections are served as before.
+    let mut client = connect(&sim).await;
+    assert_eq!(get(&mut client, "/api/work").await.status, 200);
+}
+
+#[tokio::test]
 async fn hang_fault_never_answers_and_lets_go_when_the_client_closes() {
     let sim = start(fast()).await;
     sim.script([Reply::fault(Fault::Hang)]);
