@@ -43,6 +43,8 @@ pub struct Attempt {
     /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
     pub span_id: SpanId,
     pub outcome: OutcomeKind,
+    /// From the call's start (its head parsed) to starting it: a hedge starts at about the hedge delay.
+    pub start: Duration,
     /// From starting it to its outcome (or to the call's end, for one cancelled).
     pub duration: Duration,
 }
@@ -151,9 +153,10 @@ impl Telemetry {
                 for a in done.attempts {
                     let _ = write!(
                         line,
-                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}},",
+                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"start_ms\":{:.3},\"duration_ms\":{:.3}}},",
                         a.span_id,
                         a.outcome.label(),
+                        ms(a.start),
                         ms(a.duration)
                     );
                 }

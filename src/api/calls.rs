@@ -9,10 +9,11 @@
 //! the drain limit cut it. Nothing the caller waits for outlives the response, or the caller.
 //!
 //! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
-//! outcome and how long it took. Each outcome goes to the metrics and the health window as it arrives;
-//! requests still running when `Calls` is dropped end as `cancelled` (or `timeout`, if the deadline came).
-//! The list is written to a `Vec` the caller lends, which outlives the call's future: the access line of a
-//! call whose client left still names its attempts.
+//! outcome, when it started (counted from the call's start, as the deadline is) and how long it took. Each
+//! outcome goes to the metrics and the health window as it arrives; requests still running when `Calls` is
+//! dropped end as `cancelled` (or `timeout`, if the deadline came). The list is written to a `Vec` the
+//! caller lends, which outlives the call's future: the access line of a call whose client left still names
+//! its attempts.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct Calls<'a> {
     upstream: Arc<Upstream>,
     telemetry: Arc<Telemetry>,
     trace: CallTrace,
+    /// When the call started (its head parsed): each attempt's start is counted from here.
+    started: Instant,
     deadline: Instant,
     /// Cloned into every request started; kept so that more can be started later (smart's hedges).
     reply: Reply,
@@ -75,11 +78,13 @@ pub struct Calls<'a> {
 }
 
 impl<'a> Calls<'a> {
-    /// `record`: where each request's attempt is written when `Calls` is dropped, however the call ends.
+    /// `started`: when the call's head was parsed. `record`: where each request's attempt is written when
+    /// `Calls` is dropped, however the call ends.
     pub fn new(
         upstream: Arc<Upstream>,
         telemetry: Arc<Telemetry>,
         trace: CallTrace,
+        started: Instant,
         deadline: Instant,
         place: Place,
         record: &'a mut Vec<Attempt>,
@@ -89,6 +94,7 @@ impl<'a> Calls<'a> {
             upstream,
             telemetry,
             trace,
+            started,
             deadline,
             attempts: Vec::with_capacity(3),
             record,
@@ -105,7 +111,9 @@ impl<'a> Calls<'a> {
     /// Starts `n` more requests at once, each bounded by the call's deadline and carrying its own span of
     /// the call's trace. False if there was too little time left to start them.
     pub fn start(&mut self, n: usize) -> bool {
-        if self.deadline.saturating_duration_since(Instant::now()) < MIN_USEFUL_TIME {
+        // The requests are handed to the upstream together, so they share one start.
+        let at = Instant::now();
+        if self.deadline.saturating_duration_since(at) < MIN_USEFUL_TIME {
             self.skipped += n;
             return false;
         }
@@ -118,7 +126,7 @@ impl<'a> Calls<'a> {
             });
             self.attempts.push(Started {
                 span_id: traceparent.parent_id,
-                at: Instant::now(),
+                at,
                 ended: None,
             });
         }
@@ -195,6 +203,7 @@ impl<'a> Calls<'a> {
             self.record.push(Attempt {
                 span_id: a.span_id,
                 outcome,
+                start: a.at.saturating_duration_since(self.started),
                 duration,
             });
         }

@@ -116,6 +116,8 @@ pub enum Prepared {
 pub struct Call {
     endpoint: Endpoint,
     timeout: Duration,
+    /// When its head was parsed: the deadline, and the access line's times, count from here.
+    started: Instant,
     /// The strategy's deadline: `started + timeout` less the lead.
     deadline: Instant,
     _admitted: Admitted,
@@ -290,6 +292,7 @@ impl Api {
         Prepared::Call(Call {
             endpoint,
             timeout,
+            started,
             deadline,
             _admitted: admitted,
         })
@@ -312,6 +315,7 @@ impl Api {
             self.upstream.clone(),
             self.telemetry.clone(),
             *trace,
+            call.started,
             deadline,
             place,
             attempts,
