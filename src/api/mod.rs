@@ -3,16 +3,18 @@
 //! Reading order: [`Api::prepare`] and [`Api::run`] (here), then [`query`] (the `timeout` parameter),
 //! [`calls`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
 //! endpoint), [`hedge`] (when `/api/smart` hedges, and how often it may) and [`lead`] (how long before its
-//! deadline a call stops waiting).
+//! deadline a call stops waiting). [`limit`] (the in-flight limit) and `clock` (time kept in atomics) are
+//! machinery a first reading may skip.
 
 pub mod calls;
+mod clock;
 pub mod hedge;
 pub mod lead;
 pub mod limit;
 pub mod query;
 pub mod strategies;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
@@ -382,27 +384,6 @@ fn encode(answer: &Answer) -> Vec<u8> {
             format!("[{}]", objects.join(",")).into_bytes()
         }
     }
-}
-
-/// A duration in whole µs, as `hedge`, `lead` and `limit` keep instants and durations in atomics.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Whether the caller is the one to act on a period ending at `*end` (µs, like `now_us`): true once the
-/// period is over and this caller moved `end` to `period` from now; false before it is over, or when
-/// another caller moved it first (one compare-exchange, no lock).
-fn claim_due(end: &AtomicU64, now_us: u64, period: Duration) -> bool {
-    let due = end.load(Ordering::Relaxed);
-    now_us >= due
-        && end
-            .compare_exchange(
-                due,
-                now_us + micros(period),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
 }
 
 #[cfg(test)]
