@@ -397,7 +397,9 @@ impl From<Response> for BodyFailed {
 ///
 /// The header slots live on the stack, uninitialised, and httparse fills only those it uses: a `vec!` of
 /// them cost a 2 KiB allocation per request at the default 64, too big for the allocator's per-thread cache.
-fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
+///
+/// Sans-IO, so the fuzz target `request_head` (`fuzzing.rs`) feeds it raw bytes as the connection does.
+pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS_CEILING];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)];
     let mut req = httparse::Request::new(&mut []);
