@@ -12,6 +12,7 @@
 //! ```text
 //! main.rs                     the binary: flags, runtimes, signals, then `serve`
 //! lib.rs                      `serve`: wires the parts below into one service
+//! fuzzing                     what the fuzz targets check (`fuzz/`)
 //! config, runtimes            every flag, read into each module's settings; the tokio runtimes
 //! admin                       the admin listener: /metrics, /healthz, /readyz, /upstream
 //! server                      the accept loop, one task per client connection, shutdown
@@ -55,6 +56,9 @@ pub mod api;
 pub mod config;
 pub mod date;
 pub mod endpoint;
+/// The fuzz targets' properties (`fuzz/`), public for them and `tests/fuzz_corpus.rs` only.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod log;

@@ -3,16 +3,18 @@
 //! Reading order: [`Api::prepare`] and [`Api::run`] (here), then [`query`] (the `timeout` parameter),
 //! [`calls`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
 //! endpoint), [`hedge`] (when `/api/smart` hedges, and how often it may) and [`lead`] (how long before its
-//! deadline a call stops waiting).
+//! deadline a call stops waiting). [`limit`] (the in-flight limit) and `clock` (time kept in atomics) are
+//! machinery a first reading may skip.
 
 pub mod calls;
+mod clock;
 pub mod hedge;
 pub mod lead;
 pub mod limit;
 pub mod query;
 pub mod strategies;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
@@ -211,62 +213,15 @@ impl Api {
         Some(Admitted(self.in_flight.clone()))
     }
 
-    /// The first half of answering one request, which needs no waiting: routing, the `timeout` parameter,
-    /// and admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
+    /// The first half of answering one request, which needs no waiting: routing and the `timeout` parameter
+    /// ([`route`]), then admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
     /// for [`Api::run`]. `started` is when its head was parsed: the deadline counts from there. The two
     /// halves are apart because the shed runtime (`server/connection.rs`) runs only this one: it answers
     /// there what needs no upstream, and hands an admitted call back to the API's runtime.
     pub fn prepare(&self, head: &RequestHead, started: Instant) -> Prepared {
-        // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
-        // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
-        // case-sensitive: "get" is not GET.
-        if !KNOWN_METHODS.contains(&head.method.as_str()) {
-            let response = Response::error(
-                501,
-                "not_implemented",
-                &format!("the method {} is not implemented", head.method),
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        }
-        // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
-        if head.method == "OPTIONS" && head.target == "*" {
-            let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
-            return Prepared::Answer(Handled::plain(response, None));
-        }
-        let Some(target) = head.path_and_query() else {
-            let response = Response::error(
-                400,
-                "bad_request",
-                "the request target must be a path such as /api/all?timeout=500",
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let Some(endpoint) = Endpoint::from_path(path) else {
-            let response = Response::error(
-                404,
-                "not_found",
-                "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        };
-        // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
-        // methods the resource supports in Allow.
-        if head.method != "GET" && head.method != "HEAD" {
-            let response = Response::error(
-                405,
-                "method_not_allowed",
-                &format!("{path} supports GET (and HEAD) only"),
-            )
-            .with_header("Allow", "GET, HEAD");
-            return Prepared::Answer(Handled::plain(response, Some(endpoint)));
-        }
-        let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
-            Ok(ms) => Duration::from_millis(ms),
-            Err(message) => {
-                let response = Response::error(400, "bad_request", &message);
-                return Prepared::Answer(Handled::plain(response, Some(endpoint)));
-            }
+        let (endpoint, timeout) = match route(head, self.max_timeout_ms) {
+            Ok(call) => call,
+            Err(answer) => return Prepared::Answer(answer),
         };
         // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
@@ -372,6 +327,67 @@ impl Api {
     }
 }
 
+/// What a request asks for, judged from its head alone: its endpoint and `timeout`, or the answer without
+/// the upstream (an error, or `OPTIONS *`'s). The part of [`Api::prepare`] that needs no state, so the fuzz
+/// target `request_head` (`fuzzing.rs`) can feed it any head.
+pub(crate) fn route(
+    head: &RequestHead,
+    max_timeout_ms: u64,
+) -> Result<(Endpoint, Duration), Handled> {
+    // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
+    // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
+    // case-sensitive: "get" is not GET.
+    if !KNOWN_METHODS.contains(&head.method.as_str()) {
+        let response = Response::error(
+            501,
+            "not_implemented",
+            &format!("the method {} is not implemented", head.method),
+        );
+        return Err(Handled::plain(response, None));
+    }
+    // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
+    if head.method == "OPTIONS" && head.target == "*" {
+        let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
+        return Err(Handled::plain(response, None));
+    }
+    let Some(target) = head.path_and_query() else {
+        let response = Response::error(
+            400,
+            "bad_request",
+            "the request target must be a path such as /api/all?timeout=500",
+        );
+        return Err(Handled::plain(response, None));
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        let response = Response::error(
+            404,
+            "not_found",
+            "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
+        );
+        return Err(Handled::plain(response, None));
+    };
+    // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
+    // methods the resource supports in Allow.
+    if head.method != "GET" && head.method != "HEAD" {
+        let response = Response::error(
+            405,
+            "method_not_allowed",
+            &format!("{path} supports GET (and HEAD) only"),
+        )
+        .with_header("Allow", "GET, HEAD");
+        return Err(Handled::plain(response, Some(endpoint)));
+    }
+    let timeout = match query::timeout_ms(query, max_timeout_ms) {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(message) => {
+            let response = Response::error(400, "bad_request", &message);
+            return Err(Handled::plain(response, Some(endpoint)));
+        }
+    };
+    Ok((endpoint, timeout))
+}
+
 /// The response body: the object itself, or a JSON array of objects. Each object's text is passed on as
 /// the upstream sent it (compacted), so no re-serialisation is needed.
 fn encode(answer: &Answer) -> Vec<u8> {
@@ -382,27 +398,6 @@ fn encode(answer: &Answer) -> Vec<u8> {
             format!("[{}]", objects.join(",")).into_bytes()
         }
     }
-}
-
-/// A duration in whole µs, as `hedge`, `lead` and `limit` keep instants and durations in atomics.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Whether the caller is the one to act on a period ending at `*end` (µs, like `now_us`): true once the
-/// period is over and this caller moved `end` to `period` from now; false before it is over, or when
-/// another caller moved it first (one compare-exchange, no lock).
-fn claim_due(end: &AtomicU64, now_us: u64, period: Duration) -> bool {
-    let due = end.load(Ordering::Relaxed);
-    now_us >= due
-        && end
-            .compare_exchange(
-                due,
-                now_us + micros(period),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
 }
 
 #[cfg(test)]

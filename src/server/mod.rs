@@ -6,6 +6,7 @@
 mod connection;
 mod limits;
 
+pub(crate) use connection::parse;
 pub use limits::{Limits, MAX_HEADERS_CEILING};
 
 use std::future::Future;

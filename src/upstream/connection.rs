@@ -46,7 +46,7 @@ const STALE_SLACK: Duration = Duration::from_millis(10);
 type Stream = Box<dyn Io>;
 
 /// What a [`Stream`] is: any byte stream we can move between tasks.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -98,28 +98,34 @@ pub(crate) async fn connect(
     // A request goes out in one write and we wait for its answer: Nagle's algorithm would only add delay.
     tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
 
-    let stream: Stream = match tls {
-        None => Box::new(tcp),
+    let conn = match tls {
+        None => Connection::over(tcp, slot),
         Some((connector, server_name)) => {
             let handshake = connector.connect(server_name.clone(), tcp);
             match timeout_at(deadline, handshake).await {
                 Err(_elapsed) => return Err(UpstreamError::Timeout),
                 Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
-                Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                Ok(Ok(tls_stream)) => Connection::over(tls_stream, slot),
             }
         }
     };
-    Ok(Connection {
-        stream,
-        buf: Vec::new(),
-        received: false,
-        sent_at: Instant::now(),
-        round_trip,
-        slot,
-    })
+    Ok(Connection { round_trip, ..conn })
 }
 
 impl Connection {
+    /// A connection over any byte stream, open in `slot`: `connect` makes one over TCP or TLS; a stream in
+    /// memory serves to read answers without a socket (`super::read_answer`).
+    pub(crate) fn over(stream: impl Io + 'static, slot: OwnedSemaphorePermit) -> Connection {
+        Connection {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+            received: false,
+            sent_at: Instant::now(),
+            round_trip: Duration::ZERO,
+            slot,
+        }
+    }
+
     /// Writes a whole request (prepared once by the caller) and flushes it through TLS.
     ///
     /// Cancel safety: borrows the connection. Dropped mid-write, part of a request may be on the wire, so the

@@ -59,9 +59,12 @@ use tokio_rustls::TlsConnector;
 use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
+// For the fuzz target `upstream_answer` (`fuzzing.rs`), whose model of an answer keeps the same bounds.
+pub(crate) use connection::MAX_INTERIM_RESPONSES;
 use pool::{Checkout, Counters, Gauge, Pool};
 use resolve::Resolver;
 use response::Head;
+pub(crate) use response::MAX_HEADERS;
 use target::Target;
 
 /// Largest response head accepted by default. The work endpoint's head is a few hundred bytes; 16 KiB leaves
@@ -773,6 +776,28 @@ impl fmt::Debug for Upstream {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads one answer from `stream` as [`Upstream::exchange`] reads it from a connection: the head (after
+/// any 1xx), its status, the body as the head frames it, then the payload. No socket, pool or deadline:
+/// this is how the fuzz target `upstream_answer` (`fuzzing.rs`) hands the client raw bytes.
+pub(crate) async fn read_answer(
+    stream: impl connection::Io + 'static,
+    max_head_bytes: usize,
+    max_body_bytes: usize,
+) -> Result<Work, UpstreamError> {
+    let slot = Arc::new(Semaphore::new(1)).try_acquire_owned();
+    let mut conn = Connection::over(stream, slot.expect("a new semaphore has a permit"));
+    // A deadline no read reaches: a stream in memory has its bytes at once, then its end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let head = conn.read_head(max_head_bytes, deadline).await?;
+    if head.status != 200 {
+        return Err(UpstreamError::Status(head.status));
+    }
+    let body = conn
+        .read_body(head.framing, max_body_bytes, deadline)
+        .await?;
+    payload::parse_work(&body)
 }
 
 /// How an exchange failed, as far as the stale retry cares.
