@@ -278,12 +278,14 @@ mod tests {
         telemetry.log = log;
         let telemetry = Arc::new(telemetry);
         let trace = CallTrace::continue_or_start(None);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
         let mut record = Vec::new();
         let mut calls = Calls::new(
             Arc::new(upstream),
             telemetry.clone(),
             trace,
+            started,
             deadline,
             Place::Here,
             &mut record,
