@@ -5,7 +5,7 @@
 //! each is wrapped in `tokio::time::timeout_at(deadline, ..)`: no step outlives the deadline it is given.
 //! Connecting is given the caller's deadline (a replacement for an abandoned connection, which has no
 //! caller, one linger time); an exchange, the caller's deadline plus the linger time, so that a response
-//! whose caller left can still be read to its end (`Upstream::start`).
+//! whose caller left can still be read to its end (`Upstream::request_task`).
 //!
 //! A [`Connection`] carries its slot (a semaphore permit counting it against `pool_max_connections`), so the
 //! slot is released exactly when the socket is closed: by dropping the `Connection`, wherever that happens.

@@ -125,7 +125,7 @@ pub struct UpstreamConfig {
     /// order, until its deadline.
     pub pool_max_connections: usize,
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
-    /// connection (see [`Upstream::start`]). Zero closes such connections at once.
+    /// connection (see `Upstream::request_task`). Zero closes such connections at once.
     pub linger: Duration,
     /// The runtime request tasks run on when started with [`Place::UpstreamRuntime`]; `None`: the runtime
     /// of whoever calls [`Upstream::start`], always.
@@ -152,7 +152,8 @@ impl UpstreamConfig {
 /// Where [`Upstream::start`] runs a call's request tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    /// On the caller's runtime, one after the other on the caller's worker (see `start`): no thread to wake.
+    /// On the caller's runtime, one after the other on the caller's worker (see `Upstream::spawn_chain`): no
+    /// thread to wake.
     Here,
     /// On the upstream runtime (`UpstreamConfig::runtime`), if there is one; here if not.
     UpstreamRuntime,
