@@ -6,7 +6,7 @@
 //! Hidden from the docs rather than behind a cargo feature: the parsers stay `pub(crate)`, only these
 //! three functions of bytes are public, and the replay runs in a plain `cargo test`, with no flag to forget.
 //!
-//! Every input is also read as it might arrive from a socket, cut into [`pieces`] whose lengths come from
+//! Every input is also read as it might arrive from a socket, cut into `pieces` whose lengths come from
 //! its own bytes, so the fuzzer explores where reads end as well as what the bytes say.
 
 use std::collections::VecDeque;
@@ -154,7 +154,7 @@ thread_local! {
 
 /// Target `upstream_answer`: the bytes of an upstream's answer, in pieces and then its close, read by the
 /// client as it reads an answer (`upstream::read_answer`). No panic, and a success exactly when README's
-/// "Upstream answers" calls it one, as [`success_by_the_book`] reads that: with the same `time`, the
+/// "Upstream answers" calls it one, as `success_by_the_book` reads that: with the same `time`, the
 /// object passed on being the body's.
 pub fn upstream_answer(data: &[u8]) {
     let upstream = Replay(pieces(data).map(<[u8]>::to_vec).collect());

@@ -214,7 +214,7 @@ impl Api {
     }
 
     /// The first half of answering one request, which needs no waiting: routing and the `timeout` parameter
-    /// ([`route`]), then admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
+    /// (`route`), then admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
     /// for [`Api::run`]. `started` is when its head was parsed: the deadline counts from there. The two
     /// halves are apart because the shed runtime (`server/connection.rs`) runs only this one: it answers
     /// there what needs no upstream, and hands an admitted call back to the API's runtime.
