@@ -9,8 +9,8 @@
 //! | response duration, status, overshoot   | the connection task, once the response is written  |
 //! | the access line                        | the same place, with the call's upstream attempts  |
 //! | calls in flight, calls shed            | `Api::prepare` (admission control)                 |
-//! | each upstream request's outcome        | `Calls`, as outcomes arrive or the call ends       |
-//! | hedges fired, won and refused          | `Api::run`, from what `Calls` saw                  |
+//! | each upstream request's outcome        | `Requests`, as outcomes arrive or the call ends       |
+//! | hedges fired, won and refused          | `Api::run`, from what `Requests` saw                  |
 //! | the hedge delay now                    | read from `api::hedge` at scrape time              |
 //! | pool connections, connects, reuses     | read from the pool's own counters at scrape time   |
 //! | process memory, CPU, descriptors       | read from `/proc` at scrape time                   |
@@ -49,8 +49,8 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
-/// Figures read from their owners at scrape time, for [`Telemetry::render`].
-pub struct Gauges {
+/// Figures read from their owners at scrape time, for [`Telemetry::render`]: a snapshot, not counters.
+pub struct ReadNow {
     /// API calls admitted and not yet answered.
     pub in_flight: usize,
     /// API calls allowed in flight now.
@@ -168,7 +168,7 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
     /// figures read now from their owners.
-    pub fn render(&self, now: &Gauges) -> String {
+    pub fn render(&self, now: &ReadNow) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out);
         render_calls(&mut out, now);
@@ -230,7 +230,7 @@ impl Telemetry {
 }
 
 /// The calls now: how many are in flight and may be (admission), and when they stop waiting or hedge.
-fn render_calls(out: &mut String, now: &Gauges) {
+fn render_calls(out: &mut String, now: &ReadNow) {
     gauge(
         out,
         "fanout_http_server_active_requests",

@@ -115,7 +115,7 @@ impl Connection {
     ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
     /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
-    /// `api::calls`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
+    /// `api::requests`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
     /// dropped, socket and all, the next time the shed worker would have polled it, moments later.
     pub(crate) async fn run(mut self) {
         let mut next = None;
@@ -274,8 +274,8 @@ impl Connection {
     /// a client that gives up (a timeout of its own, a closed tab, a load balancer retrying elsewhere)
     /// just closes its connection, and the server sees EOF, or a reset, when it reads. So while the call
     /// runs, the socket is read too, in one `select!`. If the read ends first, the call's future is
-    /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Calls`,
-    /// whose requests see their caller gone (`api/calls.rs`). Nothing is written; `attempts` keeps what
+    /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Requests`,
+    /// whose requests see their caller gone (`api/requests.rs`). Nothing is written; `attempts` keeps what
     /// the requests did, those still running as `cancelled`, for the `499` access line.
     ///
     /// A read that brings bytes is not a departure: a client may pipeline its next request (RFC 9112

@@ -60,8 +60,9 @@ use crate::task::AbortOnDrop;
 use crate::trace::{TraceParent, TRACEPARENT};
 use connection::Connection;
 // For the fuzz target `upstream_answer` (`fuzzing.rs`), whose model of an answer keeps the same bounds.
+use crate::held::Held;
 pub(crate) use connection::MAX_INTERIM_RESPONSES;
-use pool::{Checkout, Counters, Gauge, Pool};
+use pool::{Checkout, Counters, Pool};
 use resolve::Resolver;
 use response::Head;
 pub(crate) use response::MAX_HEADERS;
@@ -127,7 +128,7 @@ pub struct UpstreamConfig {
     /// How long an exchange whose caller stopped waiting may go on in the background to save its
     /// connection (see `Upstream::request_task`). Zero closes such connections at once.
     pub linger: Duration,
-    /// The runtime request tasks run on when started with [`Place::UpstreamRuntime`]; `None`: the runtime
+    /// The runtime request tasks run on when started with [`RunOn::UpstreamRuntime`]; `None`: the runtime
     /// of whoever calls [`Upstream::start`], always.
     pub runtime: Option<tokio::runtime::Handle>,
 }
@@ -149,13 +150,13 @@ impl UpstreamConfig {
     }
 }
 
-/// Where [`Upstream::start`] runs a call's request tasks.
+/// Which runtime [`Upstream::start`] runs a call's request tasks on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Place {
-    /// On the caller's runtime, one after the other on the caller's worker (see `Upstream::spawn_chain`): no
-    /// thread to wake.
-    Here,
-    /// On the upstream runtime (`UpstreamConfig::runtime`), if there is one; here if not.
+pub enum RunOn {
+    /// The caller's, one after the other on the caller's worker (see `Upstream::spawn_chain`): no thread to
+    /// wake.
+    CallersRuntime,
+    /// The upstream runtime (`UpstreamConfig::runtime`), if there is one; the caller's if not.
     UpstreamRuntime,
 }
 
@@ -419,18 +420,18 @@ impl Upstream {
     /// Dropping the receiving end of `reply` is how the caller says it no longer waits: a request not yet
     /// sent stops, one on the wire may finish in the background to save its connection. Either way every
     /// request ends by `deadline + linger`. A caller must stop waiting at its own deadline: no `Timeout` is
-    /// sent at that instant. `place` says which runtime the tasks run on (see [`Place`]).
+    /// sent at that instant. `run_on` says which runtime the tasks run on (see [`RunOn`]).
     pub fn start(
         self: &Arc<Self>,
         deadline: Instant,
         requests: Vec<RequestOptions>,
         reply: Reply,
-        place: Place,
+        run_on: RunOn,
     ) {
         self.start_reaper();
-        let runtime = match place {
-            Place::UpstreamRuntime => self.runtime.as_ref(),
-            Place::Here => None,
+        let runtime = match run_on {
+            RunOn::UpstreamRuntime => self.runtime.as_ref(),
+            RunOn::CallersRuntime => None,
         };
         self.spawn_chain(deadline, requests.into_iter(), reply, runtime);
     }
@@ -492,7 +493,7 @@ impl Upstream {
                 () = reply.closed() => {}
             }
             // Nobody waits for the answer any more; finish reading it, briefly, for the connection's sake.
-            let _lingering = Gauge::up(&self.pool.counters.lingering);
+            let _lingering = Held::up(&self.pool.counters.lingering);
             match timeout(self.linger, exchange).await {
                 // Out of time, by the linger bound or by the exchange's own hard deadline: closed, not reused.
                 Err(_) | Ok(Err(UpstreamError::Timeout)) => {

@@ -58,6 +58,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connection::Connection;
 use super::{PoolStats, UpstreamError};
+use crate::held::Held;
 use crate::task::AbortOnDrop;
 
 /// The reaper wakes at half the idle timeout, so an expired connection lives at most half a timeout longer,
@@ -100,7 +101,7 @@ struct Shelf {
 struct Waiter<'a> {
     pool: &'a Pool,
     handover: oneshot::Receiver<Idle>,
-    _counted: Gauge<'a>,
+    _counted: Held<&'a AtomicUsize>,
 }
 
 impl Drop for Waiter<'_> {
@@ -133,29 +134,13 @@ pub(crate) struct Counters {
     pub slot_waits: AtomicU64,
     pub finished_in_background: AtomicU64,
     pub abandoned: AtomicU64,
-    /// A gauge, not a counter: exchanges lingering now (see [`Gauge`]).
+    /// A gauge, not a counter: exchanges lingering now (each [`Held`] up while it lingers).
     pub lingering: AtomicUsize,
 }
 
 impl Counters {
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Holds a gauge one higher for as long as it lives, however its scope ends (drop guard).
-pub(crate) struct Gauge<'a>(&'a AtomicUsize);
-
-impl<'a> Gauge<'a> {
-    pub(crate) fn up(gauge: &'a AtomicUsize) -> Gauge<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Gauge(gauge)
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -201,7 +186,7 @@ impl Pool {
             break Waiter {
                 pool: self,
                 handover,
-                _counted: Gauge::up(&self.waiting),
+                _counted: Held::up(&self.waiting),
             };
         };
         Counters::count(&self.counters.slot_waits);

@@ -132,7 +132,7 @@ impl Upstream {
     ) -> Result<Work, UpstreamError> {
         let (reply, mut outcome) = mpsc::unbounded_channel();
         let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
+        self.start(deadline, vec![options], reply, RunOn::UpstreamRuntime);
         match tokio::time::timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Some(report)) => report.outcome,
@@ -962,7 +962,7 @@ async fn a_request_sends_one_report_and_no_more() {
         generous(),
         vec![RequestOptions::default()],
         reply,
-        Place::Here,
+        RunOn::CallersRuntime,
     );
     let report = reports.recv().await.expect("a report");
     assert_eq!(report.outcome.expect("answer"), work(7));

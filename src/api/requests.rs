@@ -1,16 +1,16 @@
 //! The one helper every strategy shares: start upstream requests, then take their outcomes in the order
 //! they complete.
 //!
-//! Each upstream request is one task (see `Upstream::start`), which sends its outcome into a channel that
-//! [`Calls`] owns. Dropping `Calls` closes the receiving end, and that is the whole of cancellation from the
-//! API's side: each request sees its caller gone and stops, or, if already on the wire, finishes in the
-//! background within a bound to save its connection. It is dropped when the strategy has its answer or its
-//! deadline came, and also when the call's future is dropped: its client left (`server/connection.rs`), or
-//! the drain limit cut it. Nothing the caller waits for outlives the response, or the caller.
+//! Each upstream request is one task (see `Upstream::start`), which sends its outcome into a channel that [`Requests`]
+//! owns. Dropping `Requests` closes the receiving end, and that is the whole of cancellation from the API's side: each
+//! request sees its caller gone and stops, or, if already on the wire, finishes in the background within a bound to
+//! save its connection. It is dropped when the strategy has its answer or its deadline came, and also when the call's
+//! future is dropped: its client left (`server/connection.rs`), or the drain limit cut it. Nothing the caller waits for
+//! outlives the response, or the caller.
 //!
-//! `Calls` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
+//! `Requests` also keeps the record of each request (an *attempt*): its span id in the call's trace, its
 //! outcome, when it started (counted from the call's start, as the deadline is) and how long it took. Each
-//! outcome goes to the metrics and the health window as it arrives; requests still running when `Calls` is
+//! outcome goes to the metrics and the health window as it arrives; requests still running when `Requests` is
 //! dropped end as `cancelled` (or `timeout`, if the deadline came). The list is written to a `Vec` the
 //! caller lends, which outlives the call's future: the access line of a call whose client left still names
 //! its attempts.
@@ -24,7 +24,7 @@ use tokio::time::{Duration, Instant};
 use crate::telemetry::{Attempt, Telemetry};
 use crate::trace::{CallTrace, SpanId};
 use crate::upstream::{
-    OutcomeKind, Place, Reply, Report, RequestOptions, Upstream, UpstreamError, Work,
+    OutcomeKind, Reply, Report, RequestOptions, RunOn, Upstream, UpstreamError, Work,
 };
 
 /// One upstream request's result.
@@ -44,14 +44,14 @@ struct Started {
 /// What the requests of a decided call did, beyond its attempts.
 #[derive(Debug, Default)]
 pub struct Finished {
-    /// Whether [`Calls::hedge`] started requests.
+    /// Whether [`Requests::hedge`] started requests.
     pub hedged: bool,
     /// The index (in the attempts) of the first request to succeed, if any did.
     pub first_success: Option<usize>,
 }
 
 /// The upstream requests of one API call.
-pub struct Calls<'a> {
+pub struct Requests<'a> {
     upstream: Arc<Upstream>,
     telemetry: Arc<Telemetry>,
     trace: CallTrace,
@@ -63,7 +63,7 @@ pub struct Calls<'a> {
     /// Each request's report carries its attempt's index as its tag.
     outcomes: mpsc::UnboundedReceiver<Box<Report>>,
     attempts: Vec<Started>,
-    /// Where the attempts go when `Calls` is dropped (see the module doc).
+    /// Where the attempts go when `Requests` is dropped (see the module doc).
     record: &'a mut Vec<Attempt>,
     /// What the requests did so far.
     finished: Finished,
@@ -74,23 +74,23 @@ pub struct Calls<'a> {
     /// What went wrong so far, for the `502` message.
     failures: Vec<String>,
     /// Which runtime the requests run on.
-    place: Place,
+    run_on: RunOn,
 }
 
-impl<'a> Calls<'a> {
+impl<'a> Requests<'a> {
     /// `started`: when the call's head was parsed. `record`: where each request's attempt is written when
-    /// `Calls` is dropped, however the call ends.
+    /// `Requests` is dropped, however the call ends.
     pub fn new(
         upstream: Arc<Upstream>,
         telemetry: Arc<Telemetry>,
         trace: CallTrace,
         started: Instant,
         deadline: Instant,
-        place: Place,
+        run_on: RunOn,
         record: &'a mut Vec<Attempt>,
-    ) -> Calls<'a> {
+    ) -> Requests<'a> {
         let (reply, outcomes) = mpsc::unbounded_channel();
-        Calls {
+        Requests {
             upstream,
             telemetry,
             trace,
@@ -104,7 +104,7 @@ impl<'a> Calls<'a> {
             running: 0,
             skipped: 0,
             failures: Vec::new(),
-            place,
+            run_on,
         }
     }
 
@@ -131,12 +131,12 @@ impl<'a> Calls<'a> {
             });
         }
         self.upstream
-            .start(self.deadline, requests, self.reply.clone(), self.place);
+            .start(self.deadline, requests, self.reply.clone(), self.run_on);
         self.running += n;
         true
     }
 
-    /// Starts `n` hedge requests: as [`Calls::start`], remembered and counted as a hedge.
+    /// Starts `n` hedge requests: as [`Requests::start`], remembered and counted as a hedge.
     pub fn hedge(&mut self, n: usize) {
         if self.start(n) {
             self.finished.hedged = true;
@@ -253,8 +253,8 @@ impl<'a> Calls<'a> {
     }
 }
 
-impl Drop for Calls<'_> {
-    /// However the call ends, its requests are settled: decided ([`Calls::finish`] did it already), or its
+impl Drop for Requests<'_> {
+    /// However the call ends, its requests are settled: decided ([`Requests::finish`] did it already), or its
     /// future dropped because its client left or the drain limit cut it (settled here).
     fn drop(&mut self) {
         self.settle();
@@ -281,32 +281,32 @@ mod tests {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(60);
         let mut record = Vec::new();
-        let mut calls = Calls::new(
+        let mut requests = Requests::new(
             Arc::new(upstream),
             telemetry.clone(),
             trace,
             started,
             deadline,
-            Place::Here,
+            RunOn::CallersRuntime,
             &mut record,
         );
         // One request running, as `start` leaves it, whose task panicked: no network needed.
-        calls.running = 1;
+        requests.running = 1;
         let report = Report {
             tag: 0,
             outcome: Err(UpstreamError::Panicked),
             duration: Duration::ZERO,
         };
-        calls
+        requests
             .reply
             .send(Box::new(report))
             .expect("the channel is open");
-        let outcome = calls.next().await;
+        let outcome = requests.next().await;
         assert!(
             matches!(outcome, Some(Err(UpstreamError::Panicked))),
             "{outcome:?}"
         );
-        drop(calls);
+        drop(requests);
         let io_errors = &telemetry.metrics.client_duration[OutcomeKind::IoError as usize];
         assert_eq!(io_errors.count(), 1);
         let logged = lines.lines();
