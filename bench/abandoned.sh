@@ -4,15 +4,17 @@
 # upstream requests still in flight at the simulator, fanout's active pool connections and its access
 # lines, then how long SIGTERM takes. The same for the axum + reqwest peer, if it is built
 # (python3 bench/run.py builds it into target/peers).
-# Usage: bash bench/abandoned.sh [FANOUT_BINARY]   (default target/release/fanout; build it first)
+# Usage: bash bench/abandoned.sh [FANOUT_BINARY]   (default target/release/fanout; build it first; the
+# simulator is always target/release/fanout's, which counts requests in flight)
 # Loopback only; every process is stopped when the script exits.
 set -eu
-BIN=${1:-target/release/fanout}
+SIM=target/release/fanout
+BIN=${1:-$SIM}
 PEER=target/peers/release/peer-axum
 D=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 SP=$((20000 + RANDOM % 5000)); FP=$((25000 + RANDOM % 5000)); AP=$((10000 + RANDOM % 5000))
-"$BIN" simulator --listen 127.0.0.1:$SP --latency-ms 20000 --write-ca "$D/ca.pem" > "$D/sim.log" 2>&1 &
+"$SIM" simulator --listen 127.0.0.1:$SP --latency-ms 20000 --write-ca "$D/ca.pem" > "$D/sim.log" 2>&1 &
 sleep 0.5
 in_flight() { curl -s --cacert "$D/ca.pem" "https://localhost:$SP/stats" | sed 's/.*"in_flight": \([0-9]*\).*/\1/'; }
 

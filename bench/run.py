@@ -26,7 +26,6 @@ stopped by its pid in a `finally`, whatever happens.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from fanoutbench.common import log
 from fanoutbench.loadgen import CLIENTS, DEFAULT_CLIENT, find_client
 from fanoutbench.measure import Settings
 from fanoutbench.plot import plot_all, read_results, require_matplotlib
-from fanoutbench.processes import cpu_split
+from fanoutbench.processes import cpu_split, unwind_on_signals
 from fanoutbench.scenarios import SCENARIO_GROUPS, SCENARIO_NAMES, scenarios_named
 from fanoutbench.selfcheck import self_check
 from fanoutbench.servers import FANOUT_BIN, IMPLEMENTATIONS, PEER_BIN, build
@@ -83,16 +82,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, through every `finally`. SIGINT is set too:
-    # a shell starts background jobs with it ignored, and then Python would not raise on it.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    unwind_on_signals()
 
     if args.plot:
         require_matplotlib()

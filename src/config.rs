@@ -241,30 +241,15 @@ impl Config {
             "--listen" => self.listen = address(v, "0.0.0.0:8080 or [::1]:8080")?,
             "--admin-listen" if v == "off" => self.admin_listen = None,
             "--admin-listen" => self.admin_listen = Some(address(v, "0.0.0.0:8081, nor `off`")?),
-            "--log" => {
-                self.log.level = Level::parse(v)
-                    .ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))?
-            }
+            "--log" => self.log.level = level(v)?,
             "--access-log" => self.log.access = on_off(v)?,
             "--upstream-health-threshold" => {
                 self.upstream_health_threshold = fraction(v, 0.0, 1.0)?
             }
-            "--upstream" if v == "simulated" => self.upstream = UpstreamChoice::Simulated,
-            "--upstream" => {
-                if !(v.starts_with("http://") || v.starts_with("https://")) {
-                    return Err(format!(
-                        "`{v}` is neither an http:// or https:// URL nor `simulated`"
-                    ));
-                }
-                self.upstream = UpstreamChoice::Url(v.to_string());
-            }
+            "--upstream" => self.upstream = upstream(v)?,
             "--upstream-ca" => self.extra_roots = read_roots(v)?,
             "--max-timeout-ms" => self.max_timeout_ms = number(v, 0, u32::MAX as u64)?,
-            "--hedge-delay-ms" if v == "auto" => self.hedge.delay = Delay::Auto,
-            "--hedge-delay-ms" => {
-                let delay = millis(v).map_err(|why| format!("{why}, nor `auto`"))?;
-                self.hedge.delay = Delay::Fixed(delay)
-            }
+            "--hedge-delay-ms" => self.hedge.delay = hedge_delay(v)?,
             "--hedge-percentile" => self.hedge.percentile = fraction(v, 50.0, 99.9)?,
             "--hedge-min-delay-ms" => self.hedge.min_delay = millis(v)?,
             "--hedge-max-delay-ms" => self.hedge.max_delay = millis(v)?,
@@ -279,14 +264,7 @@ impl Config {
             "--upstream-linger-ms" => pool.linger = millis(v)?,
             "--upstream-threads" if v == "auto" => self.upstream_threads = None,
             "--upstream-threads" => self.upstream_threads = Some(number(v, 0, 1024)? as usize),
-            "--sim-latency-ms" => {
-                let (min, max) = v.split_once('-').unwrap_or((v, v));
-                let (min, max) = (number(min, 0, 3_600_000)?, number(max, 0, 3_600_000)?);
-                if min > max {
-                    return Err(format!("`{v}`: the minimum is above the maximum"));
-                }
-                self.simulated.latency_ms = (min, max);
-            }
+            "--sim-latency-ms" => self.simulated.latency_ms = range(v, 0, 3_600_000)?,
             "--sim-failure-rate" => self.simulated.failure_rate = fraction(v, 0.0, 1.0)?,
             "--max-head-bytes" => l.max_head_bytes = number(v, 1024, 1 << 20)? as usize,
             "--max-uri-bytes" => l.max_uri_bytes = number(v, 64, 1 << 20)? as usize,
@@ -306,6 +284,43 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A log level, by its name.
+fn level(v: &str) -> Result<Level, String> {
+    Level::parse(v).ok_or_else(|| format!("`{v}` is not one of error, warn, info, debug"))
+}
+
+/// An `http://` or `https://` URL, or `simulated`.
+fn upstream(v: &str) -> Result<UpstreamChoice, String> {
+    if v == "simulated" {
+        return Ok(UpstreamChoice::Simulated);
+    }
+    if !(v.starts_with("http://") || v.starts_with("https://")) {
+        return Err(format!(
+            "`{v}` is neither an http:// or https:// URL nor `simulated`"
+        ));
+    }
+    Ok(UpstreamChoice::Url(v.to_string()))
+}
+
+/// A hedge delay: milliseconds, or `auto` to learn it from the upstream.
+fn hedge_delay(v: &str) -> Result<Delay, String> {
+    if v == "auto" {
+        return Ok(Delay::Auto);
+    }
+    let delay = millis(v).map_err(|why| format!("{why}, nor `auto`"))?;
+    Ok(Delay::Fixed(delay))
+}
+
+/// `N` or `MIN-MAX`, each a whole number from `min` to `max`; `N` is `N-N`.
+fn range(v: &str, min: u64, max: u64) -> Result<(u64, u64), String> {
+    let (low, high) = v.split_once('-').unwrap_or((v, v));
+    let (low, high) = (number(low, min, max)?, number(high, min, max)?);
+    if low > high {
+        return Err(format!("`{v}`: the minimum is above the maximum"));
+    }
+    Ok((low, high))
 }
 
 /// A switch: `on` (or `true`, `1`) or `off` (or `false`, `0`).

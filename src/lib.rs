@@ -10,19 +10,20 @@
 //! when an import disagrees with this drawing. Read bottom-up to meet each part before its users.
 //!
 //! ```text
-//! main.rs                     the binary: flags, runtimes, signals, then `serve`
-//! lib.rs                      `serve`: wires the parts below into one service
-//! config, runtimes            every flag, read into each module's settings; the tokio runtimes
-//! admin                       the admin listener: /metrics, /healthz, /readyz, /upstream
-//! server                      the accept loop, one task per client connection, shutdown
-//! api                         routing, the `timeout`, admission, the four strategies
-//! telemetry                   one handle for what is observed: metrics, health window, access lines
-//! health, shutdown            the upstream's last minute; SIGTERM and SIGINT
-//! metrics                     counters and histograms, the Prometheus text
-//! upstream, simulator         the HTTPS client and its pool; the simulated upstream
-//! http, log                   HTTP/1.1 both sides share; JSON log lines
-//! trace                       W3C trace context
-//! date, endpoint, rng, task   leaves: clocks, endpoint names, random numbers, owned tasks
+//! main.rs                           the binary: flags, runtimes, signals, then `serve`
+//! lib.rs                            `serve`: wires the parts below into one service
+//! fuzzing                           what the fuzz targets check (`fuzz/`)
+//! config, runtimes                  every flag, read into each module's settings; the tokio runtimes
+//! admin                             the admin listener: /metrics, /healthz, /readyz, /upstream
+//! server                            the accept loop, one task per client connection, shutdown
+//! api                               routing, the `timeout`, admission, the four strategies
+//! telemetry                         one handle for what is observed: metrics, health window, access lines
+//! health, shutdown                  the upstream's last minute; SIGTERM and SIGINT
+//! metrics                           counters and histograms, the Prometheus text
+//! upstream, simulator               the HTTPS client and its pool; the simulated upstream
+//! http, log                         HTTP/1.1 both sides share; JSON log lines
+//! trace                             W3C trace context
+//! date, endpoint, held, rng, task   leaves: clocks, endpoint names, counts held, random numbers, owned tasks
 //! ```
 //!
 //! ## Reading path: one `/api/smart` call, from accept to the upstream socket and back
@@ -37,12 +38,12 @@
 //!    it); `Api::run` picks the strategy.
 //! 5. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay
 //!    (`api/hedge.rs`) or a failure, and returns at the first success or the deadline.
-//! 6. `api/calls.rs`: `Calls` starts each request as a task and takes outcomes as they complete; dropping
+//! 6. `api/requests.rs`: `Requests` starts each request as a task and takes outcomes as they complete; dropping
 //!    it is the whole of cancellation.
 //! 7. `upstream/mod.rs`: one request: take a connection from the pool (`upstream/pool.rs`) or open one
 //!    (`upstream/tls.rs`), write `GET /api/work` and read the response (`upstream/connection.rs`,
 //!    `upstream/response.rs`, `http/chunked.rs`), then return the connection to the pool.
-//! 8. Back up: the outcome reaches `Calls`, the strategy decides, `Api::run` builds the `Response`
+//! 8. Back up: the outcome reaches `Requests`, the strategy decides, `Api::run` builds the `Response`
 //!    (`http/response.rs`), and the connection task writes it and records it (`telemetry.rs`).
 //!
 //! The call's requests still running when it is decided, or when its caller leaves, stop counting at once;
@@ -55,7 +56,11 @@ pub mod api;
 pub mod config;
 pub mod date;
 pub mod endpoint;
+/// The fuzz targets' properties (`fuzz/`), public for them and `tests/fuzz_corpus.rs` only.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
+pub mod held;
 pub mod http;
 pub mod log;
 pub mod metrics;

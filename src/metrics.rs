@@ -206,11 +206,33 @@ impl Metrics {
         self.server_duration[route_index(endpoint)][status_index(status)].observe(duration);
     }
 
-    /// Writes the families this registry owns. Server series are written only once they have counts (so
-    /// 15 statuses times 5 routes do not fill the page with zeros), except each route's 200, so every
-    /// route's request rate exists from the first scrape. Upstream outcomes are all written: there are few,
-    /// and an alert on `outcome="timeout"` should see 0, not nothing.
+    /// Writes the families this registry owns.
     pub fn render(&self, out: &mut String) {
+        self.render_server_durations(out);
+        self.render_client_durations(out);
+        labelled(
+            out,
+            "fanout_calls_shed_total",
+            "counter",
+            "API calls answered at once without upstream requests, by the limit that shed them",
+            "reason",
+            ShedReason::ALL.map(|reason| (reason.label(), self.shed[reason as usize].get())),
+        );
+        self.render_hedges(out);
+        family(
+            out,
+            "fanout_deadline_overshoot_seconds",
+            "histogram",
+            "How late each API response with a deadline was written after it (0 when in time)",
+        );
+        self.overshoot
+            .render(out, "fanout_deadline_overshoot_seconds", "");
+    }
+
+    /// API responses by route and status. A series is written only once it has counts (so 15 statuses
+    /// times 5 routes do not fill the page with zeros), except each route's 200, so every route's request
+    /// rate exists from the first scrape.
+    fn render_server_durations(&self, out: &mut String) {
         family(
             out,
             "fanout_http_server_request_duration_seconds",
@@ -228,6 +250,11 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Upstream requests by outcome, every outcome written: there are few, and an alert on
+    /// `outcome="timeout"` should see 0, not nothing.
+    fn render_client_durations(&self, out: &mut String) {
         family(
             out,
             "fanout_http_client_request_duration_seconds",
@@ -241,14 +268,10 @@ impl Metrics {
                 &format!("outcome=\"{}\"", outcome.label()),
             );
         }
-        labelled(
-            out,
-            "fanout_calls_shed_total",
-            "counter",
-            "API calls answered at once without upstream requests, by the limit that shed them",
-            "reason",
-            ShedReason::ALL.map(|reason| (reason.label(), self.shed[reason as usize].get())),
-        );
+    }
+
+    /// What `/api/smart` did about its hedge requests.
+    fn render_hedges(&self, out: &mut String) {
         counter(
             out,
             "fanout_smart_hedges_total",
@@ -267,14 +290,6 @@ impl Metrics {
             "/api/smart calls whose hedge delay passed when the hedge budget (--hedge-budget) had no room: they waited for their first request",
             self.hedges_refused.get(),
         );
-        family(
-            out,
-            "fanout_deadline_overshoot_seconds",
-            "histogram",
-            "How late each API response with a deadline was written after it (0 when in time)",
-        );
-        self.overshoot
-            .render(out, "fanout_deadline_overshoot_seconds", "");
     }
 }
 

@@ -9,8 +9,8 @@
 //! | response duration, status, overshoot   | the connection task, once the response is written  |
 //! | the access line                        | the same place, with the call's upstream attempts  |
 //! | calls in flight, calls shed            | `Api::prepare` (admission control)                 |
-//! | each upstream request's outcome        | `Calls`, as outcomes arrive or the call ends       |
-//! | hedges fired, won and refused          | `Api::run`, from what `Calls` saw                  |
+//! | each upstream request's outcome        | `Requests`, as outcomes arrive or the call ends       |
+//! | hedges fired, won and refused          | `Api::run`, from what `Requests` saw                  |
 //! | the hedge delay now                    | read from `api::hedge` at scrape time              |
 //! | pool connections, connects, reuses     | read from the pool's own counters at scrape time   |
 //! | process memory, CPU, descriptors       | read from `/proc` at scrape time                   |
@@ -43,12 +43,14 @@ pub struct Attempt {
     /// Its span in the call's trace: the parent-id of the `traceparent` it sent.
     pub span_id: SpanId,
     pub outcome: OutcomeKind,
+    /// From the call's start (its head parsed) to starting it: a hedge starts at about the hedge delay.
+    pub start: Duration,
     /// From starting it to its outcome (or to the call's end, for one cancelled).
     pub duration: Duration,
 }
 
-/// Figures read from their owners at scrape time, for [`Telemetry::render`].
-pub struct Gauges {
+/// Figures read from their owners at scrape time, for [`Telemetry::render`]: a snapshot, not counters.
+pub struct ReadNow {
     /// API calls admitted and not yet answered.
     pub in_flight: usize,
     /// API calls allowed in flight now.
@@ -151,9 +153,10 @@ impl Telemetry {
                 for a in done.attempts {
                     let _ = write!(
                         line,
-                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"duration_ms\":{:.3}}},",
+                        "{{\"span_id\":\"{}\",\"outcome\":\"{}\",\"start_ms\":{:.3},\"duration_ms\":{:.3}}},",
                         a.span_id,
                         a.outcome.label(),
+                        ms(a.start),
                         ms(a.duration)
                     );
                 }
@@ -165,86 +168,22 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of everything: this registry's families, then the
     /// figures read now from their owners.
-    pub fn render(&self, now: &Gauges) -> String {
-        let pool = &now.pool;
+    pub fn render(&self, now: &ReadNow) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out);
-        gauge(
-            &mut out,
-            "fanout_http_server_active_requests",
-            "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
-            now.in_flight,
-        );
-        gauge(
-            &mut out,
-            "fanout_in_flight_limit",
-            "API calls allowed in flight now: --max-in-flight, or less while the runtimes lag (api::limit)",
-            now.in_flight_limit,
-        );
-        gauge(
-            &mut out,
-            "fanout_runtime_lag_seconds",
-            "How late the runtimes ran a task whose timer had fired, the worst of the last 0.5 s (api::limit)",
-            now.runtime_lag.as_secs_f64(),
-        );
-        gauge(
-            &mut out,
-            "fanout_deadline_lead_seconds",
-            "How long before its deadline a call stops waiting now: the 99.9th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
-            now.deadline_lead.as_secs_f64(),
-        );
-        gauge(
-            &mut out,
-            "fanout_smart_hedge_delay_seconds",
-            "How long /api/smart waits for its first request before hedging: --hedge-delay-ms, or with `auto` the percentile of recent upstream latency (api::hedge)",
-            now.hedge_delay.as_secs_f64(),
-        );
+        render_calls(&mut out, now);
+        render_pool(&mut out, &now.pool);
+        self.render_health(&mut out);
+        self.render_log(&mut out);
+        metrics::process::render(&mut out);
+        out
+    }
 
-        labelled(
-            &mut out,
-            "fanout_upstream_pool_connections",
-            "gauge",
-            "Open upstream connections by state: idle in the pool, or active (in an exchange, or being opened)",
-            "state",
-            [("idle", pool.idle), ("active", pool.open.saturating_sub(pool.idle))],
-        );
-        counter(
-            &mut out,
-            "fanout_upstream_pool_connects_total",
-            "New upstream connections established (TCP, and TLS for https)",
-            pool.connects,
-        );
-        counter(
-            &mut out,
-            "fanout_upstream_pool_reuses_total",
-            "Upstream requests sent on an idle pooled connection",
-            pool.reuses,
-        );
-        counter(
-            &mut out,
-            "fanout_upstream_pool_stale_retries_total",
-            "Upstream requests retried on a new connection because a reused one had been closed",
-            pool.stale_retries,
-        );
-        counter(
-            &mut out,
-            "fanout_upstream_pool_waits_total",
-            "Upstream requests that waited for a connection because the connection cap was reached",
-            pool.slot_waits,
-        );
-        gauge(&mut out, "fanout_upstream_pool_lingering", "Upstream exchanges finishing in the background now, after their caller stopped waiting", pool.lingering);
-        labelled(
-            &mut out,
-            "fanout_upstream_background_exchanges_total",
-            "counter",
-            "Upstream exchanges whose caller stopped waiting, by how they ended: finished (connection kept) or abandoned (closed)",
-            "result",
-            [("finished", pool.finished_in_background), ("abandoned", pool.abandoned)],
-        );
-
+    /// The upstream's last minute as the health window sees it, its verdict, and whether we take work.
+    fn render_health(&self, out: &mut String) {
         let window = self.health.snapshot();
         labelled(
-            &mut out,
+            out,
             "fanout_upstream_recent_requests",
             "gauge",
             "Upstream requests in the last 60 s by outcome (a sliding window; for history, use rate() on fanout_http_client_request_duration_seconds_count)",
@@ -252,11 +191,11 @@ impl Telemetry {
             OutcomeKind::ALL.map(|outcome| (outcome.label(), window.outcomes[outcome as usize])),
         );
         if let Some(ratio) = window.success_ratio {
-            gauge(&mut out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
+            gauge(out, "fanout_upstream_recent_success_ratio", "Share of upstream requests in the last 60 s that succeeded (cancelled ones left out)", ratio);
         }
         if let Some(latency) = window.latency() {
             labelled(
-                &mut out,
+                out,
                 "fanout_upstream_recent_latency_seconds",
                 "gauge",
                 "Latency quantiles (label q) of successful upstream requests in the last 60 s, estimated from buckets; not a summary, so not `quantile`",
@@ -264,28 +203,114 @@ impl Telemetry {
                 health::QUANTILES.iter().zip(latency),
             );
         }
-        gauge(&mut out, "fanout_upstream_healthy", "1 while the upstream's recent success ratio is at or above --upstream-health-threshold", u8::from(self.health.is_healthy()));
+        gauge(out, "fanout_upstream_healthy", "1 while the upstream's recent success ratio is at or above --upstream-health-threshold", u8::from(self.health.is_healthy()));
         gauge(
-            &mut out,
+            out,
             "fanout_ready",
             "1 while accepting work, 0 once draining for shutdown",
             u8::from(self.is_ready()),
         );
+    }
+
+    /// What the log held back or lost.
+    fn render_log(&self, out: &mut String) {
         counter(
-            &mut out,
+            out,
             "fanout_log_warnings_suppressed_total",
             "Warning and error log lines held back by the log's rate limit",
             self.log.suppressed_total(),
         );
         counter(
-            &mut out,
+            out,
             "fanout_log_lines_dropped_total",
             "Log lines dropped because stdout's reader did not keep up (the log says how many where they are missing)",
             crate::log::writer::stdout_dropped_total(),
         );
-        metrics::process::render(&mut out);
-        out
     }
+}
+
+/// The calls now: how many are in flight and may be (admission), and when they stop waiting or hedge.
+fn render_calls(out: &mut String, now: &ReadNow) {
+    gauge(
+        out,
+        "fanout_http_server_active_requests",
+        "API calls in flight now, admitted and not yet answered (OpenTelemetry http.server.active_requests)",
+        now.in_flight,
+    );
+    gauge(
+        out,
+        "fanout_in_flight_limit",
+        "API calls allowed in flight now: --max-in-flight, or less while the runtimes lag (api::limit)",
+        now.in_flight_limit,
+    );
+    gauge(
+        out,
+        "fanout_runtime_lag_seconds",
+        "How late the runtimes ran a task whose timer had fired, the worst of the last 0.5 s (api::limit)",
+        now.runtime_lag.as_secs_f64(),
+    );
+    gauge(
+        out,
+        "fanout_deadline_lead_seconds",
+        "How long before its deadline a call stops waiting now: the 99.9th percentile of how late answers were ready in the last busy second, at least the timer's 1 ms (api::lead)",
+        now.deadline_lead.as_secs_f64(),
+    );
+    gauge(
+        out,
+        "fanout_smart_hedge_delay_seconds",
+        "How long /api/smart waits for its first request before hedging: --hedge-delay-ms, or with `auto` the percentile of recent upstream latency (api::hedge)",
+        now.hedge_delay.as_secs_f64(),
+    );
+}
+
+/// The upstream connection pool: its connections now, and what it has done with them.
+fn render_pool(out: &mut String, pool: &PoolStats) {
+    labelled(
+        out,
+        "fanout_upstream_pool_connections",
+        "gauge",
+        "Open upstream connections by state: idle in the pool, or active (in an exchange, or being opened)",
+        "state",
+        [("idle", pool.idle), ("active", pool.open.saturating_sub(pool.idle))],
+    );
+    counter(
+        out,
+        "fanout_upstream_pool_connects_total",
+        "New upstream connections established (TCP, and TLS for https)",
+        pool.connects,
+    );
+    counter(
+        out,
+        "fanout_upstream_pool_reuses_total",
+        "Upstream requests sent on an idle pooled connection",
+        pool.reuses,
+    );
+    counter(
+        out,
+        "fanout_upstream_pool_stale_retries_total",
+        "Upstream requests retried on a new connection because a reused one had been closed",
+        pool.stale_retries,
+    );
+    counter(
+        out,
+        "fanout_upstream_pool_waits_total",
+        "Upstream requests that waited for a connection because the connection cap was reached",
+        pool.slot_waits,
+    );
+    gauge(
+        out,
+        "fanout_upstream_pool_lingering",
+        "Upstream exchanges finishing in the background now, after their caller stopped waiting",
+        pool.lingering,
+    );
+    labelled(
+        out,
+        "fanout_upstream_background_exchanges_total",
+        "counter",
+        "Upstream exchanges whose caller stopped waiting, by how they ended: finished (connection kept) or abandoned (closed)",
+        "result",
+        [("finished", pool.finished_in_background), ("abandoned", pool.abandoned)],
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -165,6 +165,16 @@ async fn smart_counts_a_hedge_and_whether_it_won() {
     assert_eq!(outcomes[0], "cancelled");
     outcomes[1..].sort();
     assert_eq!(outcomes[1..], ["cancelled", "ok"]);
+    // Each attempt's start, from the call's: the first at once, the hedges together once the delay passed,
+    // and the answer after them.
+    let start = |i: usize| line["attempts"][i]["start_ms"].as_f64().unwrap();
+    assert!((0.0..50.0).contains(&start(0)), "{line}");
+    assert!(
+        start(1) >= start(0) + 50.0,
+        "not before the hedge delay: {line}"
+    );
+    assert_eq!(start(1), start(2), "the hedges start together: {line}");
+    assert!(line["duration_ms"].as_f64().unwrap() > start(1), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,12 +264,15 @@ async fn one_traceparent_is_followed_from_the_caller_to_each_upstream_request_an
         line["overshoot_ms"].as_f64().unwrap() < 0.0,
         "answered before the deadline"
     );
+    let first_start = &line["attempts"][0]["start_ms"];
+    assert!(first_start.as_f64().unwrap() >= 0.0);
     let mut logged_spans: Vec<String> = line["attempts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| {
             assert_eq!(a["outcome"], "ok");
+            assert_eq!(&a["start_ms"], first_start, "all three start together");
             a["span_id"].as_str().unwrap().to_string()
         })
         .collect();

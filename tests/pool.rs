@@ -1,14 +1,15 @@
 //! The upstream connection pool, seen from outside: every claim is proved by counting connections at the
 //! simulated upstream (or in the kernel's socket table), never by trusting the pool's own bookkeeping.
 //!
-//! The rules under test (src/upstream/pool.rs states them):
-//! - an idle connection is reused rather than a new one opened;
+//! The rules under test, by their numbers in src/upstream/pool.rs:
+//! - an idle connection is reused rather than a new one opened (2);
 //! - only a complete exchange puts a connection back: a body over the cap, a body cut off by the deadline,
-//!   bytes after the response, or `Connection: close` all mean a fresh connection next time;
-//! - a connection the upstream closed while it sat idle never costs a failed call;
-//! - idle connections are closed after the idle timeout, and beyond `max_idle`;
+//!   bytes after the response, or `Connection: close` all mean a fresh connection next time (1);
+//! - a connection the upstream closed while it sat idle never costs a failed call (3, 6);
+//! - a burst of new connections resumes TLS sessions (8);
+//! - idle connections are closed after the idle timeout, and beyond `max_idle` (4, 5);
 //! - open connections never exceed `max_connections`, and a caller waiting for one still answers by its
-//!   deadline.
+//!   deadline (5).
 
 mod common;
 

@@ -357,6 +357,31 @@ async fn limits_answer_413_414_and_431() {
     assert_eq!(r.status, 431);
 }
 
+/// Found by the fuzz target `request_head`'s property, on an edge case of its corpus
+/// (`fuzz/corpus/request_head/crash-version-arriving-over-the-head-limit`): a request line whose version was
+/// still arriving ("HTTP/2", no line end yet) was waited for however large it was, past `--max-head-bytes`,
+/// until the head timeout. Now its bounds are those of any head still arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_whose_version_is_still_arriving_is_held_within_the_head_limit() {
+    let svc =
+        Service::start_with(common::quiet_upstream(), |c| c.limits.max_head_bytes = 200).await;
+    let mut c = svc.client().await;
+    let t = std::time::Instant::now();
+    c.send(format!("GET /{} HTTP/2", "x".repeat(300)).as_bytes())
+        .await;
+    let r = c.response().await.expect("a response");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (431, "header_fields_too_large")
+    );
+    assert!(
+        t.elapsed() < common::ms(2000),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    assert!(c.closed_by_server().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_long_target_gets_414_whatever_else_is_wrong() {
     let svc = Service::start().await;

@@ -13,18 +13,18 @@ from .common import log
 from .loadgen import PERCENTILES
 from .scenarios import SCENARIOS
 
-MATPLOTLIB_MISSING = ("bench: --plot needs matplotlib, which is not installed; install it with\n"
+MATPLOTLIB_MISSING = ("bench: {what} needs matplotlib, which is not installed; install it with\n"
                       "    pip install -r bench/requirements.txt")
 # Colour and marker by implementation, line style by load generator.
 STYLES = {"fanout": ("#1f5fa8", "o"), "peer": ("#c8461d", "s")}
 LINESTYLES = {"oha": "-", "wrk": ":"}
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(what: str = "--plot") -> None:
     try:
-        import matplotlib  # noqa: F401  (optional: only --plot needs it)
+        import matplotlib  # noqa: F401  (optional: only --plot and waterfall.py need it)
     except ImportError:
-        raise SystemExit(MATPLOTLIB_MISSING) from None
+        raise SystemExit(MATPLOTLIB_MISSING.format(what=what)) from None
 
 
 def nines(p: float) -> float:

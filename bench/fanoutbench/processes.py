@@ -127,6 +127,18 @@ class Processes:
             signal.signal(signal.SIGINT, previous)
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def unwind_on_signals() -> None:
+    """SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, through every `finally`, so every process started
+    is stopped. SIGINT is set too: a shell starts background jobs with it ignored, and then Python
+    would not raise on it."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def free_port() -> int:
     """A port the kernel just handed out on 127.0.0.1 (free now; a tiny race is accepted)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

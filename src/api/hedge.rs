@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{Duration, Instant};
 
-use super::{claim_due, micros};
+use super::clock::{micros, Period};
 use crate::health::{Health, WINDOW_SECS};
 
 /// The delay with a fixed `--hedge-delay-ms`, and with `auto` until enough latencies are known: the
@@ -112,10 +112,8 @@ impl Default for Settings {
 /// The delay now, and the budget's credit. One per `Api`.
 pub struct Hedging {
     settings: Settings,
-    /// Instants are kept as µs since this one, so that they fit an atomic.
-    epoch: Instant,
-    /// When the delay is next computed, in µs since `epoch`.
-    next_refresh_us: AtomicU64,
+    /// The delay is computed again when this period ends.
+    refresh: Period,
     delay_us: AtomicU64,
     /// The budget's credit, in thousandths of a request.
     credit_milli: AtomicU64,
@@ -129,8 +127,7 @@ impl Hedging {
         };
         Hedging {
             settings: settings.clone(),
-            epoch: now,
-            next_refresh_us: AtomicU64::new(0),
+            refresh: Period::new(now, Duration::ZERO, REFRESH),
             delay_us: AtomicU64::new(micros(start)),
             credit_milli: AtomicU64::new(0),
         }
@@ -150,8 +147,7 @@ impl Hedging {
     }
 
     fn refresh(&self, health: &Health, now: Instant) {
-        let now_us = micros(now.saturating_duration_since(self.epoch));
-        if !claim_due(&self.next_refresh_us, now_us, REFRESH) {
+        if self.refresh.claim(now).is_none() {
             return; // not due, or another call is computing it
         }
         let mut window = health.last(self.settings.horizon_secs);

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{Duration, Instant};
 
-use super::micros;
+use super::clock::{micros, Period};
 
 /// The least lead: tokio's timer fires on whole milliseconds, rounding up, so a timer aimed at the
 /// deadline itself fires up to 1 ms after it; aimed 1 ms earlier it fires by the deadline.
@@ -65,10 +65,8 @@ const BUCKETS: usize = (LARGEST_MAX.as_micros() as u64 / STEP_US) as usize + 1;
 
 /// The lead now, and this second's delays.
 pub struct Lead {
-    /// Instants are kept as µs since this one, so that they fit an atomic.
-    epoch: Instant,
-    /// When this second's window ends, in µs since `epoch`.
-    window_end_us: AtomicU64,
+    /// This second's window.
+    window: Period,
     /// This second's delays, by bucket.
     delays: [AtomicU64; BUCKETS],
     /// The lead, in µs.
@@ -81,8 +79,7 @@ impl Lead {
     /// A lead of [`FLOOR`] to start with, and at most `max` (between [`FLOOR`] and [`LARGEST_MAX`]).
     pub fn new(now: Instant, max: Duration) -> Lead {
         Lead {
-            epoch: now,
-            window_end_us: AtomicU64::new(micros(WINDOW)),
+            window: Period::new(now, WINDOW, WINDOW),
             delays: std::array::from_fn(|_| AtomicU64::new(0)),
             lead_us: AtomicU64::new(micros(FLOOR)),
             max_us: micros(max.clamp(FLOOR, LARGEST_MAX)),
@@ -110,18 +107,10 @@ impl Lead {
     /// Ends the window if its second is over: the lead becomes its 99.9th percentile, or half the lead if
     /// that is more; and each whole second since, which nobody rolled over and so had no delays, halves it.
     fn roll_over(&self, now: Instant) {
-        let now_us = micros(now.saturating_duration_since(self.epoch));
-        let end_us = self.window_end_us.load(Ordering::Relaxed);
-        let next_end_us = now_us + micros(WINDOW);
-        let claimed = now_us >= end_us
-            && self
-                .window_end_us
-                .compare_exchange(end_us, next_end_us, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if !claimed {
+        let Some(overdue) = self.window.claim(now) else {
             return; // not over, or another call is rolling it over
-        }
-        let quiet_seconds = (now_us - end_us) / micros(WINDOW);
+        };
+        let quiet_seconds = micros(overdue) / micros(WINDOW);
         let counts: [u64; BUCKETS] =
             std::array::from_fn(|i| self.delays[i].swap(0, Ordering::Relaxed));
         let total: u64 = counts.iter().sum();

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::time::{sleep, sleep_until, Duration, Instant};
 
-use super::micros;
+use super::clock::micros;
 
 /// How often each probe wakes while calls come near the limit (half of it, in this window) ...
 pub const PROBE_EVERY: Duration = Duration::from_millis(5);

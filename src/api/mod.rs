@@ -1,33 +1,36 @@
 //! The API: routing, the `timeout` parameter, and the four strategies.
 //!
 //! Reading order: [`Api::prepare`] and [`Api::run`] (here), then [`query`] (the `timeout` parameter),
-//! [`calls`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
+//! [`requests`] (starting upstream requests and collecting their outcomes), [`strategies`] (one function per
 //! endpoint), [`hedge`] (when `/api/smart` hedges, and how often it may) and [`lead`] (how long before its
-//! deadline a call stops waiting).
+//! deadline a call stops waiting). [`limit`] (the in-flight limit) and `clock` (time kept in atomics) are
+//! machinery a first reading may skip.
 
-pub mod calls;
+mod clock;
 pub mod hedge;
 pub mod lead;
 pub mod limit;
 pub mod query;
+pub mod requests;
 pub mod strategies;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
 
 pub use crate::endpoint::Endpoint;
+use crate::held::Held;
 use crate::http::request::RequestHead;
 use crate::http::response::Response;
 use crate::metrics::ShedReason;
-use crate::telemetry::{Attempt, Gauges, Telemetry};
+use crate::telemetry::{Attempt, ReadNow, Telemetry};
 use crate::trace::CallTrace;
-use crate::upstream::{Place, PoolStats, Upstream};
-use calls::Calls;
+use crate::upstream::{PoolStats, RunOn, Upstream};
 use hedge::Hedging;
 use lead::Lead;
 use limit::Limit;
+use requests::Requests;
 use strategies::{Answer, Failure};
 
 /// The methods the server recognises (RFC 9110 §9.3, and PATCH): on an endpoint, those other than GET and
@@ -116,20 +119,12 @@ pub enum Prepared {
 pub struct Call {
     endpoint: Endpoint,
     timeout: Duration,
+    /// When its head was parsed: the deadline, and the access line's times, count from here.
+    started: Instant,
     /// The strategy's deadline: `started + timeout` less the lead.
     deadline: Instant,
-    _admitted: Admitted,
-}
-
-/// A place for one call, taken by [`Api::admit`]: counts the call in flight for as long as it lives (drop
-/// guard: every way a call ends releases its place, a dropped future included).
-#[derive(Debug)]
-struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// Its place among the calls in flight (see [`Api::admit`]).
+    _place: Held<Arc<AtomicUsize>>,
 }
 
 impl Call {
@@ -187,7 +182,7 @@ impl Api {
 
     /// The Prometheus exposition of everything (see `Telemetry::render`).
     pub fn render_metrics(&self) -> String {
-        self.telemetry.render(&Gauges {
+        self.telemetry.render(&ReadNow {
             in_flight: self.in_flight(),
             in_flight_limit: self.limit.current(),
             runtime_lag: self.limit.last_lag(),
@@ -197,90 +192,35 @@ impl Api {
         })
     }
 
-    /// Takes a place for one more call, if there is one. Beyond the limit the call is shed at once: waiting
-    /// would only make it miss its deadline, and the upstream is spared work nobody could use in time.
-    fn admit(&self) -> Option<Admitted> {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Takes a place for one more call, if there is one: a drop guard that counts the call in flight for as
+    /// long as it lives, so every way a call ends gives it back, a dropped future included. Beyond the limit
+    /// the call is shed at once: waiting would only make it miss its deadline, and the upstream is spared
+    /// work nobody could use in time.
+    fn admit(&self) -> Option<Held<Arc<AtomicUsize>>> {
+        let (place, n) = Held::counted(self.in_flight.clone());
         if n > self.limit.current() {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            return None; // `place` is dropped: given back
         }
         self.limit.in_flight(n);
-        Some(Admitted(self.in_flight.clone()))
+        Some(place)
     }
 
-    /// The first half of answering one request, which needs no waiting: routing, the `timeout` parameter,
-    /// and admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
+    /// The first half of answering one request, which needs no waiting: routing and the `timeout` parameter
+    /// (`route`), then admission. Either the answer (an error, or the call shed), or a call admitted, its place taken,
     /// for [`Api::run`]. `started` is when its head was parsed: the deadline counts from there. The two
     /// halves are apart because the shed runtime (`server/connection.rs`) runs only this one: it answers
     /// there what needs no upstream, and hands an admitted call back to the API's runtime.
     pub fn prepare(&self, head: &RequestHead, started: Instant) -> Prepared {
-        // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
-        // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
-        // case-sensitive: "get" is not GET.
-        if !KNOWN_METHODS.contains(&head.method.as_str()) {
-            let response = Response::error(
-                501,
-                "not_implemented",
-                &format!("the method {} is not implemented", head.method),
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        }
-        // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
-        if head.method == "OPTIONS" && head.target == "*" {
-            let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
-            return Prepared::Answer(Handled::plain(response, None));
-        }
-        let Some(target) = head.path_and_query() else {
-            let response = Response::error(
-                400,
-                "bad_request",
-                "the request target must be a path such as /api/all?timeout=500",
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let Some(endpoint) = Endpoint::from_path(path) else {
-            let response = Response::error(
-                404,
-                "not_found",
-                "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
-            );
-            return Prepared::Answer(Handled::plain(response, None));
-        };
-        // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
-        // methods the resource supports in Allow.
-        if head.method != "GET" && head.method != "HEAD" {
-            let response = Response::error(
-                405,
-                "method_not_allowed",
-                &format!("{path} supports GET (and HEAD) only"),
-            )
-            .with_header("Allow", "GET, HEAD");
-            return Prepared::Answer(Handled::plain(response, Some(endpoint)));
-        }
-        let timeout = match query::timeout_ms(query, self.max_timeout_ms) {
-            Ok(ms) => Duration::from_millis(ms),
-            Err(message) => {
-                let response = Response::error(400, "bad_request", &message);
-                return Prepared::Answer(Handled::plain(response, Some(endpoint)));
-            }
+        let (endpoint, timeout) = match route(head, self.max_timeout_ms) {
+            Ok(call) => call,
+            Err(answer) => return Prepared::Answer(answer),
         };
         // The strategy's deadline is the call's less the lead: at least one timer tick (tokio's timer
         // rounds up to whole milliseconds), more when answers have lately been written late (`lead`).
         let deadline = started + timeout.saturating_sub(self.lead.for_timeout(timeout, started));
-        let Some(admitted) = self.admit() else {
+        let Some(place) = self.admit() else {
             self.shed(ShedReason::MaxInFlight, self.limit.current());
-            let response = match endpoint {
-                // Its contract is never to fail: what arrived in time is nothing.
-                Endpoint::WithinTimeout => Response::json(200, b"[]".to_vec()),
-                _ => Response::error(
-                    503,
-                    "overloaded",
-                    "too many calls in flight; retry in a moment",
-                )
-                .with_header("Retry-After", "1"),
-            };
+            let response = shed_answer(Some(endpoint), "too many calls in flight");
             return Prepared::Answer(Handled {
                 timeout: Some(timeout),
                 shed: true,
@@ -290,8 +230,9 @@ impl Api {
         Prepared::Call(Call {
             endpoint,
             timeout,
+            started,
             deadline,
-            _admitted: admitted,
+            _place: place,
         })
     }
 
@@ -299,54 +240,44 @@ impl Api {
     /// child of it. Each request the call makes is written to `attempts` when the call ends.
     ///
     /// Cancel safety: dropping this future (its client left) drops the call, whose place is given back, and
-    /// its [`Calls`], so its upstream requests see their caller gone (see `api::calls`) and `attempts` gets
+    /// its [`Requests`], so its upstream requests see their caller gone (see `api::requests`) and `attempts` gets
     /// them all, those still running as `cancelled`.
     pub async fn run(&self, call: Call, trace: &CallTrace, attempts: &mut Vec<Attempt>) -> Handled {
         // `call` itself lives to the end, and with it the call's place.
         let (endpoint, timeout, deadline) = (call.endpoint, call.timeout, call.deadline);
-        let place = match self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
-            true => Place::UpstreamRuntime,
-            false => Place::Here,
-        };
-        let mut calls = Calls::new(
+        let mut requests = Requests::new(
             self.upstream.clone(),
             self.telemetry.clone(),
             *trace,
+            call.started,
             deadline,
-            place,
+            self.run_on(),
             attempts,
         );
 
         let outcome = match endpoint {
-            Endpoint::All => strategies::all(&mut calls, deadline).await,
-            Endpoint::First => strategies::first(&mut calls, deadline).await,
-            Endpoint::WithinTimeout => Ok(strategies::within_timeout(&mut calls, deadline).await),
+            Endpoint::All => strategies::all(&mut requests, deadline).await,
+            Endpoint::First => strategies::first(&mut requests, deadline).await,
+            Endpoint::WithinTimeout => {
+                Ok(strategies::within_timeout(&mut requests, deadline).await)
+            }
             Endpoint::Smart => {
-                strategies::smart(&mut calls, deadline, &self.hedging, &self.telemetry.health).await
+                strategies::smart(
+                    &mut requests,
+                    deadline,
+                    &self.hedging,
+                    &self.telemetry.health,
+                )
+                .await
             }
         };
         // The answer is decided: what is still running is cancelled now, before the response is written.
-        let finished = calls.finish();
+        let finished = requests.finish();
         // The answer of /api/smart is its first success; a hedge won if that was not request 0.
         if finished.hedged && outcome.is_ok() && finished.first_success.is_some_and(|i| i > 0) {
             self.telemetry.metrics.hedges_won.inc();
         }
-        let response = match outcome {
-            Ok(answer) => Response::json(200, encode(&answer)),
-            Err(Failure::Timeout) => Response::error(
-                504,
-                "timeout",
-                &format!(
-                    "the upstream did not answer within the timeout of {} ms",
-                    timeout.as_millis()
-                ),
-            ),
-            Err(Failure::AllFailed(why)) => Response::error(
-                502,
-                "upstream_failed",
-                &format!("every upstream request failed: {why}"),
-            ),
-        };
+        let response = respond(outcome, timeout);
         // A call that waited until its strategy's deadline: how late it is ready to be written sets the
         // lead for the calls to come.
         let now = Instant::now();
@@ -359,12 +290,115 @@ impl Api {
         }
     }
 
+    /// Which runtime a call's upstream requests run on: the upstream runtime while more than
+    /// [`SPREAD_ABOVE`] clients are connected, the caller's otherwise.
+    fn run_on(&self) -> RunOn {
+        if self.connections.load(Ordering::Relaxed) > SPREAD_ABOVE {
+            RunOn::UpstreamRuntime
+        } else {
+            RunOn::CallersRuntime
+        }
+    }
+
     /// Counts a shed call, and says so in the log (rate-limited: shedding comes in floods) with the limit
     /// that was reached, under the reason's own name: `{"reason": "max_in_flight", "max_in_flight": 2560}`.
     pub(crate) fn shed(&self, reason: ShedReason, limit: usize) {
         self.telemetry.metrics.shed[reason as usize].inc();
         let fields = serde_json::json!({"reason": reason.label(), reason.label(): limit});
         self.telemetry.log.warn("call_shed", fields);
+    }
+}
+
+/// What a request asks for, judged from its head alone: its endpoint and `timeout`, or the answer without
+/// the upstream (an error, or `OPTIONS *`'s). The part of [`Api::prepare`] that needs no state, so the fuzz
+/// target `request_head` (`fuzzing.rs`) can feed it any head.
+pub(crate) fn route(
+    head: &RequestHead,
+    max_timeout_ms: u64,
+) -> Result<(Endpoint, Duration), Handled> {
+    // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
+    // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
+    // case-sensitive: "get" is not GET.
+    if !KNOWN_METHODS.contains(&head.method.as_str()) {
+        let response = Response::error(
+            501,
+            "not_implemented",
+            &format!("the method {} is not implemented", head.method),
+        );
+        return Err(Handled::plain(response, None));
+    }
+    // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
+    if head.method == "OPTIONS" && head.target == "*" {
+        let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
+        return Err(Handled::plain(response, None));
+    }
+    let Some(target) = head.path_and_query() else {
+        let response = Response::error(
+            400,
+            "bad_request",
+            "the request target must be a path such as /api/all?timeout=500",
+        );
+        return Err(Handled::plain(response, None));
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        let response = Response::error(
+            404,
+            "not_found",
+            "no such endpoint; use /api/all, /api/first, /api/within-timeout or /api/smart",
+        );
+        return Err(Handled::plain(response, None));
+    };
+    // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
+    // methods the resource supports in Allow.
+    if head.method != "GET" && head.method != "HEAD" {
+        let response = Response::error(
+            405,
+            "method_not_allowed",
+            &format!("{path} supports GET (and HEAD) only"),
+        )
+        .with_header("Allow", "GET, HEAD");
+        return Err(Handled::plain(response, Some(endpoint)));
+    }
+    let timeout = match query::timeout_ms(query, max_timeout_ms) {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(message) => {
+            let response = Response::error(400, "bad_request", &message);
+            return Err(Handled::plain(response, Some(endpoint)));
+        }
+    };
+    Ok((endpoint, timeout))
+}
+
+/// The answer to a call shed because `why` (a limit was reached), whichever limit it was: `200 []` from
+/// `/api/within-timeout`, whose contract is never to fail (what arrived in time is nothing), and
+/// `503 overloaded` with `Retry-After: 1` from everything else.
+pub fn shed_answer(endpoint: Option<Endpoint>, why: &str) -> Response {
+    match endpoint {
+        Some(Endpoint::WithinTimeout) => Response::json(200, b"[]".to_vec()),
+        _ => Response::error(503, "overloaded", &format!("{why}; retry in a moment"))
+            .with_header("Retry-After", "1"),
+    }
+}
+
+/// The response to a decided call: `200` with its answer, `504` at the deadline, `502` when every request
+/// failed.
+fn respond(outcome: Result<Answer, Failure>, timeout: Duration) -> Response {
+    match outcome {
+        Ok(answer) => Response::json(200, encode(&answer)),
+        Err(Failure::Timeout) => Response::error(
+            504,
+            "timeout",
+            &format!(
+                "the upstream did not answer within the timeout of {} ms",
+                timeout.as_millis()
+            ),
+        ),
+        Err(Failure::AllFailed(why)) => Response::error(
+            502,
+            "upstream_failed",
+            &format!("every upstream request failed: {why}"),
+        ),
     }
 }
 
@@ -378,27 +412,6 @@ fn encode(answer: &Answer) -> Vec<u8> {
             format!("[{}]", objects.join(",")).into_bytes()
         }
     }
-}
-
-/// A duration in whole µs, as `hedge`, `lead` and `limit` keep instants and durations in atomics.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Whether the caller is the one to act on a period ending at `*end` (µs, like `now_us`): true once the
-/// period is over and this caller moved `end` to `period` from now; false before it is over, or when
-/// another caller moved it first (one compare-exchange, no lock).
-fn claim_due(end: &AtomicU64, now_us: u64, period: Duration) -> bool {
-    let due = end.load(Ordering::Relaxed);
-    now_us >= due
-        && end
-            .compare_exchange(
-                due,
-                now_us + micros(period),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
 }
 
 #[cfg(test)]

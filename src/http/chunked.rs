@@ -219,41 +219,14 @@ impl ChunkedDecoder {
 
     /// Advances the state machine by one byte of framing (never called in `Data`).
     fn step(&mut self, byte: u8) -> Result<(), ChunkedError> {
-        let on_size_line = matches!(
-            self.state,
-            State::SizeStart | State::Size | State::SizeEnd | State::Extension(_)
-        );
-        let on_trailer = matches!(self.state, State::TrailerStart | State::Trailer);
-        if on_size_line || on_trailer {
-            self.line_bytes += 1;
-            if self.line_bytes > MAX_LINE_BYTES {
-                return Err(ChunkedError::LineTooLong);
-            }
-        }
-        if on_trailer {
-            self.trailer_bytes += 1;
-            if self.trailer_bytes > MAX_TRAILER_BYTES {
-                return Err(ChunkedError::TrailersTooLarge);
-            }
-        }
-
+        self.count_against_bounds()?;
         self.state = match (self.state, byte) {
             (State::Size, b';') => State::Extension(Ext::NameStart),
             (State::Size, b' ' | b'\t') => State::SizeEnd,
             (State::Size, b'\r') => State::SizeLf,
             // chunk-size = 1*HEXDIG: at least one digit. `remaining` is 0 at the start of a size: the
             // previous chunk's data has all been copied.
-            (State::SizeStart | State::Size, _) => {
-                let digit = char::from(byte)
-                    .to_digit(16)
-                    .ok_or(ChunkedError::InvalidSize)?;
-                self.remaining = self
-                    .remaining
-                    .checked_mul(16)
-                    .and_then(|r| r.checked_add(u64::from(digit)))
-                    .ok_or(ChunkedError::SizeOverflow)?;
-                State::Size
-            }
+            (State::SizeStart | State::Size, _) => self.size_digit(byte)?,
             (State::SizeEnd, b' ' | b'\t') => State::SizeEnd,
             (State::SizeEnd, b';') => State::Extension(Ext::NameStart),
             // Whitespace after the size is the BWS of an extension: without one it is junk.
@@ -285,6 +258,43 @@ impl ChunkedDecoder {
             (State::Data | State::Done, _) => unreachable!("decode() never steps in Data or Done"),
         };
         Ok(())
+    }
+
+    /// Counts the byte about to be stepped against [`MAX_LINE_BYTES`] if it is on a size or trailer line,
+    /// and against [`MAX_TRAILER_BYTES`] if on a trailer line.
+    fn count_against_bounds(&mut self) -> Result<(), ChunkedError> {
+        let on_size_line = matches!(
+            self.state,
+            State::SizeStart | State::Size | State::SizeEnd | State::Extension(_)
+        );
+        let on_trailer = matches!(self.state, State::TrailerStart | State::Trailer);
+        if on_size_line || on_trailer {
+            self.line_bytes += 1;
+            if self.line_bytes > MAX_LINE_BYTES {
+                return Err(ChunkedError::LineTooLong);
+            }
+        }
+        if on_trailer {
+            self.trailer_bytes += 1;
+            if self.trailer_bytes > MAX_TRAILER_BYTES {
+                return Err(ChunkedError::TrailersTooLarge);
+            }
+        }
+        Ok(())
+    }
+
+    /// One more hex digit of the chunk size, into `remaining` with checked arithmetic (§7.1: "prevent
+    /// parsing errors due to integer conversion overflows").
+    fn size_digit(&mut self, byte: u8) -> Result<State, ChunkedError> {
+        let digit = char::from(byte)
+            .to_digit(16)
+            .ok_or(ChunkedError::InvalidSize)?;
+        self.remaining = self
+            .remaining
+            .checked_mul(16)
+            .and_then(|r| r.checked_add(u64::from(digit)))
+            .ok_or(ChunkedError::SizeOverflow)?;
+        Ok(State::Size)
     }
 }
 

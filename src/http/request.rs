@@ -76,81 +76,124 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
         ));
     }
 
-    let mut hosts = 0;
-    let mut host = "";
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut content_length: Option<u64> = None;
-    // `Some` once a Transfer-Encoding is seen: presence decides, and an empty one has no final chunked either.
-    let mut transfer_codings: Option<Vec<String>> = None;
-    let mut expect_continue = false;
-    let mut traceparents = 0;
-    let mut traceparent = None;
+    let fields = Fields::collect(req.headers)?;
+    fields.check_host(&target, minor_version)?;
+    let body = fields.body_length(minor_version)?;
 
-    for h in req.headers.iter() {
-        let value = ows_trim(std::str::from_utf8(h.value).unwrap_or("\u{fffd}"));
-        if h.name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = value;
-            if !valid_host(value) {
-                return Err(bad_request("the Host header is not a valid host[:port]"));
+    // RFC 9112 §9.3: HTTP/1.1 persists unless "close" is sent; HTTP/1.0 only with "keep-alive".
+    let keep_alive = !fields.close && (minor_version == 1 || fields.keep_alive_token);
+    Ok(RequestHead {
+        method,
+        target,
+        minor_version,
+        keep_alive,
+        body,
+        expect_continue: fields.expect_continue,
+        traceparent: if fields.traceparents == 1 {
+            fields.traceparent
+        } else {
+            None
+        },
+    })
+}
+
+/// The header fields that decide framing, persistence and tracing, gathered across repeated lines; what
+/// one line alone gets wrong is refused as it is read, what needs them all is judged afterwards.
+#[derive(Default)]
+struct Fields<'buf> {
+    hosts: usize,
+    host: &'buf str,
+    close: bool,
+    keep_alive_token: bool,
+    content_length: Option<u64>,
+    /// `Some` once a Transfer-Encoding is seen: presence decides, and an empty one has no final chunked either.
+    transfer_codings: Option<Vec<String>>,
+    expect_continue: bool,
+    traceparents: usize,
+    traceparent: Option<TraceParent>,
+}
+
+impl<'buf> Fields<'buf> {
+    fn collect(headers: &[httparse::Header<'buf>]) -> Result<Fields<'buf>, Response> {
+        let mut fields = Fields::default();
+        for h in headers {
+            let value = ows_trim(std::str::from_utf8(h.value).unwrap_or("\u{fffd}"));
+            if h.name.eq_ignore_ascii_case("host") {
+                fields.hosts += 1;
+                fields.host = value;
+                if !valid_host(value) {
+                    return Err(bad_request("the Host header is not a valid host[:port]"));
+                }
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for token in value.split(',').map(ows_trim) {
+                    fields.close |= token.eq_ignore_ascii_case("close");
+                    fields.keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                // RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A repeated
+                // one is rejected too, even with equal values: two framings of one message are a smuggling smell.
+                if fields.content_length.is_some() {
+                    return Err(bad_request("more than one Content-Length"));
+                }
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad_request("Content-Length is not a decimal number"));
+                }
+                let too_large = |_| bad_request("Content-Length is too large");
+                fields.content_length = Some(value.parse().map_err(too_large)?);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                fields.transfer_codings.get_or_insert_default().extend(
+                    value
+                        .split(',')
+                        .map(|c| ows_trim(c).to_ascii_lowercase())
+                        .filter(|c| !c.is_empty()),
+                );
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                // RFC 9110 §10.1.1; other expectations are ignored (a MAY-417 we do not use).
+                fields.expect_continue |= value.eq_ignore_ascii_case("100-continue");
+            } else if h.name.eq_ignore_ascii_case(TRACEPARENT) {
+                // Never an error: an invalid (or repeated) trace context is ignored and a new trace begins.
+                fields.traceparents += 1;
+                fields.traceparent = TraceParent::parse(value);
             }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(ows_trim) {
-                close |= token.eq_ignore_ascii_case("close");
-                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
-            }
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            // RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A repeated
-            // one is rejected too, even with equal values: two framings of one message are a smuggling smell.
-            if content_length.is_some() {
-                return Err(bad_request("more than one Content-Length"));
-            }
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad_request("Content-Length is not a decimal number"));
-            }
-            let too_large = |_| bad_request("Content-Length is too large");
-            content_length = Some(value.parse().map_err(too_large)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_codings.get_or_insert_default().extend(
-                value
-                    .split(',')
-                    .map(|c| ows_trim(c).to_ascii_lowercase())
-                    .filter(|c| !c.is_empty()),
-            );
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            // RFC 9110 §10.1.1; other expectations are ignored (a MAY-417 we do not use).
-            expect_continue |= value.eq_ignore_ascii_case("100-continue");
-        } else if h.name.eq_ignore_ascii_case(TRACEPARENT) {
-            // Never an error: an invalid (or repeated) trace context is ignored and a new trace begins.
-            traceparents += 1;
-            traceparent = TraceParent::parse(value);
         }
+        Ok(fields)
     }
 
-    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1 request
-    // message that lacks a Host header field and to any request message that contains more than one Host
-    // header field line or a Host header field with an invalid field value."
-    if hosts > 1 || (hosts == 0 && minor_version == 1) {
-        return Err(bad_request(
-            "an HTTP/1.1 request needs exactly one Host header",
-        ));
-    }
-    // RFC 9112 §3.3: for a target in origin-form (or `*`), Host is the authority of the target URI, and with
-    // an empty one the server "can reject the request or determine whether a configured default applies".
-    // We reject what names an empty authority, since RFC 9110 §4.2.1 says a recipient "MUST reject" an http
-    // URI with an empty host as invalid: a Host that is empty (or only a port); RFC 9112 §3.2 has a client
-    // send an empty Host only when the target URI has no authority. An HTTP/1.0 request without Host, which
-    // predates the field, keeps the default: this server, as before.
-    // In absolute-form the target carries the authority and §3.2.2 says the server "MUST ignore" Host,
-    // whose grammar allows an empty value (reg-name may be empty): `path_and_query` judges the target's.
-    if hosts == 1 && (target.starts_with('/') || target == "*") && !valid_http_authority(host) {
-        return Err(bad_request(
-            "the Host header names no host, which a request in origin form needs",
-        ));
+    /// Whether the Host fields are what the target and the version need.
+    fn check_host(&self, target: &str, minor_version: u8) -> Result<(), Response> {
+        // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1 request
+        // message that lacks a Host header field and to any request message that contains more than one Host
+        // header field line or a Host header field with an invalid field value."
+        if self.hosts > 1 || (self.hosts == 0 && minor_version == 1) {
+            return Err(bad_request(
+                "an HTTP/1.1 request needs exactly one Host header",
+            ));
+        }
+        // RFC 9112 §3.3: for a target in origin-form (or `*`), Host is the authority of the target URI, and with
+        // an empty one the server "can reject the request or determine whether a configured default applies". We
+        // reject what names an empty authority, since RFC 9110 §4.2.1 says a recipient "MUST reject" an http URI
+        // with an empty host as invalid: a Host that is empty (or only a port); RFC 9112 §3.2 has a client send
+        // an empty Host only when the target URI has no authority. An HTTP/1.0 request without Host, which
+        // predates the field, keeps the default: this server, as before.
+        // In absolute-form the target carries the authority and §3.2.2 says the server "MUST ignore" Host,
+        // whose grammar allows an empty value (reg-name may be empty): `path_and_query` judges the target's.
+        let origin_or_asterisk = target.starts_with('/') || target == "*";
+        if self.hosts == 1 && origin_or_asterisk && !valid_http_authority(self.host) {
+            return Err(bad_request(
+                "the Host header names no host, which a request in origin form needs",
+            ));
+        }
+        Ok(())
     }
 
-    let body = if let Some(transfer_codings) = transfer_codings {
+    /// How the body is delimited, from Transfer-Encoding or Content-Length (RFC 9112 §6.3).
+    fn body_length(&self, minor_version: u8) -> Result<BodyLength, Response> {
+        let Some(transfer_codings) = &self.transfer_codings else {
+            return Ok(match self.content_length {
+                None | Some(0) => BodyLength::None,
+                Some(n) => BodyLength::Length(n),
+            });
+        };
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; §6.3 rule 3: with
         // Content-Length too, it "ought to be handled as an error"; rule 4: if chunked is not the final
         // coding the length cannot be determined, and the server "MUST respond with 400 and then close".
@@ -159,7 +202,7 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request",
             ));
         }
-        if content_length.is_some() {
+        if self.content_length.is_some() {
             return Err(bad_request(
                 "a request must not carry both Content-Length and Transfer-Encoding",
             ));
@@ -183,25 +226,8 @@ pub fn interpret(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Respons
                 "only the chunked transfer coding is supported",
             ));
         }
-        BodyLength::Chunked
-    } else {
-        match content_length {
-            None | Some(0) => BodyLength::None,
-            Some(n) => BodyLength::Length(n),
-        }
-    };
-
-    // RFC 9112 §9.3: HTTP/1.1 persists unless "close" is sent; HTTP/1.0 only with "keep-alive".
-    let keep_alive = !close && (minor_version == 1 || keep_alive_token);
-    Ok(RequestHead {
-        method,
-        target,
-        minor_version,
-        keep_alive,
-        body,
-        expect_continue,
-        traceparent: if traceparents == 1 { traceparent } else { None },
-    })
+        Ok(BodyLength::Chunked)
+    }
 }
 
 /// Strips optional whitespace, which in HTTP is only SP and HTAB (RFC 9110 §5.6.3). Not `str::trim`: that
@@ -232,7 +258,7 @@ fn valid_host(v: &str) -> bool {
 }
 
 /// The authority of an http(s) URI: RFC 9110 §4.2.1, a sender "MUST NOT generate an "http" URI with an empty
-/// host identifier" and a recipient "MUST reject it as invalid". So a valid host[:port] whose host is not
+/// host identifier" and a recipient "MUST reject it as invalid". So a valid `host[:port]` whose host is not
 /// empty (a reg-name is the only empty one, and it ends at the first ":").
 fn valid_http_authority(v: &str) -> bool {
     !v.is_empty() && !v.starts_with(':') && valid_host(v)

@@ -37,6 +37,21 @@ pub fn render(out: &mut String) {
             (utime + stime) / USER_HZ,
         );
     }
+    render_memory(out);
+    render_descriptors(out);
+    let boot_time = proc_figure::<f64>("/proc/stat", "btime ");
+    if let (Some(start_ticks), Some(boot)) = (field(22), boot_time) {
+        gauge(
+            out,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            boot + start_ticks / USER_HZ,
+        );
+    }
+}
+
+/// Resident and virtual memory, from `/proc/self/status`.
+fn render_memory(out: &mut String) {
     if let Some(kib) = proc_figure::<u64>("/proc/self/status", "VmRSS:") {
         gauge(
             out,
@@ -53,6 +68,10 @@ pub fn render(out: &mut String) {
             kib * 1024,
         );
     }
+}
+
+/// Open file descriptors and their limit.
+fn render_descriptors(out: &mut String) {
     if let Ok(fds) = fs::read_dir("/proc/self/fd") {
         // The directory being read holds a descriptor of its own, which the count leaves out.
         let open = fds.count().saturating_sub(1);
@@ -69,15 +88,6 @@ pub fn render(out: &mut String) {
             "process_max_fds",
             "Maximum number of open file descriptors.",
             max,
-        );
-    }
-    let boot_time = proc_figure::<f64>("/proc/stat", "btime ");
-    if let (Some(start_ticks), Some(boot)) = (field(22), boot_time) {
-        gauge(
-            out,
-            "process_start_time_seconds",
-            "Start time of the process since unix epoch in seconds.",
-            boot + start_ticks / USER_HZ,
         );
     }
 }

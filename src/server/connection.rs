@@ -115,7 +115,7 @@ impl Connection {
     ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
     /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
-    /// `api::calls`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
+    /// `api::requests`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
     /// dropped, socket and all, the next time the shed worker would have polled it, moments later.
     pub(crate) async fn run(mut self) {
         let mut next = None;
@@ -276,8 +276,8 @@ impl Connection {
     /// a client that gives up (a timeout of its own, a closed tab, a load balancer retrying elsewhere)
     /// just closes its connection, and the server sees EOF, or a reset, when it reads. So while the call
     /// runs, the socket is read too, in one `select!`. If the read ends first, the call's future is
-    /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Calls`,
-    /// whose requests see their caller gone (`api/calls.rs`). Nothing is written; `attempts` keeps what
+    /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Requests`,
+    /// whose requests see their caller gone (`api/requests.rs`). Nothing is written; `attempts` keeps what
     /// the requests did, those still running as `cancelled`, for the `499` access line.
     ///
     /// A read that brings bytes is not a departure: a client may pipeline its next request (RFC 9112
@@ -483,7 +483,9 @@ impl From<Response> for BodyFailed {
 ///
 /// The header slots live on the stack, uninitialised, and httparse fills only those it uses: a `vec!` of
 /// them cost a 2 KiB allocation per request at the default 64, too big for the allocator's per-thread cache.
-fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
+///
+/// Sans-IO, so the fuzz target `request_head` (`fuzzing.rs`) feeds it raw bytes as the connection does.
+pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS_CEILING];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)];
     let mut req = httparse::Request::new(&mut []);
@@ -503,27 +505,7 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             }
             request::interpret(&req).map(|head| Some((head, len)))
         }
-        Ok(httparse::Status::Partial) => {
-            // The request line, after the empty lines httparse skips, as far as it has arrived.
-            let line = &buf[request_line_start(buf)..];
-            let line_end = line.iter().position(|&b| b == b'\n');
-            // The method so far: httparse has seen no byte in it that a token does not allow.
-            let method = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-            if method > limits.max_uri_bytes {
-                Err(method_too_long(limits))
-            } else if line_end.is_none() && line.len() > limits.max_uri_bytes + 32 {
-                Err(uri_too_long(limits))
-            } else if buf.len() > limits.max_head_bytes {
-                let target = line_end.map_or(&[][..], |end| request_target(&line[..end]));
-                if target.len() > limits.max_uri_bytes {
-                    Err(uri_too_long(limits))
-                } else {
-                    Err(head_too_large())
-                }
-            } else {
-                Ok(None)
-            }
-        }
+        Ok(httparse::Status::Partial) => still_arriving(buf, limits),
         Err(httparse::Error::TooManyHeaders) => Err(Response::error(
             431,
             "header_fields_too_large",
@@ -536,7 +518,8 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
                 as_http11[minor_at] = b'1';
                 parse(&as_http11, limits)
             }
-            OtherVersion::Incomplete => Ok(None),
+            // Not a version yet, but one so far: bounded like any head still arriving.
+            OtherVersion::Incomplete => still_arriving(buf, limits),
             OtherVersion::Unsupported => Err(Response::error(
                 505,
                 "http_version_not_supported",
@@ -545,6 +528,30 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Re
             OtherVersion::Malformed => Err(bad_request("malformed request: invalid HTTP version")),
         },
         Err(e) => Err(bad_request(&format!("malformed request: {e}"))),
+    }
+}
+
+/// A head that has not all arrived: `Ok(None)` to read on, or the refusal of one already past a bound, so
+/// that a client cannot make the connection hold more than `max_head_bytes` (plus one read) for a head.
+fn still_arriving(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Response> {
+    // The request line, after the empty lines httparse skips, as far as it has arrived.
+    let line = &buf[request_line_start(buf)..];
+    let line_end = line.iter().position(|&b| b == b'\n');
+    // The method so far: httparse has seen no byte in it that a token does not allow.
+    let method = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    if method > limits.max_uri_bytes {
+        Err(method_too_long(limits))
+    } else if line_end.is_none() && line.len() > limits.max_uri_bytes + 32 {
+        Err(uri_too_long(limits))
+    } else if buf.len() > limits.max_head_bytes {
+        let target = line_end.map_or(&[][..], |end| request_target(&line[..end]));
+        if target.len() > limits.max_uri_bytes {
+            Err(uri_too_long(limits))
+        } else {
+            Err(head_too_large())
+        }
+    } else {
+        Ok(None)
     }
 }
 

@@ -6,6 +6,7 @@
 mod connection;
 mod limits;
 
+pub(crate) use connection::parse;
 pub use limits::{Limits, MAX_HEADERS_CEILING};
 
 use std::future::Future;
@@ -44,7 +45,7 @@ pub(crate) enum Phase {
 }
 
 /// Accepts connections on `listener` and serves each on its own task until `shutdown` completes; then
-/// goes on accepting for `limits.drain_delay` (see [`Phase::Draining`]), stops accepting, closes idle
+/// goes on accepting for `limits.drain_delay` (see `Phase::Draining`), stops accepting, closes idle
 /// connections, lets busy ones finish their request (each bounded by its deadline) and returns when all
 /// are done or `limits.drain_timeout` has passed.
 ///

@@ -2,7 +2,10 @@
 //! a response head and body within limits and a deadline, and telling whether an idle one is still open.
 //!
 //! Every wait on the network in this file is one of four awaits (connect, TLS handshake, write, read), and
-//! each is wrapped in `tokio::time::timeout_at(deadline, ..)`: no step can outlive the caller's deadline.
+//! each is wrapped in `tokio::time::timeout_at(deadline, ..)`: no step outlives the deadline it is given.
+//! Connecting is given the caller's deadline (a replacement for an abandoned connection, which has no
+//! caller, one linger time); an exchange, the caller's deadline plus the linger time, so that a response
+//! whose caller left can still be read to its end (`Upstream::request_task`).
 //!
 //! A [`Connection`] carries its slot (a semaphore permit counting it against `pool_max_connections`), so the
 //! slot is released exactly when the socket is closed: by dropping the `Connection`, wherever that happens.
@@ -43,7 +46,7 @@ const STALE_SLACK: Duration = Duration::from_millis(10);
 type Stream = Box<dyn Io>;
 
 /// What a [`Stream`] is: any byte stream we can move between tasks.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -95,28 +98,34 @@ pub(crate) async fn connect(
     // A request goes out in one write and we wait for its answer: Nagle's algorithm would only add delay.
     tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
 
-    let stream: Stream = match tls {
-        None => Box::new(tcp),
+    let conn = match tls {
+        None => Connection::over(tcp, slot),
         Some((connector, server_name)) => {
             let handshake = connector.connect(server_name.clone(), tcp);
             match timeout_at(deadline, handshake).await {
                 Err(_elapsed) => return Err(UpstreamError::Timeout),
                 Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
-                Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                Ok(Ok(tls_stream)) => Connection::over(tls_stream, slot),
             }
         }
     };
-    Ok(Connection {
-        stream,
-        buf: Vec::new(),
-        received: false,
-        sent_at: Instant::now(),
-        round_trip,
-        slot,
-    })
+    Ok(Connection { round_trip, ..conn })
 }
 
 impl Connection {
+    /// A connection over any byte stream, open in `slot`: `connect` makes one over TCP or TLS; a stream in
+    /// memory serves to read answers without a socket (`super::read_answer`).
+    pub(crate) fn over(stream: impl Io + 'static, slot: OwnedSemaphorePermit) -> Connection {
+        Connection {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+            received: false,
+            sent_at: Instant::now(),
+            round_trip: Duration::ZERO,
+            slot,
+        }
+    }
+
     /// Writes a whole request (prepared once by the caller) and flushes it through TLS.
     ///
     /// Cancel safety: borrows the connection. Dropped mid-write, part of a request may be on the wire, so the
@@ -238,7 +247,8 @@ impl Connection {
     /// future), and only what arrived is appended to `buf`: a few hundred bytes, a size the allocator serves
     /// from its per-thread cache. Reading straight into `buf` reserved 8 KiB on the heap for every request,
     /// because a body leaves with the buffer it was read into: three allocations per call too big for that
-    /// cache, each taking a lock shared with the other workers (DESIGN.md, "Fewer large allocations").
+    /// cache, each taking a lock shared with the other workers (DESIGN.md, "Capacity, limits, and what happens
+    /// past each", "Fewer large allocations").
     ///
     /// Cancel safety: `poll_read` takes no bytes from the stream unless it is ready, and then they are
     /// appended in the same poll; so a deadline firing here loses nothing, and it is the exchange as a whole

@@ -3,21 +3,47 @@
 //! It follows hyper-util's pool rules (`hyper-util/src/client/legacy/pool.rs`), minus its generality: one
 //! upstream, HTTP/1.1 only, so one plain `Mutex` over the idle list and the waiters does.
 //!
-//! 1. **Only complete exchanges come back.** A connection is offered back ([`Pool::put`]) only after its
-//!    response was read to the end and said the connection may persist. A connection whose exchange was
-//!    cut short, by an error or by running out of time (the caller's deadline, or the linger time after the
-//!    caller left, see `Upstream::start`), is dropped, which closes it.
+//! # The pool's rules
+//!
+//! The one numbered list: DESIGN.md ("The connection pool", with the figures) and the code cite these
+//! numbers. This file keeps 1 to 5; `mod.rs` keeps 6 and 9, `resolve.rs` 7, `tls.rs` 8.
+//!
+//! 1. **Only connections at rest come back.** A connection is offered back ([`Pool::put`]) only with no
+//!    request outstanding: after its response was read to the end and allowed persistence (HTTP/1.1, no
+//!    `Connection: close`, framed by `Content-Length` or chunked, nothing after the body), or before it
+//!    carried any (a replacement just opened, a handover a checkout no longer needs). Any other may have
+//!    bytes of an old response in flight, which the next request would read as its own: it is dropped,
+//!    which closes it.
 //! 2. **Last in, first out.** Checkout takes the most recently returned connection: it is the least likely to
 //!    have been closed by the server, and the oldest ones are left to expire.
-//! 3. **Check before use.** Checkout skips (and closes) a connection that is past its expiry or that the
-//!    server has closed meanwhile (`Connection::is_open`).
-//! 4. **Expire idle ones.** A connection idle for longer than the idle timeout (or the server's `Keep-Alive`
-//!    hint) is closed by a background reaper, so we never keep sockets the server has given up on.
-//! 5. **A cap on open connections.** Each connection, active or idle, holds a permit of one semaphore; a
-//!    caller that finds no idle connection and no free permit waits, for no longer than its deadline, for
-//!    whichever comes first: a connection handed over by an exchange that just completed (the longest
-//!    waiter gets it), or a permit freed by a connection that closed (tokio's `Semaphore` is fair). At the
-//!    cap, connections pass from one request to the next without a new handshake.
+//! 3. **Check before use.** Checkout skips (and closes) a connection past its expiry, or one the server
+//!    closed meanwhile: EOF, a TLS close_notify, an error or stray bytes when one read is polled with a no-op
+//!    waker (`Connection::is_open`). This sees only what the I/O driver already noticed, hence rule 6.
+//! 4. **Expire before the server does.** Idle connections close after the idle timeout (4 s, below the
+//!    shortest common server keep-alive, Apache's 5 s) or one second before the server's
+//!    `Keep-Alive: timeout=N`. A background reaper closes them, so sockets are really released.
+//! 5. **Bounded, and handed over at the cap.** Each connection, active or idle, holds a permit of one
+//!    semaphore, and at most `max_idle` wait idle. A caller that finds no idle connection and no free permit
+//!    waits, no longer than its deadline, for whichever comes first: a connection handed over by an exchange
+//!    that just completed (the longest waiter gets it), or a permit freed by a connection that closed
+//!    (tokio's `Semaphore` is fair). At the cap, connections pass from one request to the next without a new
+//!    handshake.
+//! 6. **Retry only what never started** (`Upstream::exchange_with_retry`). A GET that fails on a *reused*
+//!    connection before any byte of response (the server closed it while our request was on the wire) is
+//!    retried once on a fresh connection if its caller still waits and the deadline allows (hyper-util's
+//!    rule; RFC 9112 §9.3.1 allows it for idempotent requests). A fresh connection that fails, or a response
+//!    that broke off, is not.
+//! 7. **Resolve rarely, and off the workers** (`resolve.rs`). The lookup runs on the blocking pool, in a task
+//!    that fills a 30 s cache even if its caller's deadline passed; a burst of new connections waits for one.
+//! 8. **Keep enough TLS tickets for a burst, and hash with SHA-256** (`tls.rs`). A resumed TLS 1.3 handshake
+//!    skips the certificate chain and two ECDSA verifications; rustls keeps 8 tickets per server, which a
+//!    burst empties, so our store keeps 256, each used once (RFC 8446 §C.4). The SHA-256 suites come first:
+//!    ring computes SHA-384 in software, SHA-256 with the CPU's SHA extensions.
+//! 9. **Replace what a hang took, at a spread-out time** (`Upstream::replace_abandoned`). A request
+//!    unfinished when its linger bound runs out has cost its connection. The task that gave up opens a new
+//!    one in the background, if a slot is free and nobody waits, after a pause drawn up to half the linger
+//!    time, so connections abandoned together are not replaced in one burst of handshakes. At most one wasted
+//!    handshake per hang.
 //!
 //! The lock is a `std::sync::Mutex`, not tokio's: it is never held across an `.await`, only for a push or a
 //! pop, and a std mutex is cheaper and cannot be held by a task that went to sleep.
@@ -32,6 +58,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connection::Connection;
 use super::{PoolStats, UpstreamError};
+use crate::held::Held;
 use crate::task::AbortOnDrop;
 
 /// The reaper wakes at half the idle timeout, so an expired connection lives at most half a timeout longer,
@@ -66,6 +93,27 @@ struct Shelf {
     waiters: VecDeque<oneshot::Sender<Idle>>,
 }
 
+/// A caller waiting at the cap in [`Pool::checkout`]: the receiving end of its handover channel (the
+/// sending end is its entry in `Shelf::waiters`), counted in `Pool::waiting`. However the wait ends (a
+/// handover, a slot, the deadline, or the checkout's future dropped), a connection handed over but not taken
+/// goes back to the pool instead of closing with the channel: a caller leaving as `put` hands it a
+/// connection costs no handshake.
+struct Waiter<'a> {
+    pool: &'a Pool,
+    handover: oneshot::Receiver<Idle>,
+    _counted: Held<&'a AtomicUsize>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // Closed first, so `put` cannot hand this waiter another one.
+        self.handover.close();
+        if let Ok(idle) = self.handover.try_recv() {
+            self.pool.put(idle.conn, idle.expires);
+        }
+    }
+}
+
 pub(crate) struct Pool {
     shelf: Mutex<Shelf>,
     /// One permit per open (or opening) connection, idle or active.
@@ -86,29 +134,13 @@ pub(crate) struct Counters {
     pub slot_waits: AtomicU64,
     pub finished_in_background: AtomicU64,
     pub abandoned: AtomicU64,
-    /// A gauge, not a counter: exchanges lingering now (see [`Gauge`]).
+    /// A gauge, not a counter: exchanges lingering now (each [`Held`] up while it lingers).
     pub lingering: AtomicUsize,
 }
 
 impl Counters {
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Holds a gauge one higher for as long as it lives, however its scope ends (drop guard).
-pub(crate) struct Gauge<'a>(&'a AtomicUsize);
-
-impl<'a> Gauge<'a> {
-    pub(crate) fn up(gauge: &'a AtomicUsize) -> Gauge<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Gauge(gauge)
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -126,13 +158,14 @@ impl Pool {
 
     /// An idle connection to reuse, or a slot to open a new one, waiting for either if all slots are taken.
     ///
-    /// Cancel safety: while waiting it owns its place in the semaphore's queue and the receiving end of its
-    /// handover channel, which dropping gives up. A connection handed over in the instant the caller left is
-    /// closed with the channel. Once it returns, the caller owns the connection or slot.
+    /// Cancel safety: while waiting it owns its place in the semaphore's queue and in the pool's, which
+    /// dropping gives up. A connection handed over in the instant the caller left goes back to the pool (to
+    /// the next waiter, or idle), not closed ([`Waiter`]). Once it returns, the caller owns the connection or
+    /// slot.
     pub(crate) async fn checkout(&self, deadline: Instant) -> Result<Checkout, UpstreamError> {
         // Under the lock only to take a connection or a slot, or to queue: a connection is checked, and
         // closed if dead, outside it.
-        let (_waiting, mut handover) = loop {
+        let mut waiter = loop {
             let mut shelf = self.lock_shelf();
             if let Some(mut candidate) = shelf.idle.pop() {
                 drop(shelf);
@@ -148,15 +181,19 @@ impl Pool {
             // Queued under the same lock that `put` looks at the queue under, so a connection returned right
             // after we found the list empty comes to us, not to the list. Counted in `waiting` until the wait
             // ends, however it ends: slot, connection, deadline, or future dropped.
-            let (sender, receiver) = oneshot::channel();
+            let (sender, handover) = oneshot::channel();
             shelf.waiters.push_back(sender);
-            break (Gauge::up(&self.waiting), receiver);
+            break Waiter {
+                pool: self,
+                handover,
+                _counted: Held::up(&self.waiting),
+            };
         };
         Counters::count(&self.counters.slot_waits);
         let wait = async {
             tokio::select! {
                 // `put` never drops a sender it took from the queue without sending.
-                Ok(idle) = &mut handover => {
+                Ok(idle) = &mut waiter.handover => {
                     Counters::count(&self.counters.reuses);
                     Ok(Checkout::Reused(idle.conn))
                 }
@@ -169,15 +206,12 @@ impl Pool {
                 },
             }
         };
+        // Dropped here, the checkout drops `waiter` too: see its `Drop`.
         let result = timeout_at(deadline, wait)
             .await
             .unwrap_or(Err(UpstreamError::Timeout));
-        // A slot (or the deadline) won, but a connection may have been handed over in the meantime: it goes
-        // back to the pool rather than being closed.
-        handover.close();
-        if let Ok(idle) = handover.try_recv() {
-            self.put(idle.conn, idle.expires);
-        }
+        // A slot (or the deadline) won, but a connection may have been handed over in the meantime.
+        drop(waiter);
         result
     }
 
@@ -189,13 +223,15 @@ impl Pool {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Offers back a connection whose exchange completed and whose response allowed reuse.
+    /// Offers back a connection at rest (rule 1): its response read to the end and allowing reuse, or no
+    /// request carried yet.
     ///
     /// If callers are queued at the cap, it goes to the one waiting longest, as it is: no close, no new
     /// handshake. (Closing it to free its slot for the waiter, who then opened a new connection, meant one
-    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: DESIGN.md, "The rules
-    /// and their reasons", 5.) Otherwise it is parked, or closed if already expired or if the pool holds
-    /// `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the newcomer goes).
+    /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: rule 5, and its
+    /// figure in DESIGN.md, "The connection pool".) Otherwise it is parked, or closed if already expired or
+    /// if the pool holds `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the
+    /// newcomer goes).
     pub(crate) fn put(&self, conn: Connection, expires: Instant) {
         let mut idle = Idle { conn, expires };
         let refused = if expires <= Instant::now() {

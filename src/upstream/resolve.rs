@@ -3,7 +3,7 @@
 //! `tokio::net::lookup_host` runs the system resolver (`getaddrinfo`, which blocks) on tokio's blocking
 //! thread pool, so the worker threads that run our tasks never stall on DNS. Each lookup still costs a thread
 //! hand-off and often a network round trip, so the answer is kept for [`DNS_CACHE_TTL`] instead of being
-//! fetched again for every new connection.
+//! fetched again for every new connection (the pool's rule 7, numbered in `pool.rs`).
 //!
 //! One lookup at a time: the cache sits behind a `tokio::sync::Mutex` that is held *across* the lookup, so a
 //! burst of new connections at start-up waits for one answer instead of sending hundreds of identical

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -131,11 +132,11 @@ impl Upstream {
     ) -> Result<Work, UpstreamError> {
         let (reply, mut outcome) = mpsc::unbounded_channel();
         let options = RequestOptions { tag: 0, trace };
-        self.start(deadline, vec![options], reply, Place::UpstreamRuntime);
+        self.start(deadline, vec![options], reply, RunOn::UpstreamRuntime);
         match tokio::time::timeout_at(deadline, outcome.recv()).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Some(report)) => report.outcome,
-            // The task always sends unless it panicked, which would be a bug here.
+            // The task always sends, a panic included (`Reporter`): this would be a bug in the task.
             Ok(None) => Err(UpstreamError::Io(io::Error::other(
                 "the request task ended without an answer",
             ))),
@@ -677,6 +678,50 @@ async fn a_reused_connection_closed_a_while_after_the_request_is_its_failure_not
 }
 
 #[tokio::test]
+async fn a_request_whose_caller_left_is_not_retried_when_its_reused_connection_closes() {
+    let (seen_tx, seen) = oneshot::channel();
+    let (close_tx, close) = oneshot::channel::<()>();
+    let signals = std::sync::Mutex::new(Some((seen_tx, close)));
+    let server = serve(move |index, mut stream| {
+        let signals = signals.lock().expect("lock").take();
+        async move {
+            if index > 0 {
+                return answer_each(stream, std::iter::repeat(OK_TIME_7)).await;
+            }
+            // Answer once, take the next request and, when told, close without a word: a stale connection.
+            let answered_once = read_request(&mut stream).await.is_some()
+                && stream.write_all(OK_TIME_7).await.is_ok();
+            if let (true, Some((seen_tx, close))) = (answered_once, signals) {
+                if read_request(&mut stream).await.is_some() {
+                    let _ = seen_tx.send(());
+                    let _ = close.await;
+                }
+            }
+        }
+    })
+    .await;
+    let up = client(&server.url());
+    assert_eq!(up.fetch(generous()).await.expect("answer"), work(7));
+    tokio::select! {
+        result = up.fetch(generous()) => panic!("the server never answers, yet fetch returned {result:?}"),
+        _ = seen => {} // the request is on the reused connection: its caller leaves
+    }
+    let _ = close_tx.send(());
+    // Synchronise on the pool: the request frees its slot when it gives up; a retry would keep the slot (it
+    // opens its connection in the dead one's) and have the server answer it.
+    let until = Instant::now() + Duration::from_secs(5);
+    while up.stats().open > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = up.stats();
+    assert_eq!(
+        (server.accepts(), s.stale_retries, s.open),
+        (1, 0, 0),
+        "nobody waits for the answer: no new connection to retry it"
+    );
+}
+
+#[tokio::test]
 async fn a_fresh_connection_closed_before_answering_is_not_retried() {
     let server = serve(|_, mut stream| async move {
         let _ = read_request(&mut stream).await; // and close
@@ -783,9 +828,15 @@ async fn the_reaper_closes_connections_idle_past_the_timeout() {
 
 #[tokio::test]
 async fn the_deadline_holds_when_the_server_never_answers() {
-    let server = serve(|_, mut stream| async move {
-        let _ = read_request(&mut stream).await;
-        wait_for_close(&mut stream).await; // and never answer
+    let (closed_tx, closed) = oneshot::channel();
+    let closed_tx = std::sync::Mutex::new(Some(closed_tx));
+    let server = serve(move |_, mut stream| {
+        let closed_tx = closed_tx.lock().expect("lock").take();
+        async move {
+            let _ = read_request(&mut stream).await;
+            wait_for_close(&mut stream).await; // and never answer
+            let _ = closed_tx.map(|tx| tx.send(()));
+        }
     })
     .await;
     let up = client_with(&server.url(), |c| c.linger = Duration::from_millis(100));
@@ -799,12 +850,12 @@ async fn the_deadline_holds_when_the_server_never_answers() {
         late < Duration::from_millis(25),
         "returned {late:?} after the deadline"
     );
-    // The exchange lingers for its connection's sake, then gives up and closes it.
-    let until = Instant::now() + Duration::from_secs(5);
-    while up.stats().open > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!((up.stats().open, up.stats().abandoned), (0, 1));
+    // The exchange lingers for its connection's sake, then gives up and closes it. (Synchronised on the
+    // server seeing the close: the pool's open count would not do, as the connection is then replaced.)
+    closed
+        .await
+        .expect("the server saw the hung connection closed");
+    assert_eq!(up.stats().abandoned, 1);
 }
 
 #[tokio::test]
@@ -873,6 +924,68 @@ async fn at_the_connection_cap_callers_wait_in_order_no_longer_than_their_deadli
         "never more than one connection, handed from A to C to D without a new handshake; the last one kept"
     );
     assert_eq!(server.accepts(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_handed_to_a_waiter_as_it_leaves_goes_back_to_the_pool() {
+    let server = serve_always(OK_TIME_7).await;
+    let pool = Pool::new(1, 1);
+    let Ok(Checkout::Fresh(slot)) = pool.checkout(generous()).await else {
+        panic!("the only slot is free");
+    };
+    let conn = connection::connect(&[server.addr], None, slot, generous())
+        .await
+        .expect("connected");
+    // A second caller queues at the cap ...
+    let mut waiter = Box::pin(pool.checkout(generous()));
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx))).await;
+    assert!(first_poll.is_pending(), "queued");
+    // ... the connection is handed to it, and it leaves before it takes it.
+    pool.put(conn, generous());
+    drop(waiter);
+    let s = pool.stats();
+    assert_eq!((s.open, s.idle), (1, 1), "kept, not closed");
+    assert!(
+        matches!(pool.checkout(generous()).await, Ok(Checkout::Reused(_))),
+        "the next caller reuses it"
+    );
+}
+
+// ---- the request's task ----
+
+#[tokio::test]
+async fn a_request_sends_one_report_and_no_more() {
+    let server = serve_always(OK_TIME_7).await;
+    let up = client(&server.url());
+    let (reply, mut reports) = mpsc::unbounded_channel();
+    up.start(
+        generous(),
+        vec![RequestOptions::default()],
+        reply,
+        RunOn::CallersRuntime,
+    );
+    let report = reports.recv().await.expect("a report");
+    assert_eq!(report.outcome.expect("answer"), work(7));
+    assert!(
+        reports.recv().await.is_none(),
+        "the task ended, one report sent"
+    );
+}
+
+#[tokio::test]
+async fn a_request_task_that_panics_reports_a_failure_at_once() {
+    let (reply, mut reports) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let _report = Reporter::new(&reply, 3);
+        tokio::task::yield_now().await; // held across an await, as in the request's task
+        panic!("a deliberate bug in a request task");
+    });
+    assert!(task.await.expect_err("it panicked").is_panic());
+    let report = reports.try_recv().expect("a report, with no wait");
+    assert_eq!(report.tag, 3);
+    let error = report.outcome.expect_err("a failure");
+    assert!(matches!(error, UpstreamError::Panicked), "{error:?}");
+    assert_eq!(error.outcome().label(), "io_error");
 }
 
 // ---- construction and errors ----
@@ -997,6 +1110,7 @@ fn every_error_has_a_label_and_an_actionable_message() {
             "invalid_payload",
             "JSON",
         ),
+        (UpstreamError::Panicked, "io_error", "a bug"),
     ];
     for (error, label, needle) in cases {
         assert_eq!(error.outcome().label(), label);

@@ -9,6 +9,8 @@
 //! - ALPN (RFC 7301): we offer only `http/1.1`, so a server that also speaks HTTP/2 knows not to switch.
 //! - Resumption: rustls's defaults (TLS 1.3 tickets, TLS 1.2 session ids and tickets), with room for more
 //!   TLS 1.3 tickets than rustls keeps ([`TLS13_TICKETS_KEPT`]).
+//!
+//! The tickets and the SHA-256 suites are the pool's rule 8 (numbered in `pool.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
