@@ -17,6 +17,7 @@
 //! While a call runs, the task watches its socket too ([`Connection::run_call`]): a client that leaves takes
 //! its call with it, and the bytes of a client that stays (a pipelined request) wait in the buffer.
 
+use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
@@ -296,16 +297,20 @@ impl Connection {
         loop {
             let room = self.limits.max_head_bytes.saturating_sub(self.buf.len());
             let watch = room > 0 && !self.read_closed;
-            let mut socket = (&mut self.stream).take(room as u64);
             tokio::select! {
                 // Biased: an answer ready at the moment the client leaves is written (into a closed
                 // socket, harmlessly) rather than counted as a departure.
                 biased;
                 handled = &mut run => return CallEnd::Answered(handled),
-                // `read_buf` is cancel safe: when the call wins, no byte has been taken from the socket.
-                read = socket.read_buf(&mut self.buf), if watch => {
-                    match read {
-                        Ok(n) if n > 0 => {} // a pipelined request: kept for later
+                // Waits for the socket to be readable, without reading (cancel safe): the bytes are taken
+                // below, in one non-blocking read, at most `room` of them.
+                ready = self.stream.readable(), if watch => {
+                    let mut chunk = [0u8; 1024];
+                    let want = room.min(chunk.len());
+                    match ready.and_then(|()| self.stream.try_read(&mut chunk[..want])) {
+                        // A pipelined request: kept for later.
+                        Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {} // readiness was stale
                         Ok(_) if self.limits.half_close => self.read_closed = true,
                         // EOF, a reset, a read error: the client is gone. Dropping `run` (by returning)
                         // drops the call, its place and its upstream requests.

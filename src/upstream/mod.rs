@@ -467,14 +467,17 @@ impl Upstream {
         if Instant::now() >= deadline {
             return report.send(Err(UpstreamError::Timeout));
         }
+        // A caller already gone (its client left before this task first ran) is sent nothing, even when an
+        // idle connection is ready at once. (One atomic load; a `closed()` polled first, as a biased select
+        // would, costs a waiter's registration in every request.)
+        if reply.is_closed() {
+            return; // nothing sent: just stop (`report` finds the channel closed)
+        }
         // The caller leaving drops `self.connection(..)` where it stands: a place in the queue at the cap, or
         // a half-open connection, which is closed and its slot freed.
         let connection = tokio::select! {
-            // Biased: a caller already gone (its client left before this task first ran) sends nothing,
-            // even when an idle connection is ready at once.
-            biased;
-            () = reply.closed() => return, // nothing sent: just stop (`report` finds the channel closed)
             connection = self.connection(deadline) => connection,
+            () = reply.closed() => return, // nothing sent: just stop
         };
         let (conn, reused) = match connection {
             Ok(found) => found,
