@@ -186,7 +186,7 @@ async fn a_connection_beyond_the_cap_gets_503_and_a_close_until_one_leaves() {
 
     // A third is answered at once, not left waiting: 503, Retry-After, and the connection closed.
     let mut third = svc.client().await;
-    let r = tokio::time::timeout(PATIENCE, third.get("/api/within-timeout?timeout=0"))
+    let r = tokio::time::timeout(PATIENCE, third.get("/api/all?timeout=0"))
         .await
         .expect("a connection over the cap is answered, not left in the backlog");
     assert_eq!(r.status, 503, "{}", r.text());
@@ -194,9 +194,15 @@ async fn a_connection_beyond_the_cap_gets_503_and_a_close_until_one_leaves() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(r.text().contains("overloaded"), "{}", r.text());
     assert!(third.closed_by_server().await);
+    // /api/within-timeout never fails, over the cap too: what arrived in time is nothing.
+    let mut fourth = svc.client().await;
+    let r = fourth.get("/api/within-timeout?timeout=0").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "[]"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(fourth.closed_by_server().await);
     let shed = svc.admin_get("/metrics").await.text();
     assert!(
-        shed.contains("fanout_calls_shed_total{reason=\"max_connections\"} 1"),
+        shed.contains("fanout_calls_shed_total{reason=\"max_connections\"} 2"),
         "{shed}"
     );
 
@@ -206,7 +212,8 @@ async fn a_connection_beyond_the_cap_gets_503_and_a_close_until_one_leaves() {
     let served = async {
         loop {
             let mut c = svc.client().await;
-            if c.get("/api/within-timeout?timeout=0").await.status == 200 {
+            // Admitted, a call with no time is a 504; refused, a 503.
+            if c.get("/api/all?timeout=0").await.status == 504 {
                 return;
             }
         }

@@ -24,11 +24,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 
-use super::{Limits, Phase, MAX_HEADERS_CEILING};
-use crate::api::{Api, Call, Handled, Prepared};
+use super::{Limits, Shutdown, MAX_HEADERS_CEILING};
+use crate::api::{shed_answer, Api, Call, Endpoint, Handled, Prepared};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, BodyLength, RequestHead};
 use crate::http::response::{bad_request, Persistence, Response, CLIENT_CLOSED_REQUEST};
@@ -51,6 +50,40 @@ enum Body {
     Chunked(ChunkedDecoder, u64),
 }
 
+/// A request whose head is in: the head, when it was parsed (the deadline counts from there), and the
+/// call's span in its trace.
+struct Request {
+    head: RequestHead,
+    started: Instant,
+    trace: CallTrace,
+}
+
+/// A request read, and what the API made of it.
+struct Read {
+    request: Request,
+    prepared: Prepared,
+    /// Its body could not be read to its end (the answer says why): the connection closes after it.
+    body_failed: bool,
+}
+
+/// How a call met its socket (see [`Connection::run_call`]).
+enum CallEnd {
+    Answered(Handled),
+    /// The client closed or reset the connection before the answer: nothing is written, the `499` is
+    /// recorded.
+    Left,
+}
+
+/// Which runtime [`Connection::serve`] is serving on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// The API's: calls are run here.
+    Api,
+    /// The shed runtime, while the connection's calls are shed: calls are answered here only when they
+    /// need no upstream (see [`Served::Shed`]).
+    Shed,
+}
+
 /// How serving a connection on one runtime ended.
 enum Served {
     /// The connection is closed, or is to be dropped.
@@ -63,18 +96,13 @@ enum Served {
     /// On the shed runtime: a call was admitted, its place taken there (so that many parked connections
     /// cannot all move back for one free place; `Api::prepare` takes it only for a valid call, after its
     /// body). It is run and answered, and the connection served, back on the API's runtime.
-    Admissible(Box<Pending>),
+    Admissible(Box<Admitted>),
 }
 
-/// A call admitted on the shed runtime and not yet run: its head, when that was parsed, its span, and the
-/// call (its place held).
-type Pending = (RequestHead, Instant, CallTrace, Call);
-
-/// How a call met its socket (see [`Connection::run_call`]).
-enum CallEnd {
-    Answered(Handled),
-    /// The client closed or reset the connection at this instant, before the answer: nothing is written.
-    Left(Instant),
+/// A call admitted on the shed runtime and not yet run, its place held.
+struct Admitted {
+    request: Request,
+    call: Call,
 }
 
 pub(crate) struct Connection {
@@ -85,7 +113,7 @@ pub(crate) struct Connection {
     read_closed: bool,
     api: Arc<Api>,
     limits: Arc<Limits>,
-    shutdown: watch::Receiver<Phase>,
+    shutdown: Shutdown,
     /// Where the connection is served while its calls are shed (see [`Served::Shed`]); `None`: here.
     shed_runtime: Option<Handle>,
 }
@@ -95,7 +123,7 @@ impl Connection {
         stream: TcpStream,
         api: Arc<Api>,
         limits: Arc<Limits>,
-        shutdown: watch::Receiver<Phase>,
+        shutdown: Shutdown,
         shed_runtime: Option<Handle>,
     ) -> Self {
         Connection {
@@ -109,43 +137,195 @@ impl Connection {
         }
     }
 
-    /// Serves requests until the connection ends.
-    ///
-    /// While its calls are being shed, the connection is served on the shed runtime instead (when there is
-    /// one): see [`Served::Shed`]. This task stays its owner there, waiting for it to come back.
+    /// Serves requests until the connection ends: [`Connection::serve`], and while its calls are shed,
+    /// serving on the shed runtime until one is admitted ([`Connection::park_while_shed`]; on a first
+    /// reading, skip it).
     ///
     /// Cancel safety: dropping this future (the server's drain limit ran out) drops the socket, which
     /// closes it, and the API call in progress, whose upstream requests then see their caller gone (see
-    /// `api::requests`). A connection on the shed runtime is aborted with it ([`AbortOnDrop`]): it is
-    /// dropped, socket and all, the next time the shed worker would have polled it, moments later.
+    /// `api::requests`).
     pub(crate) async fn run(mut self) {
         let mut next = None;
+        while let Served::Shed = self.serve(next.take(), Runtime::Api).await {
+            match self.park_while_shed().await {
+                Some((conn, admitted)) => (self, next) = (conn, Some(*admitted)),
+                None => return,
+            }
+        }
+    }
+
+    /// Serves requests, beginning with `next` if given, until the connection ends or (see [`Served`]) it
+    /// should move to or from the shed runtime.
+    async fn serve(&mut self, mut next: Option<Admitted>, runtime: Runtime) -> Served {
         loop {
-            match self.serve(next.take(), false).await {
-                Served::Shed => {}
-                Served::Done | Served::Admissible(..) => return,
-            }
-            let Some(runtime) = self.shed_runtime.clone() else {
-                return; // `serve` says `Shed` only when there is a shed runtime
-            };
-            let parked = AbortOnDrop(runtime.spawn(async move {
-                let mut conn = self.rehome().ok()?;
-                let served = conn.serve(None, true).await;
-                Some((conn, served))
-            }));
-            match parked.await {
-                Ok(Some((conn, Served::Admissible(pending)))) => match conn.rehome() {
-                    Ok(conn) => {
-                        self = conn;
-                        next = Some(*pending);
-                    }
-                    Err(_) => return,
+            let read = match next.take() {
+                Some(Admitted { request, call }) => Read {
+                    request,
+                    prepared: Prepared::Call(call),
+                    body_failed: false,
                 },
-                // A panic there is this task's: the accept loop logs it (`connection_panicked`).
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // Closed there, or the shed runtime is gone (the process is ending).
-                _ => return,
+                None => match self.read_request().await {
+                    Some(read) => read,
+                    None => return Served::Done,
+                },
+            };
+            let Read {
+                request,
+                prepared,
+                body_failed,
+            } = read;
+            let mut attempts = Vec::new();
+            let handled = match prepared {
+                Prepared::Answer(handled) => handled,
+                // On the shed runtime an admitted call is not run: it goes back, its place held.
+                Prepared::Call(call) if runtime == Runtime::Shed => {
+                    return Served::Admissible(Box::new(Admitted { request, call }))
+                }
+                Prepared::Call(call) => match self.run_call(call, &request, &mut attempts).await {
+                    CallEnd::Answered(handled) => handled,
+                    CallEnd::Left => return Served::Done,
+                },
+            };
+            let shed = handled.shed;
+            if !self.answer(&request, handled, &attempts, body_failed).await {
+                return Served::Done;
             }
+            if shed && !self.pause_after_shed().await {
+                return Served::Done;
+            }
+            if shed && runtime == Runtime::Api && self.shed_runtime.is_some() {
+                return Served::Shed;
+            }
+        }
+    }
+
+    /// Reads the next request: its head (`next_request`), its body (discarded), and what the API makes of
+    /// it. `None`: the connection is done (closed, idle too long, refused, or not reading).
+    async fn read_request(&mut self) -> Option<Read> {
+        let head = self.next_request(self.limits.idle_timeout).await?;
+        // The deadline counts from here: the head is parsed (the API contract).
+        let started = Instant::now();
+        // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
+        let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
+        let (prepared, body_failed) = match self.discard_body(&head).await {
+            Err(BodyFailed::Answer(response)) => {
+                (Prepared::Answer(Handled::plain(response, None)), true)
+            }
+            Err(BodyFailed::NotReading) => return None,
+            Ok(()) => (self.api.prepare(&head, started), false),
+        };
+        let request = Request {
+            head,
+            started,
+            trace,
+        };
+        Some(Read {
+            request,
+            prepared,
+            body_failed,
+        })
+    }
+
+    /// Writes the answer and records it (its metrics and access line); false if the connection is done
+    /// (the client did not take it, or it was the last, closed with a lingering close).
+    async fn answer(
+        &mut self,
+        request: &Request,
+        handled: Handled,
+        attempts: &[Attempt],
+        body_failed: bool,
+    ) -> bool {
+        let head = &request.head;
+        // With the client's side shut (`half_close`) and no request of its left to answer, this is the
+        // last answer. So it is while the server stops, and says so, so that the client (a load balancer,
+        // say) sends its next request elsewhere instead of racing our close.
+        let last = body_failed || !head.keep_alive || (self.read_closed && self.buf.is_empty());
+        let persistence = if last || self.shutdown.is_stopping() {
+            Persistence::Close
+        } else if head.minor_version == 0 {
+            Persistence::KeepAlive10
+        } else {
+            Persistence::KeepAlive
+        };
+        let status = handled.response.status;
+        let trace_header = request.trace.response_header();
+        let response = handled.response.with_header(TRACERESPONSE, trace_header);
+        let written = self
+            .send(&response.encode(head.is_head(), persistence))
+            .await;
+        // Observed once the response is written: its duration and overshoot are what the caller saw.
+        self.record(
+            request,
+            handled.endpoint,
+            handled.timeout,
+            status,
+            Instant::now(),
+            attempts,
+        );
+        if written && persistence == Persistence::Close {
+            self.linger().await;
+        }
+        written && persistence != Persistence::Close
+    }
+
+    /// Into the metrics and the access line: a request answered with `status`, written at `written`, or
+    /// left by its client then (`499`).
+    fn record(
+        &self,
+        request: &Request,
+        endpoint: Option<Endpoint>,
+        timeout: Option<Duration>,
+        status: u16,
+        written: Instant,
+        attempts: &[Attempt],
+    ) {
+        self.api.telemetry().request_done(&RequestDone {
+            trace: &request.trace,
+            method: &request.head.method,
+            endpoint,
+            timeout,
+            status,
+            started: request.started,
+            written,
+            attempts,
+        });
+    }
+
+    /// Backpressure, if configured: after a shed answer (`503` with `Retry-After: 1`, or `200 []` from
+    /// `/api/within-timeout`) a caller that asks again at once waits here instead of costing another parse
+    /// and answer. Off by default: the wait is part of its next answer's time. False when the listener
+    /// closed meanwhile: between requests at shutdown, the connection closes quietly, as `next_request`
+    /// would.
+    async fn pause_after_shed(&mut self) -> bool {
+        if !self.limits.shed_pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.limits.shed_pause) => {}
+                () = self.shutdown.closing() => {}
+            }
+        }
+        !self.shutdown.is_closing()
+    }
+
+    /// Serves the connection on the shed runtime, while its calls are shed, until a call is admitted:
+    /// then it comes back with that call, to be run here. `None`: it closed there (or the shed runtime is
+    /// gone: the process is ending).
+    ///
+    /// Machinery (DESIGN.md, "Shedding on a runtime of its own"); on a first reading, skip it. This task
+    /// stays the connection's owner while it is parked: a connection on the shed runtime is aborted with
+    /// it ([`AbortOnDrop`]), dropped, socket and all, the next time the shed worker would have polled it.
+    async fn park_while_shed(self) -> Option<(Connection, Box<Admitted>)> {
+        // `serve` says `Shed` only when there is a shed runtime.
+        let runtime = self.shed_runtime.clone()?;
+        let parked = AbortOnDrop(runtime.spawn(async move {
+            let mut conn = self.rehome().ok()?;
+            let served = conn.serve(None, Runtime::Shed).await;
+            Some((conn, served))
+        }));
+        match parked.await {
+            Ok(Some((conn, Served::Admissible(admitted)))) => Some((conn.rehome().ok()?, admitted)),
+            // A panic there is this task's: the accept loop logs it (`connection_panicked`).
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => None,
         }
     }
 
@@ -159,117 +339,6 @@ impl Connection {
         Ok(Connection { stream, ..self })
     }
 
-    /// Serves requests, beginning with `next` if given, until the connection ends or (see [`Served`]) it
-    /// should move to or from the shed runtime. `parked`: this is the shed runtime.
-    async fn serve(&mut self, mut next: Option<Pending>, parked: bool) -> Served {
-        loop {
-            let (head, started, trace, prepared, body_failed) = match next.take() {
-                Some((head, started, trace, call)) => {
-                    (head, started, trace, Prepared::Call(call), false)
-                }
-                None => {
-                    let Some(head) = self.next_request().await else {
-                        return Served::Done;
-                    };
-                    // The deadline counts from here: the head is parsed (the API contract).
-                    let started = Instant::now();
-                    // The call's span: in the caller's trace if it sent a valid traceparent, else a new trace.
-                    let trace = CallTrace::continue_or_start(head.traceparent.as_ref());
-                    let (prepared, body_failed) = match self.discard_body(&head).await {
-                        Err(BodyFailed::Answer(response)) => {
-                            (Prepared::Answer(Handled::plain(response, None)), true)
-                        }
-                        Err(BodyFailed::NotReading) => return Served::Done,
-                        Ok(()) => (self.api.prepare(&head, started), false),
-                    };
-                    (head, started, trace, prepared, body_failed)
-                }
-            };
-            let mut attempts = Vec::new();
-            let handled = match prepared {
-                Prepared::Answer(handled) => handled,
-                // On the shed runtime an admitted call is not run: it goes back, its place held.
-                Prepared::Call(call) if parked => {
-                    return Served::Admissible(Box::new((head, started, trace, call)))
-                }
-                Prepared::Call(call) => {
-                    let (endpoint, timeout) = (call.endpoint(), call.timeout());
-                    match self.run_call(call, &trace, &mut attempts).await {
-                        CallEnd::Answered(handled) => handled,
-                        CallEnd::Left(left) => {
-                            self.api.telemetry().request_done(&RequestDone {
-                                trace: &trace,
-                                method: &head.method,
-                                endpoint: Some(endpoint),
-                                timeout: Some(timeout),
-                                status: CLIENT_CLOSED_REQUEST,
-                                started,
-                                written: left,
-                                attempts: &attempts,
-                            });
-                            return Served::Done;
-                        }
-                    }
-                }
-            };
-
-            // With the client's side shut (`half_close`) and no request of its left to answer, this is the
-            // last answer. So it is while draining or closing, and says so, so that the client (a load
-            // balancer, say) sends its next request elsewhere instead of racing our close.
-            let last = body_failed || !head.keep_alive || (self.read_closed && self.buf.is_empty());
-            let stopping = *self.shutdown.borrow() != Phase::Serving;
-            let persistence = if last || stopping {
-                Persistence::Close
-            } else if head.minor_version == 0 {
-                Persistence::KeepAlive10
-            } else {
-                Persistence::KeepAlive
-            };
-            let status = handled.response.status;
-            let response = handled
-                .response
-                .with_header(TRACERESPONSE, trace.response_header());
-            let bytes = response.encode(head.is_head(), persistence);
-            let written = self.send(&bytes).await;
-            // Observed once the response is written: its duration and overshoot are what the caller saw.
-            self.api.telemetry().request_done(&RequestDone {
-                trace: &trace,
-                method: &head.method,
-                endpoint: handled.endpoint,
-                timeout: handled.timeout,
-                status,
-                started,
-                written: Instant::now(),
-                attempts: &attempts,
-            });
-            if !written {
-                return Served::Done;
-            }
-            if persistence == Persistence::Close {
-                self.linger().await;
-                return Served::Done;
-            }
-            if !handled.shed {
-                continue;
-            }
-            if !self.limits.shed_pause.is_zero() {
-                // Backpressure, if configured: after a shed answer (`503` with `Retry-After: 1`, or `200 []`
-                // from `/api/within-timeout`) a caller that asks again at once waits here instead of costing
-                // another parse and answer. Off by default: the wait is part of its next answer's time.
-                tokio::select! {
-                    () = tokio::time::sleep(self.limits.shed_pause) => {}
-                    _ = self.shutdown.wait_for(|p| *p == Phase::Closing) => {}
-                }
-                if *self.shutdown.borrow() == Phase::Closing {
-                    return Served::Done; // between requests at shutdown: close quietly, as `next_request` would
-                }
-            }
-            if !parked && self.shed_runtime.is_some() {
-                return Served::Shed;
-            }
-        }
-    }
-
     /// Runs an admitted call to its answer while watching its socket, and drops the call if the client
     /// leaves first.
     ///
@@ -279,7 +348,7 @@ impl Connection {
     /// runs, the socket is read too, in one `select!`. If the read ends first, the call's future is
     /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Requests`,
     /// whose requests see their caller gone (`api/requests.rs`). Nothing is written; `attempts` keeps what
-    /// the requests did, those still running as `cancelled`, for the `499` access line.
+    /// the requests did, those still running as `cancelled`, for the `499` access line recorded here.
     ///
     /// A read that brings bytes is not a departure: a client may pipeline its next request (RFC 9112
     /// §9.3.2). They go into the buffer, in order, for after this answer, and the watch reads no further
@@ -289,10 +358,36 @@ impl Connection {
     async fn run_call(
         &mut self,
         call: Call,
-        trace: &CallTrace,
+        request: &Request,
         attempts: &mut Vec<Attempt>,
     ) -> CallEnd {
-        let run = self.api.run(call, trace, attempts);
+        let (endpoint, timeout) = (call.endpoint(), call.timeout());
+        match self.run_watching(call, request, attempts).await {
+            Ok(handled) => CallEnd::Answered(handled),
+            Err(left) => {
+                // The call's future is dropped by now, and `attempts` has what its requests did.
+                let status = CLIENT_CLOSED_REQUEST;
+                self.record(
+                    request,
+                    Some(endpoint),
+                    Some(timeout),
+                    status,
+                    left,
+                    attempts,
+                );
+                CallEnd::Left
+            }
+        }
+    }
+
+    /// The `select!` of [`Connection::run_call`]: the call's answer, or the instant its client left.
+    async fn run_watching(
+        &mut self,
+        call: Call,
+        request: &Request,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Handled, Instant> {
+        let run = self.api.run(call, &request.trace, attempts);
         tokio::pin!(run);
         loop {
             let room = self.limits.max_head_bytes.saturating_sub(self.buf.len());
@@ -301,7 +396,7 @@ impl Connection {
                 // Biased: an answer ready at the moment the client leaves is written (into a closed
                 // socket, harmlessly) rather than counted as a departure.
                 biased;
-                handled = &mut run => return CallEnd::Answered(handled),
+                handled = &mut run => return Ok(handled),
                 // Waits for the socket to be readable, without reading (cancel safe): the bytes are taken
                 // below, in one non-blocking read, at most `room` of them.
                 ready = self.stream.readable(), if watch => {
@@ -314,28 +409,31 @@ impl Connection {
                         Ok(_) if self.limits.half_close => self.read_closed = true,
                         // EOF, a reset, a read error: the client is gone. Dropping `run` (by returning)
                         // drops the call, its place and its upstream requests.
-                        _ => return CallEnd::Left(Instant::now()),
+                        _ => return Err(Instant::now()),
                     }
                 }
             }
         }
     }
 
-    /// Answers a connection accepted over `--max-connections`: its first request (once the head is in,
-    /// within the head timeout) gets `503 overloaded` with `Retry-After` and the connection is closed.
-    /// Nothing reaches the API, and the client hears at once instead of waiting in the kernel's backlog.
+    /// Answers a connection accepted over `--max-connections`: its first request, if its head is in within
+    /// the head timeout, is shed as a call over the in-flight limit is (`503 overloaded` with `Retry-After`,
+    /// `200 []` from `/api/within-timeout`), and the connection is closed, after the head timeout at the
+    /// latest. Nothing reaches the upstream, and the client hears at once instead of waiting in the
+    /// kernel's backlog.
     pub(crate) async fn refuse(mut self) {
-        let Some(head) = self.next_request().await else {
+        let within = self.limits.head_timeout;
+        // Out of time, the head read so far is dropped with the connection.
+        let Ok(Some(head)) = timeout(within, self.next_request(within)).await else {
             return;
         };
         self.api
             .shed(ShedReason::MaxConnections, self.limits.max_connections);
-        let response = Response::error(
-            503,
-            "overloaded",
-            "too many open connections; retry in a moment",
-        )
-        .with_header("Retry-After", "1");
+        let endpoint = head.path_and_query().and_then(|target| {
+            let path = target.split_once('?').map_or(target, |(path, _)| path);
+            Endpoint::from_path(path)
+        });
+        let response = shed_answer(endpoint, "too many open connections");
         self.finish(&response, head.is_head()).await
     }
 
@@ -348,10 +446,11 @@ impl Connection {
         )
     }
 
-    /// Reads until a whole request head is in the buffer, then parses and interprets it. `None`: the client
-    /// closed or went idle too long, the server is shutting down between requests, or the head could not be
-    /// accepted (its error has been sent, and the connection is to close).
-    async fn next_request(&mut self) -> Option<RequestHead> {
+    /// Reads until a whole request head is in the buffer, then parses and interprets it, waiting for its
+    /// first byte `first_byte_within` at most. `None`: the client closed or went idle too long, the server is
+    /// shutting down between requests, or the head could not be accepted (its error has been sent, and the
+    /// connection is to close).
+    async fn next_request(&mut self, first_byte_within: Duration) -> Option<RequestHead> {
         let mut head_started = (!self.buf.is_empty()).then(Instant::now);
         let refusal = loop {
             if !self.buf.is_empty() {
@@ -367,7 +466,7 @@ impl Connection {
             let read_until = match head_started {
                 // Between requests: wait for the client as long as the idle timeout, or until the
                 // listener closes (not while draining: see `Phase::Draining`).
-                None => Instant::now() + self.limits.idle_timeout,
+                None => Instant::now() + first_byte_within,
                 Some(t) => t + self.limits.head_timeout,
             };
             self.buf.reserve(4096);
@@ -380,7 +479,7 @@ impl Connection {
                     Err(_) => break request_timeout("the request head"),
                 },
                 // Only between requests: a request that has begun to arrive is read and answered.
-                _ = self.shutdown.wait_for(|p| *p == Phase::Closing), if between_requests => return None,
+                () = self.shutdown.closing(), if between_requests => return None,
             }
         };
         // A `HEAD` gets the head of the error only: its response "MUST NOT" carry content (RFC 9110 §9.3.2),

@@ -62,7 +62,8 @@ impl Default for Limits {
             // (deploy/) holds SIGTERM back until the endpoints are updated. Behind one that checks
             // /readyz, longer than it takes to mark a server down (README.md, "Operations").
             drain_delay: Duration::ZERO,
-            // The longest call (max_timeout_ms) plus time to write its answer.
+            // The longest call (max_timeout_ms, 60 s) plus 5 s to write its answer. A client slower than
+            // that (the write timeout is 10 s, and the lingering close 2 s more) is cut at the limit.
             drain_timeout: Duration::from_secs(65),
             // File descriptors are the bound (20,000 here): 8,192 client connections plus at most 8,192
             // upstream ones (`--upstream-max-connections`) leaves room for everything else.
@@ -70,9 +71,9 @@ impl Default for Limits {
             // Each call holds up to 3 upstream connections: 2,560 calls fit the upstream cap of 8,192 with
             // room for requests that finish in the background. 2,000 callers are not overload.
             max_in_flight: 2560,
+            overload_lag: crate::api::limit::DEFAULT_LAG,
             // No pause: it would be part of the caller's next answer time (DESIGN.md, "Shedding on a
             // runtime of its own").
-            overload_lag: crate::api::limit::DEFAULT_LAG,
             shed_pause: Duration::ZERO,
             half_close: false,
         }
