@@ -228,7 +228,7 @@ impl Health {
     /// Checks every `CHECK_EVERY`, forever; the owner stops it by dropping the future.
     ///
     /// Cancel safety: holds nothing but a timer.
-    pub async fn watch(&self, log: &Logger) {
+    pub async fn watch(&self, log: &Logger) -> std::convert::Infallible {
         let mut every = tokio::time::interval(CHECK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -74,6 +74,7 @@ pub mod telemetry;
 pub mod trace;
 pub mod upstream;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -101,20 +102,54 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let mut _simulator = None;
-    let (url, mut extra_roots) = match &config.upstream {
-        UpstreamChoice::Url(url) => (url.clone(), Vec::new()),
+    // The upstream: the simulated one is started here if asked for, and lives as long as `serve`.
+    let (upstream, simulator) = start_upstream(&config).await?;
+    let telemetry = Arc::new(Telemetry::new(
+        config.log.clone(),
+        config.upstream_health_threshold,
+    ));
+    log_start(
+        &telemetry,
+        &listener,
+        admin.as_ref(),
+        &upstream,
+        &config,
+        simulator.is_some(),
+    )?;
+    let api = Arc::new(Api::new(
+        upstream,
+        telemetry.clone(),
+        &api_settings(&config),
+    ));
+    let shutdown = announce_drain(shutdown, &api, &config);
+    let servers = run_listeners(listener, admin, &api, &config, shutdown);
+    // The in-flight limit's probe on the upstream runtime, if there is one; aborted when `serve` ends.
+    let _upstream_probe = spawn_upstream_probe(&api, &config);
+    // Beside the listeners, what never ends on its own: the health watcher, and the in-flight limit's
+    // control loop and probe. Their type says so (`Infallible`): `serve` returns when the listeners are
+    // done, never before, and drops them.
+    tokio::select! {
+        () = servers => {}
+        never = watch(&api, &config) => match never {},
+    }
+    telemetry.log.info("stopped", serde_json::json!({}));
+    Ok(())
+}
+
+/// The upstream client, with its pool, in front of the configured URL or of a simulated upstream started
+/// here (returned too: it stops when dropped).
+async fn start_upstream(config: &Config) -> Result<(Arc<Upstream>, Option<Simulator>), String> {
+    let (url, mut extra_roots, simulator) = match &config.upstream {
+        UpstreamChoice::Url(url) => (url.clone(), Vec::new(), None),
         UpstreamChoice::Simulated => {
             let sim = Simulator::start(config.simulated.clone())
                 .await
                 .map_err(|e| format!("cannot start the simulated upstream: {e}"))?;
-            let url = sim.url();
-            _simulator = Some(sim);
-            (url, simulator::ca_certs())
+            (sim.url(), simulator::ca_certs(), Some(sim))
         }
     };
     extra_roots.extend(config.extra_roots.iter().cloned());
-    let upstream = Arc::new(Upstream::new(UpstreamConfig {
+    let upstream = Upstream::new(UpstreamConfig {
         extra_roots,
         pool_max_connections: config.pool.max_connections,
         pool_max_idle: config.pool.max_idle,
@@ -123,65 +158,80 @@ pub async fn serve(
         linger: config.pool.linger,
         runtime: config.upstream_runtime.clone(),
         ..UpstreamConfig::new(url)
-    })?);
+    })?;
+    Ok((Arc::new(upstream), simulator))
+}
 
+/// The `start` line: the bound addresses, the upstream, and the settings an operator checks first.
+fn log_start(
+    telemetry: &Telemetry,
+    listener: &TcpListener,
+    admin: Option<&TcpListener>,
+    upstream: &Upstream,
+    config: &Config,
+    simulated: bool,
+) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("the listener has no address: {e}"))?;
     let admin_addr = admin
-        .as_ref()
         .map(TcpListener::local_addr)
         .transpose()
         .map_err(|e| format!("the admin listener has no address: {e}"))?;
-    let telemetry = Arc::new(Telemetry::new(
-        config.log.clone(),
-        config.upstream_health_threshold,
-    ));
     telemetry.log.info(
         "start",
         serde_json::json!({
             "listen": format!("http://{addr}"),
             "admin": admin_addr.map(|a| format!("http://{a}")),
             "upstream": upstream.url(),
-            "simulated": _simulator.is_some(),
+            "simulated": simulated,
             "max_in_flight": config.limits.max_in_flight,
             "access_log": config.log.access,
         }),
     );
+    Ok(())
+}
 
-    let settings = api::Settings {
+/// The API's settings, from the configuration.
+fn api_settings(config: &Config) -> api::Settings {
+    api::Settings {
         max_timeout_ms: config.max_timeout_ms,
         hedge: config.hedge.clone(),
         max_in_flight: config.limits.max_in_flight,
         overload_lag: config.limits.overload_lag,
         max_deadline_lead: config.max_deadline_lead,
-    };
-    let api = Arc::new(Api::new(upstream, telemetry.clone(), &settings));
-    let shutdown = async {
-        shutdown.await;
-        telemetry.draining();
-        telemetry.log.info(
-            "shutdown",
-            serde_json::json!({
-                "phase": "draining",
-                "in_flight": api.in_flight(),
-                "drain_delay_ms": config.limits.drain_delay.as_millis() as u64,
-                "drain_timeout_ms": config.limits.drain_timeout.as_millis() as u64,
-            }),
-        );
-    };
-    // The admin listener stops when the API server is done draining (not before: /readyz and /metrics
-    // matter most during the drain).
+    }
+}
+
+/// `shutdown`, and then: `/readyz` answers 503, and the log says the drain began.
+async fn announce_drain(shutdown: impl Future<Output = ()>, api: &Api, config: &Config) {
+    shutdown.await;
+    let telemetry = api.telemetry();
+    telemetry.draining();
+    telemetry.log.info(
+        "shutdown",
+        serde_json::json!({
+            "phase": "draining",
+            "in_flight": api.in_flight(),
+            "drain_delay_ms": config.limits.drain_delay.as_millis() as u64,
+            "drain_timeout_ms": config.limits.drain_timeout.as_millis() as u64,
+        }),
+    );
+}
+
+/// The API server until `shutdown` and its drain, and the admin listener beside it until then: it stops
+/// after the API server (not before: `/readyz` and `/metrics` matter most during the drain).
+async fn run_listeners(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    api: &Arc<Api>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_admin, admin_stop) = oneshot::channel::<()>();
     let api_server = async {
-        server::serve(
-            listener,
-            api.clone(),
-            config.limits.clone(),
-            config.shed_runtime.clone(),
-            shutdown,
-        )
-        .await;
+        let (limits, shed_runtime) = (config.limits.clone(), config.shed_runtime.clone());
+        server::serve(listener, api.clone(), limits, shed_runtime, shutdown).await;
         let _ = stop_admin.send(());
     };
     let admin_server = async {
@@ -192,26 +242,33 @@ pub async fn serve(
             .await;
         }
     };
-    // The in-flight limit's probe on the upstream runtime, if there is one; aborted when `serve` ends. With
-    // `--overload-lag-ms 0` the limit is fixed and nothing is probed.
-    let follow_lag = !config.limits.overload_lag.is_zero();
-    let upstream_runtime = config.upstream_runtime.as_ref().filter(|_| follow_lag);
-    let _upstream_probe = upstream_runtime.map(|runtime| {
-        let limit = api.limit().clone();
-        AbortOnDrop(runtime.spawn(async move { limit.probe().await }))
-    });
-    // The health watcher, the limit's control loop and its probe on this runtime run beside them and end
-    // with them (dropped by the select).
-    tokio::select! {
-        _ = async { tokio::join!(api_server, admin_server) } => {}
-        () = telemetry.health.watch(&telemetry.log) => {}
-        _ = async {
-            match follow_lag {
-                true => drop(tokio::join!(api.limit().probe(), api.limit().control())),
-                false => std::future::pending().await,
-            }
-        } => {}
+    tokio::join!(api_server, admin_server);
+}
+
+/// The in-flight limit's probe on the upstream runtime, owned by the caller (aborted when dropped); none
+/// without an upstream runtime, or with `--overload-lag-ms 0`, where the limit is fixed.
+fn spawn_upstream_probe(api: &Api, config: &Config) -> Option<AbortOnDrop<Infallible>> {
+    let runtime = config.upstream_runtime.as_ref()?;
+    if config.limits.overload_lag.is_zero() {
+        return None;
     }
-    telemetry.log.info("stopped", serde_json::json!({}));
-    Ok(())
+    let limit = api.limit().clone();
+    Some(AbortOnDrop(
+        runtime.spawn(async move { limit.probe().await }),
+    ))
+}
+
+/// The upstream's health watcher, and (unless `--overload-lag-ms 0` fixed the limit) the in-flight
+/// limit's control loop and its probe on this runtime. None of them ends.
+async fn watch(api: &Api, config: &Config) -> Infallible {
+    let health = api.telemetry().health.watch(&api.telemetry().log);
+    if config.limits.overload_lag.is_zero() {
+        return health.await;
+    }
+    let limit = api.limit();
+    tokio::select! {
+        never = health => never,
+        never = limit.probe() => never,
+        never = limit.control() => never,
+    }
 }

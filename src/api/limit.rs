@@ -117,7 +117,7 @@ impl Limit {
     }
 
     /// The probe, on the runtime it is polled on; it runs until dropped.
-    pub async fn probe(&self) {
+    pub async fn probe(&self) -> std::convert::Infallible {
         let mut due = Instant::now() + PROBE_EVERY;
         loop {
             sleep_until(due).await;
@@ -129,7 +129,7 @@ impl Limit {
     }
 
     /// Adjusts the limit every [`WINDOW`]; runs until dropped.
-    pub async fn control(&self) {
+    pub async fn control(&self) -> std::convert::Infallible {
         loop {
             sleep(WINDOW).await;
             self.adjust();
