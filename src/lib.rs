@@ -29,7 +29,7 @@
 //! ## Reading path: one `/api/smart` call, from accept to the upstream socket and back
 //!
 //! 1. `server/mod.rs`: the accept loop spawns a task per connection.
-//! 2. `server/connection.rs`: the task reads bytes until httparse finds a request head
+//! 2. `server/connection.rs`: `Connection::serve` reads bytes until httparse finds a request head
 //!    (`http/request.rs` says what it means); from that instant the `timeout` parameter's deadline runs.
 //! 3. `server/connection.rs` (`run_call`): while the call runs, its socket is read too. A client that
 //!    leaves (EOF, a reset) drops the call where it stands, and its upstream requests with it; bytes that
@@ -44,12 +44,12 @@
 //!    (`upstream/tls.rs`), write `GET /api/work` and read the response (`upstream/connection.rs`,
 //!    `upstream/response.rs`, `http/chunked.rs`), then return the connection to the pool.
 //! 8. Back up: the outcome reaches `Requests`, the strategy decides, `Api::run` builds the `Response`
-//!    (`http/response.rs`), and the connection task writes it and records it (`telemetry.rs`).
+//!    (`http/response.rs`), and `Connection::answer` writes it and records it (`telemetry.rs`).
 //!
-//! The call's requests still running when it is decided, or when its caller leaves, stop counting at once;
-//! those already on the wire may finish in the background for a bounded time (`--upstream-linger-ms`) so
-//! their connections go back to the pool instead of costing a new TLS handshake. A call over the in-flight limit is answered at once
-//! without any of this.
+//! The call's requests still running when it is decided, or when its caller leaves, stop counting at once; those
+//! already on the wire may finish in the background for a bounded time (`--upstream-linger-ms`) so their connections go
+//! back to the pool instead of costing a new TLS handshake. A call over the in-flight limit is answered at once without
+//! any of this.
 
 pub mod admin;
 pub mod api;

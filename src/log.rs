@@ -174,9 +174,10 @@ impl Logger {
             return;
         }
         // The rate limit first: a warning held back (shedding comes in floods) costs no formatting.
-        let held_back = match level <= Level::Warn {
-            true => self.take_token(event),
-            false => Some(0),
+        let held_back = if level <= Level::Warn {
+            self.take_token(event)
+        } else {
+            Some(0)
         };
         let Some(held_back) = held_back else { return };
         let mut line = line_start(level, event);

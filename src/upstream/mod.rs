@@ -378,9 +378,10 @@ impl Upstream {
             return Err(format!("pool_max_connections must be from 1 to {most}"));
         }
         let target = Target::parse(&config.url)?;
-        let tls = match target.tls {
-            true => Some((tls::connector(&config.extra_roots)?, target.server_name()?)),
-            false => None,
+        let tls = if target.tls {
+            Some((tls::connector(&config.extra_roots)?, target.server_name()?))
+        } else {
+            None
         };
         let request_prefix = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n",
