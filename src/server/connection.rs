@@ -42,6 +42,10 @@ use crate::trace::{CallTrace, TRACERESPONSE};
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: u64 = 64 * 1024;
 
+/// How much one read takes from a client's socket at most: the buffer stays within `max_head_bytes` plus
+/// this.
+const READ_CHUNK: usize = 4096;
+
 /// A request body still to be read and discarded.
 enum Body {
     /// This many bytes.
@@ -107,7 +111,7 @@ struct Admitted {
 
 pub(crate) struct Connection {
     stream: TcpStream,
-    /// Bytes received and not yet consumed; bounded by `max_head_bytes` plus one read.
+    /// Bytes received and not yet consumed; bounded by `max_head_bytes` plus one read ([`READ_CHUNK`]).
     buf: Vec<u8>,
     /// The client has shut its side (EOF seen while a call ran, with `half_close`): nothing more will come.
     read_closed: bool,
@@ -469,10 +473,9 @@ impl Connection {
                 None => Instant::now() + first_byte_within,
                 Some(t) => t + self.limits.head_timeout,
             };
-            self.buf.reserve(4096);
             let between_requests = head_started.is_none();
             tokio::select! {
-                read = timeout_at(read_until, self.stream.read_buf(&mut self.buf)) => match read {
+                read = timeout_at(read_until, read_more(&mut self.stream, &mut self.buf)) => match read {
                     Ok(Ok(0)) | Ok(Err(_)) => return None,
                     Ok(Ok(_)) => head_started = head_started.or_else(|| Some(Instant::now())),
                     Err(_) if between_requests => return None,
@@ -541,8 +544,7 @@ impl Connection {
                     }
                 }
             }
-            self.buf.reserve(4096);
-            match timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
+            match timeout_at(until, read_more(&mut self.stream, &mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Err(bad_request("the request body ended early").into()),
                 Err(_) => return Err(request_timeout("the request body").into()),
@@ -566,6 +568,14 @@ impl Connection {
         let mut unread = (&mut self.stream).take(LINGER_BYTES);
         let _ = timeout(LINGER, tokio::io::copy(&mut unread, &mut tokio::io::sink())).await;
     }
+}
+
+/// Reads what the client sent, [`READ_CHUNK`] bytes at most, onto `buf`; 0 at EOF. (Reading into the
+/// buffer's spare capacity, which grows by doubling, would let one read bring far more.)
+///
+/// Cancel safety: `read_buf` is cancel safe; dropped, no byte has been taken from the socket.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    stream.take(READ_CHUNK as u64).read_buf(buf).await
 }
 
 /// Why a request body was not read to its end.

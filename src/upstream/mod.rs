@@ -484,6 +484,14 @@ impl Upstream {
             Ok(found) => found,
             Err(error) => return report.send(Err(error)),
         };
+        // The select picks either branch when both are ready: a caller gone by now is still sent nothing.
+        // A fresh connection goes to the pool unused; a reused one is closed (its expiry was not kept).
+        if reply.is_closed() {
+            if !reused {
+                self.pool.put(conn, Instant::now() + self.idle_timeout);
+            }
+            return;
+        }
 
         let request = self.request(options.trace);
         let abandoned = {
@@ -570,7 +578,7 @@ impl Upstream {
     ) -> Result<Work, UpstreamError> {
         let hard_deadline = deadline + self.linger;
         match self.exchange(conn, request, hard_deadline).await {
-            Err(Failed::BeforeResponse(_, dead))
+            Err(Failed::BeforeResponse(error, dead))
                 if reused && Instant::now() < deadline && !caller.is_closed() =>
             {
                 Counters::count(&self.pool.counters.stale_retries);
@@ -578,6 +586,11 @@ impl Upstream {
                 // connection (half-open or mid-exchange) is closed and the slot freed.
                 let retry = async {
                     let conn = self.connect(dead.into_slot(), deadline).await?;
+                    if caller.is_closed() {
+                        // The caller left while it was made: it goes to the pool unused, nothing is sent.
+                        self.pool.put(conn, Instant::now() + self.idle_timeout);
+                        return Err(error);
+                    }
                     self.exchange(conn, request, hard_deadline)
                         .await
                         .map_err(Failed::into_error)
