@@ -11,12 +11,13 @@
 //! So the margin follows what is measured. Every call that waited until its aimed time records its
 //! *delay*: how long after that time its answer was ready. At the end of each second that had at least
 //! [`MIN_SAMPLES`] delays, the lead becomes their 99.9th percentile: all but the slowest thousandth of
-//! those answers would have been ready by their deadlines. It rises at once but falls by at most half a
-//! second, and a second with fewer delays halves it, so a machine that is no longer loaded soon gets the
-//! whole wait back: calls that finish early record nothing, and a quiet hour is 3,600 such seconds. The
-//! window is rolled over by whichever call records a delay or reads the lead first once it is over. A call aims its timer the lead before its deadline, never less than [`FLOOR`] before
-//! and never more than `--max-deadline-lead-ms` ([`DEFAULT_MAX`]) or a tenth of its timeout
-//! ([`Lead::for_timeout`]). With `--max-deadline-lead-ms 1` the lead is the floor, always.
+//! those answers would have been ready by their deadlines. It rises at once, but a second falls it to no
+//! less than half of what it was; a second with fewer delays halves it, so a machine that is no longer
+//! loaded soon gets the whole wait back: calls that finish early record nothing, and a quiet hour is 3,600
+//! such seconds. The window is rolled over by whichever call records a delay or reads the lead first once it
+//! is over. A call aims its timer the lead before its deadline, never more than `--max-deadline-lead-ms`
+//! ([`DEFAULT_MAX`]) or a tenth of its timeout, and never less than [`FLOOR`], which wins for a timeout
+//! under 10 ms ([`Lead::for_timeout`]). With `--max-deadline-lead-ms 1` the lead is the floor, always.
 //!
 //! Why the 99.9th and not the 99th: measured in the `overshoot` benchmark (500 callers in lockstep,
 //! `timeout=250`), with the 99th the lead settled at about 5 ms and 96-97.5% of answers were in time;

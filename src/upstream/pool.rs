@@ -16,9 +16,11 @@
 //!    which closes it.
 //! 2. **Last in, first out.** Checkout takes the most recently returned connection: it is the least likely to
 //!    have been closed by the server, and the oldest ones are left to expire.
-//! 3. **Check before use.** Checkout skips (and closes) a connection past its expiry, or one the server
-//!    closed meanwhile: EOF, a TLS close_notify, an error or stray bytes when one read is polled with a no-op
-//!    waker (`Connection::is_open`). This sees only what the I/O driver already noticed, hence rule 6.
+//! 3. **Check before use.** Checkout skips (and closes) an idle connection past its expiry, or one the
+//!    server closed meanwhile: EOF, a TLS close_notify, an error or stray bytes when one read is polled with a
+//!    no-op waker (`Connection::is_open`). This sees only what the I/O driver already noticed, hence rule 6.
+//!    A connection handed over at the cap (rule 5) comes straight from a completed exchange, and is not
+//!    probed again (`put` refuses one already expired).
 //! 4. **Expire before the server does.** Idle connections close after the idle timeout (4 s, below the
 //!    shortest common server keep-alive, Apache's 5 s) or one second before the server's
 //!    `Keep-Alive: timeout=N`. A background reaper closes them, so sockets are really released.
