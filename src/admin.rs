@@ -4,8 +4,9 @@
 //! | --------------- | ---------------------------------------------------------------------------- |
 //! | `GET /metrics`  | every metric in the Prometheus text exposition format (version 0.0.4)        |
 //! | `GET /healthz`  | `200` while the process runs (a liveness probe: restart it if this fails)     |
-//! | `GET /readyz`   | `200` while accepting work, `503` from the moment a shutdown begins (a       |
-//! |                 | readiness probe: stop sending it calls)                                       |
+//! | `GET /readyz`   | `200` while accepting work; `503` while the pool is warmed at start           |
+//! |                 | (`--upstream-warm`), and from the moment a shutdown begins (a readiness      |
+//! |                 | probe: send it no calls)                                                      |
 //! | `GET /upstream` | the upstream's last 60 seconds as JSON: outcomes, success ratio, latency;    |
 //! |                 | the pool; `/api/smart`'s hedge delay now                                     |
 //!
@@ -135,6 +136,9 @@ fn route(api: &Api, method: &str, target: &str) -> Response {
         }
         "/healthz" => Response::json(200, br#"{"status":"alive"}"#.to_vec()),
         "/readyz" if telemetry.is_ready() => Response::json(200, br#"{"status":"ready"}"#.to_vec()),
+        "/readyz" if telemetry.is_warming() => {
+            Response::json(503, br#"{"status":"warming"}"#.to_vec())
+        }
         "/readyz" => Response::json(503, br#"{"status":"draining"}"#.to_vec()),
         _ => {
             let mut view = telemetry.health.to_json();

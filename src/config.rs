@@ -77,6 +77,8 @@ pub struct PoolSettings {
     /// An upstream exchange nobody waits for any more may finish in the background this long, to save its
     /// connection; zero closes it at once.
     pub linger: Duration,
+    /// Connections opened at start, before `/readyz` says ready (`--upstream-warm`); zero: ready at once.
+    pub warm: usize,
 }
 
 impl Default for PoolSettings {
@@ -87,6 +89,7 @@ impl Default for PoolSettings {
             idle_timeout: upstream::DEFAULT_POOL_IDLE_TIMEOUT,
             max_body_bytes: upstream::DEFAULT_MAX_BODY_BYTES,
             linger: upstream::DEFAULT_LINGER,
+            warm: 0,
         }
     }
 }
@@ -151,6 +154,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--upstream-idle-timeout-ms", env: "FANOUT_UPSTREAM_IDLE_TIMEOUT_MS", value: "MS", default: "4000", help: "idle upstream connections are closed after this (below common server keep-alive times)" },
     Setting { flag: "--upstream-max-body-bytes", env: "FANOUT_UPSTREAM_MAX_BODY_BYTES", value: "BYTES", default: "65536", help: "a larger upstream response body is a failure" },
     Setting { flag: "--upstream-linger-ms", env: "FANOUT_UPSTREAM_LINGER_MS", value: "MS", default: "1000", help: "an upstream request nobody waits for any more may finish this long in the background, so its connection is reused; one that does not is closed, and replaced if a slot is free (0: close at once)" },
+    Setting { flag: "--upstream-warm", env: "FANOUT_UPSTREAM_WARM", value: "N", default: "0", help: "open this many upstream connections at start, before /readyz says ready, so that a load balancer sends nothing until the first handshakes are done (at most --upstream-max-connections; kept --upstream-idle-timeout-ms like any idle one; 0: ready at once)" },
     Setting { flag: "--upstream-threads", env: "FANOUT_UPSTREAM_THREADS", value: "N|auto", default: "auto", help: "worker threads of the runtime doing the upstream requests (TLS, the pool) when over 100 callers are connected; the API's runtime has one per CPU (auto: half the CPUs, at least 1; 0: no upstream runtime)" },
     Setting { flag: "--sim-latency-ms", env: "FANOUT_SIM_LATENCY_MS", value: "MIN-MAX", default: "100-600", help: "latency of the in-process simulated upstream (N or MIN-MAX)" },
     Setting { flag: "--sim-failure-rate", env: "FANOUT_SIM_FAILURE_RATE", value: "RATE", default: "0.1", help: "share of simulated upstream requests that fail (0 to 1), in any of its failure kinds" },
@@ -262,6 +266,7 @@ impl Config {
             "--upstream-idle-timeout-ms" => pool.idle_timeout = millis(v)?,
             "--upstream-max-body-bytes" => pool.max_body_bytes = number(v, 16, 1 << 30)? as usize,
             "--upstream-linger-ms" => pool.linger = millis(v)?,
+            "--upstream-warm" => pool.warm = number(v, 0, 1 << 20)? as usize,
             "--upstream-threads" if v == "auto" => self.upstream_threads = None,
             "--upstream-threads" => self.upstream_threads = Some(number(v, 0, 1024)? as usize),
             "--sim-latency-ms" => self.simulated.latency_ms = range(v, 0, 3_600_000)?,

@@ -116,6 +116,8 @@ pub async fn serve(
         &config,
         simulator.is_some(),
     )?;
+    // Not ready until the pool is warm (`--upstream-warm`); the task is aborted if `serve` ends first.
+    let _warming = spawn_warm(&upstream, &telemetry, config.pool.warm);
     let api = Arc::new(Api::new(
         upstream,
         telemetry.clone(),
@@ -161,6 +163,32 @@ async fn start_upstream(config: &Config) -> Result<(Arc<Upstream>, Option<Simula
     })?;
     Ok((Arc::new(upstream), simulator))
 }
+
+/// With `--upstream-warm N`: `/readyz` answers 503 while `N` upstream connections are opened (for a
+/// minute at most), then `ready` is logged with how many were and how long it took. None: ready at once.
+fn spawn_warm(
+    upstream: &Arc<Upstream>,
+    telemetry: &Arc<Telemetry>,
+    n: usize,
+) -> Option<AbortOnDrop<()>> {
+    if n == 0 {
+        return None;
+    }
+    telemetry.warming(true);
+    let (upstream, telemetry) = (upstream.clone(), telemetry.clone());
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let opened = upstream.warm(n, started + WARM_LIMIT).await;
+        telemetry.warming(false);
+        let ms = started.elapsed().as_millis() as u64;
+        let fields = serde_json::json!({"upstream_connections": opened, "asked": n, "warm_ms": ms});
+        telemetry.log.info("ready", fields);
+    })))
+}
+
+/// The longest `--upstream-warm` may hold `/readyz` back: an upstream that cannot take this many
+/// connections in a minute will not take them faster with callers waiting.
+const WARM_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The `start` line: the bound addresses, the upstream, and the settings an operator checks first.
 fn log_start(

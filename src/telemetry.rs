@@ -33,8 +33,10 @@ pub struct Telemetry {
     pub metrics: Metrics,
     pub health: Health,
     pub log: Logger,
-    /// False from the moment a shutdown begins: `/readyz` answers 503 so load balancers stop sending.
-    ready: AtomicBool,
+    /// True while the upstream pool is being warmed (`--upstream-warm`): `/readyz` answers 503 until then.
+    warming: AtomicBool,
+    /// True from the moment a shutdown begins: `/readyz` answers 503 so load balancers stop sending.
+    draining: AtomicBool,
 }
 
 /// One upstream request of a call, as the access line reports it.
@@ -86,17 +88,29 @@ impl Telemetry {
             metrics: Metrics::default(),
             health: Health::new(health_threshold),
             log: Logger::new(log),
-            ready: AtomicBool::new(true),
+            warming: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
+    /// Ready for work: not warming the pool, not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        !self.warming.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the upstream pool is being warmed (`--upstream-warm`).
+    pub fn is_warming(&self) -> bool {
+        self.warming.load(Ordering::Relaxed)
+    }
+
+    /// The upstream pool is being warmed (`on`), or is warm: no work, please, until it is.
+    pub fn warming(&self, on: bool) {
+        self.warming.store(on, Ordering::Relaxed);
     }
 
     /// The service is shutting down: no new work, please.
     pub fn draining(&self) {
-        self.ready.store(false, Ordering::Relaxed);
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// One upstream request's outcome: into the metrics and the health window.

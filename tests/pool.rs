@@ -568,3 +568,46 @@ fn open_client_sockets_to(port: u16) -> usize {
     }
     seen.len()
 }
+
+/// `--upstream-warm`: a fresh process opens its first upstream connections before `/readyz` says ready,
+/// so the first callers a load balancer sends find them in the pool instead of paying for the handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_pool_is_ready_with_its_connections_open_and_the_first_call_reuses_them() {
+    let svc = start(|c| c.pool.warm = 5).await;
+    let until = tokio::time::Instant::now() + PATIENCE;
+    while svc.admin_get("/readyz").await.status != 200 {
+        assert!(tokio::time::Instant::now() < until, "never ready");
+        tokio::time::sleep(ms(5)).await;
+    }
+    assert_eq!(svc.sim.connections_accepted(), 5, "opened before ready");
+    let mut client = svc.client().await;
+    assert_eq!(client.get("/api/all?timeout=3000").await.status, 200);
+    assert_eq!(
+        svc.sim.connections_accepted(),
+        5,
+        "the call's 3 requests reused them"
+    );
+}
+
+/// While the pool is warmed, `/readyz` says so: here the upstream accepts TCP but never answers the TLS
+/// handshake, so the warming goes on (for up to a minute) and the service is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_warming_while_the_pool_is_warmed() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}/api/work",
+        silent.local_addr().expect("addr").port()
+    );
+    let svc = start(|c| {
+        c.upstream = fanout::config::UpstreamChoice::Url(url);
+        c.pool.warm = 3;
+    })
+    .await;
+    let r = svc.admin_get("/readyz").await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (503, Some("warming"))
+    );
+    assert_eq!(svc.admin_get("/healthz").await.status, 200);
+    drop(silent);
+}

@@ -20,7 +20,7 @@ from .contract import check_one_request
 from .loadgen import client_argv, client_env, read_measured
 from .metrics import scrape
 from .plan import Plan, plan_run
-from .processes import Processes, free_port, wait_accepting, wait_finished
+from .processes import Processes, free_port, wait_accepting, wait_finished, wait_ready
 from .procfs import cpu_seconds, memory_mib, open_fds, steal_seconds
 from .result import (DuringLoad, Observed, Readings, Settled, WindowEdge, result_head,
                      result_line)
@@ -111,12 +111,14 @@ def start_servers(procs: Processes, scenario: Scenario, impl: str, settings: Set
     port = free_port()
     admin_port = (admin_port_of(settings.fanout_args, free_port())
                   if impl == "fanout" else None)
-    argv = (fanout_argv(settings.fanout_bin, settings.fanout_args, port, sim_port, ca, admin_port)
+    warm = (f"--upstream-warm={scenario.warm}",) if scenario.warm else ()
+    argv = (fanout_argv(settings.fanout_bin, warm + settings.fanout_args, port, sim_port, ca, admin_port)
             if impl == "fanout" else peer_argv(settings.peer_bin, port, sim_port, ca))
     server = procs.start(impl, argv, cpus=settings.server_cpus)
     wait_accepting(procs, server, impl, port)
     if admin_port is not None:
         wait_accepting(procs, server, f"{impl} admin", admin_port)
+        wait_ready(procs, server, admin_port)
     return Servers(simulator, server, port, admin_port, SimStats(sim_port, ca))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import os
 import resource
 import signal
@@ -161,6 +162,24 @@ def wait_accepting(procs: Processes, proc: subprocess.Popen, name: str, port: in
         time.sleep(0.05)
     raise BenchError(f"{name} did not accept connections on port {port} within {limit_s} s:\n"
                      f"{procs.log_tail(proc)}")
+
+
+def wait_ready(procs: Processes, proc: subprocess.Popen, admin_port: int,
+               limit_s: float = 90.0) -> None:
+    """Waits until fanout's /readyz answers 200, as a load balancer would before sending it work (with
+    --upstream-warm it says 503 while its upstream connections are opened)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"fanout exited with {proc.returncode} before it was ready:\n"
+                             f"{procs.log_tail(proc)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"fanout's /readyz did not answer 200 within {limit_s:g} s")
 
 
 def wait_finished(procs: Processes, proc: subprocess.Popen, what: str, seconds: float) -> None:

@@ -37,6 +37,9 @@ class Scenario:
     # No warm-up, and the client's figures over the whole load (`cold-start`): the first wave, with
     # every upstream connection still to be made, is the point.
     cold: bool = False
+    # fanout opens this many upstream connections before /readyz says ready (--upstream-warm), and the
+    # load waits for /readyz, as a load balancer does (`cold-start`).
+    warm: int = 0
     # Halfway through the measured load the simulator resets every connection (`upstream-reset`).
     reset_upstream: bool = False
     # fanout's own late answers from its access log, each answer's `overshoot_ms` (`server_log`).
@@ -133,9 +136,9 @@ SMART_TARGETS = {"smart-tail": {"p99_ms": 120, "requests_per_call": 1.25},
 # must be made at once, on a fresh process or after the upstream reset them all.
 CAPACITY = next(s for s in SCENARIOS if s.name == "capacity")
 SCENARIOS += [
-    replace(CAPACITY, name="cold-start", cold=True, overshoot=True, server_log=True,
+    replace(CAPACITY, name="cold-start", cold=True, overshoot=True, server_log=True, warm=6000,
             purpose="the capacity load on a fresh process: the first wave of 2,000 calls needs "
-                    "6,000 TLS handshakes at once"),
+                    "6,000 upstream connections, which fanout opens before /readyz says ready"),
     replace(CAPACITY, name="upstream-reset", reset_upstream=True, overshoot=True, server_log=True,
             purpose="the capacity load while the simulator resets every connection halfway: every "
                     "pooled connection is made again at once"),

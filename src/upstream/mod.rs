@@ -410,6 +410,38 @@ impl Upstream {
         &self.url
     }
 
+    /// Opens up to `n` connections, all at once, each by `deadline`, and puts them in the pool; says how
+    /// many it opened. For `--upstream-warm`: a fresh process makes its first handshakes before a load
+    /// balancer sends it work, not in its first callers' time. Stops at the cap on open connections.
+    ///
+    /// Cancel safety: the connects are tasks of a `JoinSet` this owns; dropped, they are aborted, and each
+    /// half-open connection is closed and its slot freed.
+    pub async fn warm(self: &Arc<Self>, n: usize, deadline: Instant) -> usize {
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let Some(slot) = self.pool.try_slot() else {
+                break;
+            };
+            let upstream = self.clone();
+            let connect = async move {
+                let conn = upstream.connect(slot, deadline).await.ok()?;
+                upstream
+                    .pool
+                    .put(conn, Instant::now() + upstream.idle_timeout);
+                Some(())
+            };
+            match &self.runtime {
+                Some(runtime) => connects.spawn_on(connect, runtime),
+                None => connects.spawn(connect),
+            };
+        }
+        let mut opened = 0;
+        while let Some(done) = connects.join_next().await {
+            opened += usize::from(matches!(done, Ok(Some(()))));
+        }
+        opened
+    }
+
     /// The pool's counters, for metrics and tests.
     pub fn stats(&self) -> PoolStats {
         self.pool.stats()
