@@ -25,6 +25,7 @@ from .common import BenchError, log
 from .loadgen import find_client
 from .measure import Settings, Servers, start_servers
 from .processes import Processes
+from .procfs import cpu_seconds
 from .metrics import ACTIVE, gauge, scrape
 from .scenarios import Scenario
 
@@ -49,6 +50,7 @@ def run_impatient(scenario: Scenario, impl: str, settings: Settings, workdir: Pa
             base = f"http://127.0.0.1:{servers.port}"
             metrics0 = scrape(servers.admin_port) if servers.admin_port else None
             stats0 = servers.sim.get()
+            sim_cpu0 = cpu_seconds(servers.simulator.pid)
             log(f"{scenario.name}/{impl}: {impatient_n} callers of {scenario.endpoint} giving up "
                 f"after {scenario.give_up_ms} ms, {patient_n} of {patient_path}, {seconds} s")
             loads = [
@@ -64,6 +66,7 @@ def run_impatient(scenario: Scenario, impl: str, settings: Settings, workdir: Pa
             ended = time.monotonic()
             after = watch_after(servers, ended)
             stats1 = servers.sim.get()
+            sim_cpu1 = cpu_seconds(servers.simulator.pid)
             metrics1 = scrape(servers.admin_port) if servers.admin_port else None
         finally:
             servers.sim.close()
@@ -77,6 +80,10 @@ def run_impatient(scenario: Scenario, impl: str, settings: Settings, workdir: Pa
         "upstream": {"requests": stats1["requests"] - stats0["requests"],
                      "connections_opened": stats1["connections_accepted"] - stats0["connections_accepted"],
                      "requests_per_call": round((stats1["requests"] - stats0["requests"]) / calls, 3)
+                     if calls else None,
+                     # What the calls cost the upstream, handshakes and requests alike (and the
+                     # lingering ones): the simulator's CPU per 1,000 calls.
+                     "cpu_s_per_1000_calls": round((sim_cpu1 - sim_cpu0) / calls * 1000, 4)
                      if calls else None},
         "mid_run": mid, "after_callers_left": after,
     }
@@ -175,7 +182,8 @@ def impatient_lines(r: dict) -> list[str]:
         f"{r['scenario']:<10} {r['implementation']:<7} impatient calls {r['impatient']['calls']}, "
         f"patient {patient['endpoint']}: {patient['statuses']} errors {patient['errors']}",
         f"{'':<18} upstream requests per call {r['upstream']['requests_per_call']}, connections opened "
-        f"{r['upstream']['connections_opened']}; in flight mid-run: "
+        f"{r['upstream']['connections_opened']}, upstream CPU-s per 1,000 calls "
+        f"{r['upstream'].get('cpu_s_per_1000_calls')}; in flight mid-run: "
         f"{mid['upstream_requests']} at the simulator, {mid['calls']} calls",
         f"{'':<18} {SOON_S * 1000:g} ms after the last caller left: {soon.get('upstream_requests')} at "
         f"the simulator ({soon.get('lingering')} lingering), {soon.get('calls')} calls; back to 0 "
