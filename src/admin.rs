@@ -136,10 +136,11 @@ fn route(api: &Api, method: &str, target: &str) -> Response {
         }
         "/healthz" => Response::json(200, br#"{"status":"alive"}"#.to_vec()),
         "/readyz" if telemetry.is_ready() => Response::json(200, br#"{"status":"ready"}"#.to_vec()),
-        "/readyz" if telemetry.is_warming() => {
-            Response::json(503, br#"{"status":"warming"}"#.to_vec())
+        // Draining outranks warming: a SIGTERM while the pool warms means this process will never be ready.
+        "/readyz" if telemetry.is_draining() => {
+            Response::json(503, br#"{"status":"draining"}"#.to_vec())
         }
-        "/readyz" => Response::json(503, br#"{"status":"draining"}"#.to_vec()),
+        "/readyz" => Response::json(503, br#"{"status":"warming"}"#.to_vec()),
         _ => {
             let mut view = telemetry.health.to_json();
             let pool = api.upstream_stats();

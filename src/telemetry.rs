@@ -98,9 +98,9 @@ impl Telemetry {
         !self.warming.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 
-    /// Whether the upstream pool is being warmed (`--upstream-warm`).
-    pub fn is_warming(&self) -> bool {
-        self.warming.load(Ordering::Relaxed)
+    /// Whether the service is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The upstream pool is being warmed (`on`), or is warm: no work, please, until it is.
@@ -221,7 +221,7 @@ impl Telemetry {
         gauge(
             out,
             "fanout_ready",
-            "1 while accepting work, 0 once draining for shutdown",
+            "1 while accepting work, 0 while the upstream pool warms and once draining for shutdown",
             u8::from(self.is_ready()),
         );
     }

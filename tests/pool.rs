@@ -590,7 +590,8 @@ async fn a_warmed_pool_is_ready_with_its_connections_open_and_the_first_call_reu
 }
 
 /// While the pool is warmed, `/readyz` says so: here the upstream accepts TCP but never answers the TLS
-/// handshake, so the warming goes on (for up to a minute) and the service is not ready.
+/// handshake, so the warming goes on (for up to a minute) and the service is not ready; a SIGTERM
+/// then turns it to draining.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_warming_while_the_pool_is_warmed() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -598,7 +599,7 @@ async fn readyz_says_warming_while_the_pool_is_warmed() {
         "https://127.0.0.1:{}/api/work",
         silent.local_addr().expect("addr").port()
     );
-    let svc = start(|c| {
+    let mut svc = start(|c| {
         c.upstream = fanout::config::UpstreamChoice::Url(url);
         c.pool.warm = 3;
     })
@@ -609,5 +610,20 @@ async fn readyz_says_warming_while_the_pool_is_warmed() {
         (503, Some("warming"))
     );
     assert_eq!(svc.admin_get("/healthz").await.status, 200);
+
+    // A SIGTERM while warming: this process will never be ready, and says why.
+    svc.begin_stop();
+    let until = Instant::now() + PATIENCE;
+    let r = loop {
+        let r = svc.admin_get("/readyz").await;
+        if r.json()["status"] != "warming" || Instant::now() > until {
+            break r;
+        }
+        tokio::time::sleep(ms(5)).await;
+    };
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (503, Some("draining"))
+    );
     drop(silent);
 }
