@@ -411,8 +411,9 @@ impl Upstream {
     }
 
     /// Opens up to `n` connections, all at once, each by `deadline`, and puts them in the pool; says how
-    /// many it opened. For `--upstream-warm`: a fresh process makes its first handshakes before a load
-    /// balancer sends it work, not in its first callers' time. Stops at the cap on open connections.
+    /// many the pool kept (past `--upstream-max-idle` it closes them). For `--upstream-warm`: a fresh
+    /// process makes its first handshakes before a load balancer sends it work, not in its first callers'
+    /// time. Opens no more once the cap on open connections is reached or a caller is queued for a slot.
     ///
     /// Cancel safety: the connects are tasks of a `JoinSet` this owns; dropped, they are aborted, and each
     /// half-open connection is closed and its slot freed.
@@ -425,10 +426,10 @@ impl Upstream {
             let upstream = self.clone();
             let connect = async move {
                 let conn = upstream.connect(slot, deadline).await.ok()?;
-                upstream
+                let kept = upstream
                     .pool
                     .put(conn, Instant::now() + upstream.idle_timeout);
-                Some(())
+                kept.then_some(())
             };
             match &self.runtime {
                 Some(runtime) => connects.spawn_on(connect, runtime),
@@ -517,7 +518,8 @@ impl Upstream {
             Err(error) => return report.send(Err(error)),
         };
         // The select picks either branch when both are ready: a caller gone by now is still sent nothing.
-        // A fresh connection goes to the pool unused; a reused one is closed (its expiry was not kept).
+        // A fresh connection goes to the pool unused. A reused one is closed: its idle expiry was not kept, and a
+        // fresh one could outlast the server's keep-alive (rule 4).
         if reply.is_closed() {
             if !reused {
                 self.pool.put(conn, Instant::now() + self.idle_timeout);

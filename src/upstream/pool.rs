@@ -233,8 +233,8 @@ impl Pool {
     /// handshake per request at the cap under overload, whose CPU kept the pool at the cap: rule 5, and its
     /// figure in DESIGN.md, "The connection pool".) Otherwise it is parked, or closed if already expired or
     /// if the pool holds `max_idle` connections (hyper-util's rule too: the idle list stays bounded, the
-    /// newcomer goes).
-    pub(crate) fn put(&self, conn: Connection, expires: Instant) {
+    /// newcomer goes). Says whether it was kept: handed over or parked.
+    pub(crate) fn put(&self, conn: Connection, expires: Instant) -> bool {
         let mut idle = Idle { conn, expires };
         let refused = if expires <= Instant::now() {
             Some(idle)
@@ -255,7 +255,9 @@ impl Pool {
                 }
             }
         };
+        let kept = refused.is_none();
         drop(refused); // outside the lock: closing a socket is a system call
+        kept
     }
 
     /// Closes every idle connection past its expiry.
