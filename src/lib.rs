@@ -32,8 +32,8 @@
 //! 2. `server/connection.rs`: `Connection::serve` reads bytes until httparse finds a request head
 //!    (`http/request.rs` says what it means); from that instant the `timeout` parameter's deadline runs.
 //! 3. `server/connection.rs` (`run_call`): while the call runs, its socket is read too. A client that
-//!    leaves (EOF, a reset) drops the call where it stands, and its upstream requests with it; bytes that
-//!    arrive are the next request, kept for after this answer.
+//!    leaves (EOF, a reset) drops the call where it stands, and its upstream requests see their caller
+//!    gone; bytes that arrive are the next request, kept for after this answer.
 //! 4. `api/mod.rs`: `Api::prepare` routes, reads `timeout` (`api/query.rs`) and admits the call (or sheds
 //!    it); `Api::run` picks the strategy.
 //! 5. `api/strategies.rs`: `smart` asks for one upstream request, and two more after the hedge delay

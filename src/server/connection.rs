@@ -352,7 +352,8 @@ impl Connection {
     /// runs, the socket is read too, in one `select!`. If the read ends first, the call's future is
     /// dropped where it stands, and with it everything it holds: its in-flight place, and its `Requests`,
     /// whose requests see their caller gone (`api/requests.rs`). Nothing is written; `attempts` keeps what
-    /// the requests did, those still running as `cancelled`, for the `499` access line recorded here.
+    /// the requests did, those still running as `cancelled` (`timeout` past the aimed deadline), for the
+    /// `499` access line recorded here.
     ///
     /// A read that brings bytes is not a departure: a client may pipeline its next request (RFC 9112
     /// §9.3.2). They go into the buffer, in order, for after this answer, and the watch reads no further
