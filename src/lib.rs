@@ -165,7 +165,8 @@ async fn start_upstream(config: &Config) -> Result<(Arc<Upstream>, Option<Simula
 }
 
 /// With `--upstream-warm N`: `/readyz` answers 503 while `N` upstream connections are opened (for a
-/// minute at most), then `ready` is logged with how many were and how long it took. None: ready at once.
+/// minute at most), then `ready` is logged with how many the pool kept and how long it took. None: ready
+/// at once.
 fn spawn_warm(
     upstream: &Arc<Upstream>,
     telemetry: &Arc<Telemetry>,
@@ -178,10 +179,10 @@ fn spawn_warm(
     let (upstream, telemetry) = (upstream.clone(), telemetry.clone());
     Some(AbortOnDrop(tokio::spawn(async move {
         let started = tokio::time::Instant::now();
-        let opened = upstream.warm(n, started + WARM_LIMIT).await;
+        let kept = upstream.warm(n, started + WARM_LIMIT).await;
         telemetry.warming(false);
         let ms = started.elapsed().as_millis() as u64;
-        let fields = serde_json::json!({"upstream_connections": opened, "asked": n, "warm_ms": ms});
+        let fields = serde_json::json!({"upstream_connections": kept, "asked": n, "warm_ms": ms});
         telemetry.log.info("ready", fields);
     })))
 }

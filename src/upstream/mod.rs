@@ -424,23 +424,25 @@ impl Upstream {
                 break;
             };
             let upstream = self.clone();
+            // Says whether the pool kept the connection.
             let connect = async move {
-                let conn = upstream.connect(slot, deadline).await.ok()?;
-                let kept = upstream
-                    .pool
-                    .put(conn, Instant::now() + upstream.idle_timeout);
-                kept.then_some(())
+                match upstream.connect(slot, deadline).await {
+                    Ok(conn) => upstream
+                        .pool
+                        .put(conn, Instant::now() + upstream.idle_timeout),
+                    Err(_) => false,
+                }
             };
             match &self.runtime {
                 Some(runtime) => connects.spawn_on(connect, runtime),
                 None => connects.spawn(connect),
             };
         }
-        let mut opened = 0;
+        let mut kept = 0;
         while let Some(done) = connects.join_next().await {
-            opened += usize::from(matches!(done, Ok(Some(()))));
+            kept += usize::from(matches!(done, Ok(true)));
         }
-        opened
+        kept
     }
 
     /// The pool's counters, for metrics and tests.
