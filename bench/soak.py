@@ -71,6 +71,7 @@ from fanoutbench.metrics import SERVER_DURATION, scrape
 from fanoutbench.plot import require_matplotlib
 from fanoutbench.processes import Processes, free_port
 from fanoutbench.procfs import memory_mib, open_fds, threads
+from fanoutbench.servers import cargo_build
 from fanoutbench.suite import git_commit
 from procs import find_tool, start_fanout, start_simulator
 
@@ -116,15 +117,6 @@ class OutputReader(threading.Thread):
                         self.panics.append(line.decode(errors="replace"))
                     elif b'"event":"access"' not in line:
                         self.other.append(line.decode(errors="replace"))
-
-
-def build_static() -> None:
-    argv = ["cargo", "build", "--release", "--locked", "--target", STATIC_TARGET]
-    log("$ " + " ".join(argv))
-    done = subprocess.run(argv, cwd=REPO, stdout=sys.stderr, timeout=3600)
-    if done.returncode != 0:
-        raise BenchError(f"`{' '.join(argv)}` failed: it needs `rustup target add {STATIC_TARGET}` and "
-                         "musl-tools (apt-get install musl-tools); or pass --fanout-bin")
 
 
 def sample(pid: int, admin: int, t0: float, phase: str) -> dict:
@@ -268,7 +260,9 @@ def main() -> int:
     commit = git_commit()  # what was built, before a long run during which the tree may change
     oha = find_tool("oha", "cargo install oha --locked")
     if not args.no_build and args.fanout_bin == STATIC_BIN:
-        build_static()
+        cargo_build("--locked", "--target", STATIC_TARGET,
+                    hint=f": it needs `rustup target add {STATIC_TARGET}` and musl-tools "
+                         "(apt-get install musl-tools); or pass --fanout-bin")
 
     with tempfile.TemporaryDirectory(prefix="fanout-soak-") as tmp, Processes(Path(tmp)) as procs:
         upstream = start_simulator(procs, args.fanout_bin, *SIMULATOR_FLAGS)

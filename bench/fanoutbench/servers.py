@@ -20,18 +20,21 @@ PEER_BIN = REPO / "target" / "peers" / "release" / "peer-axum"
 
 
 def build(skip_fanout: bool, need_peer: bool) -> None:
-    commands = []
     if not skip_fanout:
-        commands.append(["cargo", "build", "--release"])
+        cargo_build()
     if need_peer:
-        commands.append(["cargo", "build", "--release", "--locked", "--manifest-path",
-                         os.path.relpath(PEER_MANIFEST, REPO), "--target-dir", "target/peers"])
-    for argv in commands:
-        log("$ " + " ".join(argv))
-        # stdout to stderr too: stdout carries only the JSON lines.
-        done = subprocess.run(argv, cwd=REPO, stdout=sys.stderr, timeout=3600)
-        if done.returncode != 0:
-            raise SystemExit(f"bench: `{' '.join(argv)}` failed ({done.returncode})")
+        cargo_build("--locked", "--manifest-path", os.path.relpath(PEER_MANIFEST, REPO),
+                    "--target-dir", "target/peers")
+
+
+def cargo_build(*args: str, hint: str = "") -> None:
+    """`cargo build --release ARGS` in the repository; exits saying what failed, and `hint`."""
+    argv = ["cargo", "build", "--release", *args]
+    log("$ " + " ".join(argv))
+    # stdout to stderr too: stdout carries only the JSON lines.
+    done = subprocess.run(argv, cwd=REPO, stdout=sys.stderr, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: `{' '.join(argv)}` failed ({done.returncode}){hint}")
 
 
 def fanout_argv(fanout_bin: Path, fanout_args: tuple[str, ...], port: int, sim_port: int,
