@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """fanout's benchmark: fanout and the conventional axum + reqwest peer, side by side.
 
-    python3 bench/run.py [--quick] [--scenario NAME ...] [--only fanout|peer] [--client oha|wrk ...]
+    python3 bench/run.py [--quick] [--scenario NAME ...] [--connections N] [--only fanout|peer]
+                         [--client oha|wrk ...]
     python3 bench/run.py --self-check
     python3 bench/run.py --plot DIR [--from RESULTS.jsonl]
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from fanoutbench.common import log
@@ -40,6 +42,14 @@ from fanoutbench.servers import FANOUT_BIN, IMPLEMENTATIONS, PEER_BIN, build
 from fanoutbench.suite import run_suite
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark fanout against the axum + reqwest peer (see bench/README.md).")
@@ -49,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         choices=SCENARIO_NAMES + list(SCENARIO_GROUPS), metavar="NAME",
                         help=f"scenarios to run, in this order (default all: "
                              f"{' '.join(SCENARIO_NAMES)}; `smart` is smart-tail and smart-real)")
+    parser.add_argument("--connections", type=positive, metavar="N",
+                        help="load each scenario named with N connections instead of its own (with "
+                             "--quick too), e.g. to find the load at which an implementation gives way")
     parser.add_argument("--only", choices=IMPLEMENTATIONS,
                         help="measure only one implementation (no ratio lines)")
     parser.add_argument("--fanout-bin", type=Path,
@@ -93,6 +106,9 @@ def main(argv: list[str]) -> int:
 
     impls = [args.only] if args.only else list(IMPLEMENTATIONS)
     scenarios = scenarios_named(args.scenario or SCENARIO_NAMES)
+    if args.connections:
+        scenarios = [replace(s, connections=args.connections, quick_connections=args.connections)
+                     for s in scenarios]
     clients = {c: find_client(c) for c in
                (args.client or (CLIENTS if args.self_check else [DEFAULT_CLIENT]))}
     if args.self_check:
