@@ -1,14 +1,14 @@
 //! The admin listener: what operators and their machines ask of fanout, on its own address.
 //!
-//! | path            | answers                                                                      |
-//! | --------------- | ---------------------------------------------------------------------------- |
-//! | `GET /metrics`  | every metric in the Prometheus text exposition format (version 0.0.4)        |
-//! | `GET /healthz`  | `200` while the process runs (a liveness probe: restart it if this fails)     |
-//! | `GET /readyz`   | `200` while accepting work; `503` while the pool is warmed at start           |
-//! |                 | (`--upstream-warm`), and from the moment a shutdown begins (a readiness      |
-//! |                 | probe: send it no calls)                                                      |
-//! | `GET /upstream` | the upstream's last 60 seconds as JSON: outcomes, success ratio, latency;    |
-//! |                 | the pool; `/api/smart`'s hedge delay now                                     |
+//! | path (GET, HEAD) | answers                                                                     |
+//! | ---------------- | --------------------------------------------------------------------------- |
+//! | `/metrics`       | every metric in the Prometheus text exposition format (version 0.0.4)        |
+//! | `/healthz`       | `200` while the process runs (a liveness probe: restart it if this fails)    |
+//! | `/readyz`        | `200` while accepting work; `503` while the pool is warmed at start          |
+//! |                  | (`--upstream-warm`), and from the moment a shutdown begins (a readiness     |
+//! |                  | probe: send it no calls)                                                     |
+//! | `/upstream`      | the upstream's last 60 seconds as JSON: outcomes, success ratio, latency;   |
+//! |                  | the pool; `/api/smart`'s hedge delay now                                    |
 //!
 //! It is apart from the API on purpose. It is never shed: when the API is overloaded is exactly when its
 //! metrics matter, and a liveness probe that fails under load gets a busy process restarted. It has its own
@@ -17,7 +17,9 @@
 //!
 //! Each connection gets one answer and is closed (`Connection: close`): probes and a scrape every few
 //! seconds do not need keep-alive, and the loop stays short. The request head is parsed by the same code as
-//! the API's (`http::request`), and the answer written by the same `Response`.
+//! the API's (`server::parse`, under the admin's own limits), methods are judged by the same rules (501 for
+//! one it does not know, 405 for one other than GET and HEAD), and the answer is written by the same
+//! `Response`, without its content for a HEAD.
 //!
 //! It runs until its `stop` future completes, which `fanout::serve` does once the API server has drained:
 //! `/readyz` says 503 and `/metrics` keeps answering for the whole drain.
@@ -32,8 +34,9 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Duration};
 
 use crate::api::Api;
-use crate::http::request;
+use crate::http::request::RequestHead;
 use crate::http::response::{Persistence, Response};
+use crate::server::{self, Limits};
 
 /// Admin connections served at once; more are closed at once (a scraper retries at its next interval).
 pub const MAX_CONNECTIONS: usize = 32;
@@ -42,6 +45,15 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A scraper's request head is a few hundred bytes.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
+
+/// The admin's bounds on a request head: [`MAX_HEAD_BYTES`] and 32 header fields, the API's on the target.
+fn limits() -> Limits {
+    Limits {
+        max_head_bytes: MAX_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
+        ..Limits::default()
+    }
+}
 
 /// The Prometheus text format's content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -78,40 +90,32 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: impl Future<Outpu
 
 /// Reads one request head and writes its answer.
 async fn answer(mut stream: TcpStream, api: &Api) {
+    let limits = limits();
     let mut buf = Vec::with_capacity(1024);
-    let response = loop {
-        if buf.len() > MAX_HEAD_BYTES {
-            break Response::error(
-                431,
-                "header_fields_too_large",
-                "the request head is too large",
-            );
-        }
+    // `parse` refuses a head still arriving past the limits, so the buffer stays bounded.
+    let (response, head_only) = loop {
         buf.reserve(1024);
         match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Partial) => continue,
-            Ok(httparse::Status::Complete(_)) => match request::interpret(&req) {
-                Ok(head) => break route(api, &head.method, head.path_and_query().unwrap_or("")),
-                Err(response) => break response,
-            },
-            Err(e) => {
-                break Response::error(400, "bad_request", &format!("malformed request: {e}"))
-            }
+        match server::parse(&buf, &limits) {
+            Ok(None) => continue,
+            Ok(Some((head, _))) => break (route(api, &head), head.is_head()),
+            Err(refusal) => break (refusal, server::refused_head_only(&buf)),
         }
     };
     let _ = stream
-        .write_all(&response.encode(false, Persistence::Close))
+        .write_all(&response.encode(head_only, Persistence::Close))
         .await;
     let _ = stream.shutdown().await;
 }
 
-fn route(api: &Api, method: &str, target: &str) -> Response {
+fn route(api: &Api, head: &RequestHead) -> Response {
+    if let Some(response) = head.unknown_method() {
+        return response;
+    }
+    let target = head.path_and_query().unwrap_or("");
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let known = ["/metrics", "/healthz", "/readyz", "/upstream"];
     if !known.contains(&path) {
@@ -121,13 +125,8 @@ fn route(api: &Api, method: &str, target: &str) -> Response {
             "admin endpoints: /metrics, /healthz, /readyz, /upstream",
         );
     }
-    if method != "GET" {
-        return Response::error(
-            405,
-            "method_not_allowed",
-            &format!("{path} supports GET only"),
-        )
-        .with_header("Allow", "GET");
+    if let Some(response) = head.not_get_or_head(path) {
+        return response;
     }
     let telemetry = api.telemetry();
     match path {

@@ -348,14 +348,58 @@ async fn readyz_turns_503_as_soon_as_the_drain_begins_while_healthz_stays_200() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_listener_answers_get_only_and_knows_its_paths() {
+async fn the_admin_listener_answers_get_and_head_and_knows_its_paths() {
     let svc = Service::start().await;
     assert_eq!(svc.admin_get("/nothing").await.status, 404);
-    let mut c = common::Client::connect(svc.admin).await;
-    c.send(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
-        .await;
-    let r = c.response().await.expect("a response");
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    let asked = |raw: &'static str| async move {
+        let mut c = common::Client::connect(svc.admin).await;
+        c.send(raw.as_bytes()).await;
+        let head_only = raw.starts_with("HEAD ");
+        let r = if head_only {
+            c.head_response().await
+        } else {
+            c.response().await
+        };
+        // One answer a connection; after a HEAD's head, no content (RFC 9110 §9.3.2).
+        assert!(
+            c.closed_by_server().await,
+            "nothing after the answer to {raw:?}"
+        );
+        r.expect("a response")
+    };
+    let r = asked("POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    assert_eq!(
+        asked("FOO /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .status,
+        501
+    );
+    // HEAD: GET's status and Content-Length, no content; an error's too.
+    let get = svc.admin_get("/healthz").await;
+    let head = asked("HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, get.header("content-length"))
+    );
+    assert_eq!(
+        asked("HEAD /nothing HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        asked("HEAD /healthz HTTP/1.1\r\n\r\n").await.status,
+        400,
+        "no Host"
+    );
+    // A higher minor version is read as HTTP/1.1 (RFC 9110 §6.2), as on the API.
+    assert_eq!(
+        asked("GET /healthz HTTP/1.2\r\nHost: t\r\n\r\n")
+            .await
+            .status,
+        200
+    );
     let view: Value = svc.admin_get("/upstream").await.json();
     assert_eq!(view["healthy"], true);
     assert_eq!(view["success_ratio"], Value::Null, "no requests yet");

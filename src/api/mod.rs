@@ -21,7 +21,7 @@ use tokio::time::{Duration, Instant};
 
 pub use crate::endpoint::Endpoint;
 use crate::held::Held;
-use crate::http::request::RequestHead;
+use crate::http::request::{self, RequestHead};
 use crate::http::response::Response;
 use crate::metrics::ShedReason;
 use crate::telemetry::{Attempt, ReadNow, Telemetry};
@@ -32,12 +32,6 @@ use lead::Lead;
 use limit::Limit;
 use requests::Requests;
 use strategies::{Answer, Failure};
-
-/// The methods the server recognises (RFC 9110 §9.3, and PATCH): on an endpoint, those other than GET and
-/// HEAD get 405. CONNECT is left out: a tunnel through a proxy (§9.3.6), not implemented here.
-const KNOWN_METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
-];
 
 /// An answer, and what the call was, for its metrics and access line.
 pub struct Handled {
@@ -316,20 +310,12 @@ pub(crate) fn route(
     head: &RequestHead,
     max_timeout_ms: u64,
 ) -> Result<(Endpoint, Duration), Handled> {
-    // RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD" get 501, whatever the
-    // target; 405 is for a known method the resource does not support (§15.5.6). Methods are
-    // case-sensitive: "get" is not GET.
-    if !KNOWN_METHODS.contains(&head.method.as_str()) {
-        let response = Response::error(
-            501,
-            "not_implemented",
-            &format!("the method {} is not implemented", head.method),
-        );
+    if let Some(response) = head.unknown_method() {
         return Err(Handled::plain(response, None));
     }
     // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
     if head.method == "OPTIONS" && head.target == "*" {
-        let response = Response::json(200, b"{}".to_vec()).with_header("Allow", "GET, HEAD");
+        let response = Response::json(200, b"{}".to_vec()).with_header("Allow", request::ALLOW);
         return Err(Handled::plain(response, None));
     }
     let Some(target) = head.path_and_query() else {
@@ -349,15 +335,7 @@ pub(crate) fn route(
         );
         return Err(Handled::plain(response, None));
     };
-    // RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD; §15.5.6: a 405 MUST list the
-    // methods the resource supports in Allow.
-    if head.method != "GET" && head.method != "HEAD" {
-        let response = Response::error(
-            405,
-            "method_not_allowed",
-            &format!("{path} supports GET (and HEAD) only"),
-        )
-        .with_header("Allow", "GET, HEAD");
+    if let Some(response) = head.not_get_or_head(path) {
         return Err(Handled::plain(response, Some(endpoint)));
     }
     let timeout = match query::timeout_ms(query, max_timeout_ms) {

@@ -8,6 +8,9 @@
 use super::response::{bad_request, Response};
 use crate::trace::{TraceParent, TRACEPARENT};
 
+/// The methods every resource here supports, for `Allow`.
+pub const ALLOW: &str = "GET, HEAD";
+
 /// The parts of a request head the server acts on.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RequestHead {
@@ -33,10 +36,36 @@ pub enum BodyLength {
     Chunked,
 }
 
+/// The methods the server recognises (RFC 9110 §9.3, and PATCH): on a path that exists, those other than GET
+/// and HEAD get 405. CONNECT is left out: a tunnel through a proxy (§9.3.6), not implemented here.
+const KNOWN_METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
+];
+
 impl RequestHead {
     /// `HEAD` asks for the headers of the `GET` response without its content (RFC 9110 §9.3.2).
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
+    }
+
+    /// The answer to a method the server does not know, whatever the target: RFC 9110 §9.1, a method that
+    /// is "unrecognized or not implemented SHOULD" get 501; 405 is for a known method a resource does not
+    /// support (§15.5.6). Methods are case-sensitive: "get" is not GET.
+    pub fn unknown_method(&self) -> Option<Response> {
+        let known = KNOWN_METHODS.contains(&self.method.as_str());
+        let message = || format!("the method {} is not implemented", self.method);
+        (!known).then(|| Response::error(501, "not_implemented", &message()))
+    }
+
+    /// The answer to a method other than GET and HEAD on `path`, every resource here being read-only:
+    /// RFC 9110 §9.1, general-purpose servers MUST support GET and HEAD; §15.5.6, a 405 MUST list the
+    /// methods the resource supports in Allow.
+    pub fn not_get_or_head(&self, path: &str) -> Option<Response> {
+        let allowed = self.method == "GET" || self.is_head();
+        let message = || format!("{path} supports GET (and HEAD) only");
+        (!allowed).then(|| {
+            Response::error(405, "method_not_allowed", &message()).with_header("Allow", ALLOW)
+        })
     }
 
     /// The path and query of the target, whichever form it was sent in.

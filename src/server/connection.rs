@@ -486,11 +486,7 @@ impl Connection {
                 () = self.shutdown.closing(), if between_requests => return None,
             }
         };
-        // A `HEAD` gets the head of the error only: its response "MUST NOT" carry content (RFC 9110 §9.3.2),
-        // an error for a head we refused included. It is told from the buffered request line, since the head
-        // was not parsed.
-        let head_only = self.buf[request_line_start(&self.buf)..].starts_with(b"HEAD ");
-        self.finish(&refusal, head_only).await;
+        self.finish(&refusal, refused_head_only(&self.buf)).await;
         None
     }
 
@@ -704,6 +700,13 @@ fn other_version(buf: &[u8]) -> OtherVersion {
         Some(_) if version[5] == b'1' => OtherVersion::Http1 { minor_at: at + 7 },
         Some(_) => OtherVersion::Unsupported,
     }
+}
+
+/// Whether the answer to a head [`parse`] refused goes without its content: a `HEAD`'s response "MUST NOT"
+/// carry content (RFC 9110 §9.3.2), an error for a head we refused included. It is told from the buffered
+/// request line, since the head was not parsed.
+pub(crate) fn refused_head_only(buf: &[u8]) -> bool {
+    buf[request_line_start(buf)..].starts_with(b"HEAD ")
 }
 
 /// Where the request line starts in `buf`: after the empty lines before it, which httparse skips

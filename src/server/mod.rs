@@ -6,7 +6,7 @@
 mod connection;
 mod limits;
 
-pub(crate) use connection::parse;
+pub(crate) use connection::{parse, refused_head_only};
 pub use limits::{Limits, MAX_HEADERS_CEILING};
 
 use std::future::Future;
