@@ -138,7 +138,7 @@ const SETTINGS: &[Setting] = &[
     Setting { flag: "--listen", env: "FANOUT_LISTEN", value: "ADDR", default: "0.0.0.0:8080", help: "address to serve the API on" },
     Setting { flag: "--admin-listen", env: "FANOUT_ADMIN_LISTEN", value: "ADDR", default: "0.0.0.0:8081", help: "address of the admin endpoints (/metrics, /healthz, /readyz, /upstream), never shed; `off` for none" },
     Setting { flag: "--log", env: "FANOUT_LOG", value: "LEVEL", default: "info", help: "log level of the JSON lines on stdout: error, warn, info or debug" },
-    Setting { flag: "--access-log", env: "FANOUT_ACCESS_LOG", value: "on|off", default: "on", help: "one JSON line per answered request (trace id, endpoint, status, duration, upstream attempts)" },
+    Setting { flag: "--access-log", env: "FANOUT_ACCESS_LOG", value: "on|off", default: "on", help: "one JSON line per request whose head parsed (trace id, endpoint, status, duration, upstream attempts)" },
     Setting { flag: "--upstream-health-threshold", env: "FANOUT_UPSTREAM_HEALTH_THRESHOLD", value: "RATIO", default: "0.5", help: "warn when the upstream's success ratio over the last 60 s falls below this (0 to 1), and when it recovers" },
     Setting { flag: "--upstream", env: "FANOUT_UPSTREAM", value: "URL", default: DEFAULT_UPSTREAM, help: "upstream work URL (http:// or https://; an empty path means /api/work), or `simulated` for the built-in simulated upstream" },
     Setting { flag: "--upstream-ca", env: "FANOUT_UPSTREAM_CA", value: "FILE", default: "", help: "PEM file of extra root certificates to trust for the upstream" },

@@ -10,8 +10,8 @@
 //!
 //! - **Level**: `--log` / `FANOUT_LOG`, one of `error`, `warn`, `info` (the default), `debug`: events below
 //!   it are not written.
-//! - **Access lines**: one per answered request, switched by `--access-log` / `FANOUT_ACCESS_LOG`, apart
-//!   from the level (an operator may want the events without the traffic, or the reverse). They are
+//! - **Access lines**: one per request whose head parsed, switched by `--access-log` / `FANOUT_ACCESS_LOG`,
+//!   apart from the level (an operator may want the events without the traffic, or the reverse). They are
 //!   written by hand rather than through `serde_json::Value`: every field is a number, a hex id or a fixed
 //!   label, so nothing needs escaping, and building a `Value` map per call would cost more than the line.
 //! - **No storms**: warnings and errors pass a token bucket, one per event name (a burst of [`WARN_BURST`],
