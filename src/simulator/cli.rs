@@ -34,7 +34,7 @@ SIGUSR1 resets every open connection (TCP RST), as an upstream's restart would.
   --listen ADDR          address to listen on (default {DEFAULT_LISTEN})
   --plain                plain HTTP instead of HTTPS with the built-in test certificate
   --latency-ms N|MIN-MAX answer latency in ms, fixed or uniform (default {min}-{max}, max {MAX_LATENCY_MS})
-  --failure-rate F       share of requests that fail, 0..=1 (default 0)
+  --failure-rate F       share of requests that misbehave, 0..=1 (default 0; a slow body is late, not wrong)
   --failures LIST        comma list of failure kinds to draw from (default all):
                          {kinds}
   --close-after N        close each connection after N responses (Connection: close)

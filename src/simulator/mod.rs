@@ -98,7 +98,8 @@ pub const MAX_LATENCY_MS: u64 = 120_000;
 pub struct SimConfig {
     /// Latency before answering, drawn uniformly from `min..=max` milliseconds.
     pub latency_ms: (u64, u64),
-    /// Share of unscripted requests (0.0..=1.0) that fail, with a kind drawn from `failure_kinds`.
+    /// Share of unscripted requests (0.0..=1.0) that misbehave, with a kind drawn from `failure_kinds` (all
+    /// but [`Fault::SlowBody`] fail; a slow body is a valid success that arrives late).
     pub failure_rate: f64,
     /// The kinds a failing request draws from, uniformly (list one twice to weight it).
     pub failure_kinds: Vec<Fault>,
