@@ -17,8 +17,9 @@
 //!
 //! Each connection gets one answer and is closed (`Connection: close`): probes and a scrape every few
 //! seconds do not need keep-alive, and the loop stays short. The request head is parsed by the same code as
-//! the API's (`server::parse`, under the admin's own limits), methods are judged by the same rules (501 for
-//! one it does not know, 405 for one other than GET and HEAD), and the answer is written by the same
+//! the API's (`server::parse`, under the admin's own limits), routed by the same first steps
+//! (`RequestHead::routable`: 501 for a method it does not know, `OPTIONS *`, 400 for a target that is no
+//! path) and the same 405 for a method other than GET and HEAD, and the answer is written by the same
 //! `Response`, without its content for a HEAD.
 //!
 //! It runs until its `stop` future completes, which `fanout::serve` does once the API server has drained:
@@ -112,11 +113,10 @@ async fn answer(mut stream: TcpStream, api: &Api) {
 }
 
 fn route(api: &Api, head: &RequestHead) -> Response {
-    if let Some(response) = head.unknown_method() {
-        return response;
-    }
-    let target = head.path_and_query().unwrap_or("");
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let (path, _query) = match head.routable() {
+        Ok(routed) => routed,
+        Err(response) => return response,
+    };
     let known = ["/metrics", "/healthz", "/readyz", "/upstream"];
     if !known.contains(&path) {
         return Response::error(

@@ -21,7 +21,7 @@ use tokio::time::{Duration, Instant};
 
 pub use crate::endpoint::Endpoint;
 use crate::held::Held;
-use crate::http::request::{self, RequestHead};
+use crate::http::request::RequestHead;
 use crate::http::response::Response;
 use crate::metrics::ShedReason;
 use crate::telemetry::{Attempt, ReadNow, Telemetry};
@@ -310,23 +310,9 @@ pub(crate) fn route(
     head: &RequestHead,
     max_timeout_ms: u64,
 ) -> Result<(Endpoint, Duration), Handled> {
-    if let Some(response) = head.unknown_method() {
-        return Err(Handled::plain(response, None));
-    }
-    // RFC 9110 §9.3.7: `OPTIONS *` asks about the server as a whole; what every resource here allows.
-    if head.method == "OPTIONS" && head.target == "*" {
-        let response = Response::json(200, b"{}".to_vec()).with_header("Allow", request::ALLOW);
-        return Err(Handled::plain(response, None));
-    }
-    let Some(target) = head.path_and_query() else {
-        let response = Response::error(
-            400,
-            "bad_request",
-            "the request target must be a path such as /api/all?timeout=500",
-        );
-        return Err(Handled::plain(response, None));
-    };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = head
+        .routable()
+        .map_err(|response| Handled::plain(response, None))?;
     let Some(endpoint) = Endpoint::from_path(path) else {
         let response = Response::error(
             404,

@@ -9,7 +9,7 @@ use super::response::{bad_request, Response};
 use crate::trace::{TraceParent, TRACEPARENT};
 
 /// The methods every resource here supports, for `Allow`.
-pub const ALLOW: &str = "GET, HEAD";
+const ALLOW: &str = "GET, HEAD";
 
 /// The parts of a request head the server acts on.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,13 +48,25 @@ impl RequestHead {
         self.method == "HEAD"
     }
 
-    /// The answer to a method the server does not know, whatever the target: RFC 9110 §9.1, a method that
-    /// is "unrecognized or not implemented SHOULD" get 501; 405 is for a known method a resource does not
-    /// support (§15.5.6). Methods are case-sensitive: "get" is not GET.
-    pub fn unknown_method(&self) -> Option<Response> {
-        let known = KNOWN_METHODS.contains(&self.method.as_str());
-        let message = || format!("the method {} is not implemented", self.method);
-        (!known).then(|| Response::error(501, "not_implemented", &message()))
+    /// The first steps of routing, the same on both listeners: the path and query to route, or the answer
+    /// to give without routing. RFC 9110 §9.1: a method that is "unrecognized or not implemented SHOULD"
+    /// get 501, whatever the target (405 is for a known method a resource does not support, §15.5.6;
+    /// methods are case-sensitive: "get" is not GET). §9.3.7: `OPTIONS *` asks about the server as a whole,
+    /// and gets what every resource here allows. A target that is neither a path nor an http(s) URL with a
+    /// host (`*` for another method, authority-form) is a bad request (RFC 9112 §3.2).
+    pub fn routable(&self) -> Result<(&str, &str), Response> {
+        if !KNOWN_METHODS.contains(&self.method.as_str()) {
+            let message = format!("the method {} is not implemented", self.method);
+            return Err(Response::error(501, "not_implemented", &message));
+        }
+        if self.method == "OPTIONS" && self.target == "*" {
+            return Err(Response::json(200, b"{}".to_vec()).with_header("Allow", ALLOW));
+        }
+        let Some(target) = self.path_and_query() else {
+            let message = "the request target must be a path, or an http(s) URL with a host";
+            return Err(bad_request(message));
+        };
+        Ok(target.split_once('?').unwrap_or((target, "")))
     }
 
     /// The answer to a method other than GET and HEAD on `path`, every resource here being read-only:
