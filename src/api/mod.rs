@@ -250,6 +250,9 @@ impl Api {
         );
 
         let outcome = match endpoint {
+            // A deadline already passed (`timeout=0`, or one within the lead): no request would start, and
+            // the strategy would wait for its timer's next tick, up to a millisecond, to say so.
+            _ if Instant::now() >= deadline => strategies::at_deadline(endpoint),
             Endpoint::All => strategies::all(&mut requests, deadline).await,
             Endpoint::First => strategies::first(&mut requests, deadline).await,
             Endpoint::WithinTimeout => {

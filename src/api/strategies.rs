@@ -10,6 +10,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::hedge::Hedging;
 use super::requests::Requests;
+use crate::endpoint::Endpoint;
 use crate::health::Health;
 use crate::upstream::Work;
 
@@ -32,6 +33,15 @@ pub enum Failure {
     Timeout,
     /// Every upstream request failed, with these reasons: `502`.
     AllFailed(String),
+}
+
+/// What each strategy answers when its deadline comes with nothing arrived: `[]` from
+/// `/api/within-timeout`, a timeout from the others.
+pub fn at_deadline(endpoint: Endpoint) -> Result<Answer, Failure> {
+    match endpoint {
+        Endpoint::WithinTimeout => Ok(Answer::List(Vec::new())),
+        _ => Err(Failure::Timeout),
+    }
 }
 
 /// `/api/all`: all 3 must finish before the deadline; the successes among them, if any.
