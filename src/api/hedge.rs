@@ -22,7 +22,8 @@
 //! still holds its fast latencies, and every call would hedge. So with `auto`, the requests fired because
 //! the delay passed are at most `--hedge-budget` ([`DEFAULT_BUDGET`]) per call, as Finagle's extra-load cap
 //! and gRPC's hedging throttle do it: a token bucket. Each `/api/smart` call earns `budget` requests of
-//! credit; a hedge spends one per request it fires, 2; the credit starts empty and is capped at [`BURST`]
+//! credit (not one whose deadline had passed when it began, `timeout=0`: it is answered without running
+//! `smart`, and could fire nothing); a hedge spends one per request it fires, 2; the credit starts empty and is capped at [`BURST`]
 //! requests, so a quiet spell cannot save up a flood. (`--hedge-budget 0`: never on the delay.) Over
 //! budget, a call waits for its first request alone, and hedges only if that fails: a failure still fires
 //! the other two at once, as the contract says, and costs no credit. With a fixed delay there is no budget:
